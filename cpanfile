@@ -1,0 +1,27 @@
+# Dependencies of PAGI-Server-Native (read by cpanm --installdeps .).
+# Building also needs cargo (Rust) and a C compiler, which CPAN cannot supply.
+
+requires 'perl', '5.026';
+
+requires 'IO::Async', '0.78';
+requires 'IO::Async::Loop', '0.78';    # ships with IO::Async
+requires 'Future', '0.44';
+requires 'Future::AsyncAwait', '0.50';
+requires 'IO::Socket::IP';
+requires 'Getopt::Long';
+requires 'Time::HiRes';
+requires 'Scalar::Util';
+requires 'JSON::PP';
+requires 'POSIX';
+
+# Faster loop on Linux; IO::Async picks it up automatically when installed.
+recommends 'IO::Async::Loop::Epoll';
+
+on configure => sub {
+    requires 'ExtUtils::MakeMaker', '6.64';
+};
+
+on test => sub {
+    requires 'Test::More', '0.98';
+    requires 'Net::Async::HTTP', '0.44';
+};

@@ -1,0 +1,383 @@
+/*
+ * Native.xs: the Perl side of the seam. Converts between Perl values and the
+ * plain C records of pagi_native.h; all protocol logic lives in Rust (ffi.rs
+ * and below) or in PAGI::Server. Every SV is made and freed here, on the
+ * Perl thread; the Rust IO thread never sees one.
+ */
+#define PERL_NO_GET_CONTEXT
+#include "EXTERN.h"
+#include "perl.h"
+#include "XSUB.h"
+
+#include "pagi_native.h"
+
+/* Scratch space for response headers; reused by every call (one Perl thread). */
+static pn_header *pn_scratch = NULL;
+static size_t pn_scratch_cap = 0;
+
+/* The immutable `pagi` hashref shared by every scope. */
+static SV *pn_pagi_info = NULL;
+
+static void pn_croak_last(pTHX_ const char *method) {
+    const char *msg = NULL;
+    size_t len = pagi_native_last_error(&msg);
+    croak("PAGI::Server::Native::%s: %.*s", method, (int)len, msg ? msg : "");
+}
+
+static pn_engine *pn_engine_from(pTHX_ SV *sv, const char *method) {
+    if (!sv_isobject(sv) || !sv_derived_from(sv, "PAGI::Server::Native"))
+        croak("%s: not a PAGI::Server::Native object", method);
+    {
+        pn_engine *e = INT2PTR(pn_engine *, SvIV(SvRV(sv)));
+        if (!e)
+            croak("%s: engine already destroyed", method);
+        return e;
+    }
+}
+
+/* Bytes of `sv` for the engine; text with wide characters is refused by name. */
+static const char *pn_bytes(pTHX_ SV *sv, const char *method, const char *what, STRLEN *len) {
+    SvGETMAGIC(sv);
+    if (!SvOK(sv)) {
+        *len = 0;
+        return "";
+    }
+    if (SvROK(sv) && !SvAMAGIC(sv))
+        croak("PAGI::Server::Native::%s: %s must be a byte string, not a reference", method, what);
+    if (SvUTF8(sv)) {
+        SV *copy = sv_2mortal(newSVsv_nomg(sv));
+        if (!sv_utf8_downgrade(copy, TRUE))
+            croak("PAGI::Server::Native::%s: %s contains wide characters (encode it to bytes)", method, what);
+        return SvPV_nomg(copy, *len);
+    }
+    return SvPV_nomg(sv, *len);
+}
+
+/* Converts [[name, value], ...] into the scratch array; returns the count. */
+static size_t pn_headers_in(pTHX_ SV *headers, const char *method) {
+    AV *av;
+    SSize_t i, n;
+    SvGETMAGIC(headers);
+    if (!SvOK(headers))
+        return 0;
+    if (!SvROK(headers) || SvTYPE(SvRV(headers)) != SVt_PVAV)
+        croak("PAGI::Server::Native::%s: headers must be an array reference of [name, value] pairs", method);
+    av = (AV *)SvRV(headers);
+    n = av_len(av) + 1;
+    if ((size_t)n > pn_scratch_cap) {
+        pn_scratch_cap = (size_t)n * 2 + 16;
+        Renew(pn_scratch, pn_scratch_cap, pn_header);
+    }
+    for (i = 0; i < n; i++) {
+        SV **pair = av_fetch(av, i, 0);
+        AV *p;
+        SV **name, **value;
+        STRLEN nl, vl;
+        if (!pair || !SvROK(*pair) || SvTYPE(SvRV(*pair)) != SVt_PVAV || av_len((AV *)SvRV(*pair)) != 1)
+            croak("PAGI::Server::Native::%s: header %d is not a [name, value] pair", method, (int)i);
+        p = (AV *)SvRV(*pair);
+        name = av_fetch(p, 0, 0);
+        value = av_fetch(p, 1, 0);
+        if (!name || !SvOK(*name) || !value || !SvOK(*value))
+            croak("PAGI::Server::Native::%s: header %d has an undefined name or value", method, (int)i);
+        pn_scratch[i].name.ptr = pn_bytes(aTHX_ *name, method, "header name", &nl);
+        pn_scratch[i].name.len = nl;
+        pn_scratch[i].value.ptr = pn_bytes(aTHX_ *value, method, "header value", &vl);
+        pn_scratch[i].value.len = vl;
+    }
+    return (size_t)n;
+}
+
+static SV *pn_sv(pTHX_ pn_str s) {
+    return newSVpvn(s.len ? s.ptr : "", s.len);
+}
+
+static SV *pn_pair(pTHX_ SV *a, SV *b) {
+    AV *av = newAV();
+    av_extend(av, 1);
+    av_push(av, a);
+    av_push(av, b);
+    return newRV_noinc((SV *)av);
+}
+
+/* Builds the http scope of a request in PAGI shape (PAGI-SPEC section 2). */
+static SV *pn_scope(pTHX_ const pn_request *r) {
+    HV *hv = newHV();
+    AV *headers = newAV();
+    SV *path = pn_sv(aTHX_ r->path);
+    size_t i;
+    if (r->path_is_utf8 && !is_ascii_string((const U8 *)SvPVX(path), SvCUR(path)))
+        SvUTF8_on(path);
+    av_extend(headers, r->n_headers);
+    for (i = 0; i < r->n_headers; i++)
+        av_push(headers, pn_pair(aTHX_ pn_sv(aTHX_ r->headers[i].name), pn_sv(aTHX_ r->headers[i].value)));
+    hv_ksplit(hv, 16);
+    (void)hv_stores(hv, "type", newSVpvs("http"));
+    (void)hv_stores(hv, "pagi", newRV_inc(pn_pagi_info));
+    (void)hv_stores(hv, "http_version", pn_sv(aTHX_ r->http_version));
+    (void)hv_stores(hv, "method", pn_sv(aTHX_ r->method));
+    (void)hv_stores(hv, "scheme", pn_sv(aTHX_ r->scheme));
+    (void)hv_stores(hv, "path", path);
+    (void)hv_stores(hv, "raw_path", pn_sv(aTHX_ r->raw_path));
+    (void)hv_stores(hv, "query_string", pn_sv(aTHX_ r->query_string));
+    (void)hv_stores(hv, "root_path", newSVpvs(""));
+    (void)hv_stores(hv, "headers", newRV_noinc((SV *)headers));
+    (void)hv_stores(hv, "client", pn_pair(aTHX_ pn_sv(aTHX_ r->client_host), newSVuv(r->client_port)));
+    (void)hv_stores(hv, "server", pn_pair(aTHX_ pn_sv(aTHX_ r->server_host), newSVuv(r->server_port)));
+    return newRV_noinc((SV *)hv);
+}
+
+/* One event as an array: [kind, id, ...] (see the POD of drain_events). */
+static SV *pn_event_sv(pTHX_ const pn_event *ev) {
+    AV *av = newAV();
+    av_extend(av, 4);
+    av_push(av, newSVuv(ev->kind));
+    av_push(av, newSVuv(ev->id));
+    switch (ev->kind) {
+    case PN_EV_REQUEST:
+        av_push(av, pn_scope(aTHX_ ev->request));
+        av_push(av, ev->request->has_body ? pn_sv(aTHX_ ev->request->body) : newSV(0));
+        break;
+    case PN_EV_BODY:
+        av_push(av, pn_sv(aTHX_ ev->data));
+        av_push(av, newSViv(ev->more));
+        break;
+    case PN_EV_DISCONNECT:
+    case PN_EV_FATAL:
+        av_push(av, pn_sv(aTHX_ ev->data));
+        break;
+    case PN_EV_LOG:
+        av_push(av, pn_sv(aTHX_ ev->level));
+        av_push(av, pn_sv(aTHX_ ev->data));
+        break;
+    default:
+        break;
+    }
+    return newRV_noinc((SV *)av);
+}
+
+static IV pn_sent(pTHX_ int rc, const char *method) {
+    if (rc == PN_ERROR)
+        pn_croak_last(aTHX_ method);
+    return rc == PN_OK ? 1 : 0;
+}
+
+MODULE = PAGI::Server::Native    PACKAGE = PAGI::Server::Native
+
+PROTOTYPES: DISABLE
+
+BOOT:
+{
+    HV *info = newHV();
+    (void)hv_stores(info, "version", newSVpvs("0.3"));
+    (void)hv_stores(info, "spec_version", newSVpvs("0.3"));
+    pn_pagi_info = (SV *)info;
+}
+
+SV *
+_new(const char *class)
+  CODE:
+    {
+        pn_engine *e = pagi_native_new();
+        if (!e)
+            croak("PAGI::Server::Native::new: cannot create the engine");
+        RETVAL = sv_setref_pv(newSV(0), class, (void *)e);
+    }
+  OUTPUT:
+    RETVAL
+
+void
+_set_option(pn_engine *e, SV *name, SV *value)
+  CODE:
+    {
+        STRLEN nl, vl;
+        const char *n = SvPV(name, nl);
+        const char *v = SvPV(value, vl);
+        if (pagi_native_set_option(e, n, nl, v, vl) != PN_OK)
+            pn_croak_last(aTHX_ "new");
+    }
+
+void
+_listen_fd(pn_engine *e, int fd)
+  CODE:
+    if (pagi_native_listen_fd(e, fd) != PN_OK)
+        pn_croak_last(aTHX_ "listen_fd");
+
+void
+start(pn_engine *e)
+  CODE:
+    if (pagi_native_start(e) != PN_OK)
+        pn_croak_last(aTHX_ "start");
+
+int
+fd(pn_engine *e)
+  CODE:
+    if (pagi_native_fd(e, &RETVAL) != PN_OK)
+        pn_croak_last(aTHX_ "fd");
+  OUTPUT:
+    RETVAL
+
+SV *
+drain_events(pn_engine *e, UV max = 256)
+  CODE:
+    {
+        const pn_event *events = NULL;
+        size_t n = 0, i;
+        AV *out;
+        if (pagi_native_drain(e, (size_t)max, &events, &n) != PN_OK)
+            pn_croak_last(aTHX_ "drain_events");
+        out = newAV();
+        av_extend(out, n);
+        for (i = 0; i < n; i++)
+            av_push(out, pn_event_sv(aTHX_ &events[i]));
+        RETVAL = newRV_noinc((SV *)out);
+    }
+  OUTPUT:
+    RETVAL
+
+void
+flush(pn_engine *e)
+  CODE:
+    if (pagi_native_flush(e) != PN_OK)
+        pn_croak_last(aTHX_ "flush");
+
+void
+shutdown(pn_engine *e, NV grace = 30)
+  CODE:
+    if (pagi_native_shutdown(e, grace) != PN_OK)
+        pn_croak_last(aTHX_ "shutdown");
+
+IV
+respond_full(pn_engine *e, UV id, IV status, SV *headers, SV *body)
+  CODE:
+    {
+        STRLEN bl;
+        size_t nh = pn_headers_in(aTHX_ headers, "respond_full");
+        const char *b = pn_bytes(aTHX_ body, "respond_full", "body", &bl);
+        RETVAL = pn_sent(aTHX_ pagi_native_respond_full(e, id, status, pn_scratch, nh, b, bl), "respond_full");
+    }
+  OUTPUT:
+    RETVAL
+
+IV
+http_start(pn_engine *e, UV id, IV status, SV *headers, int trailers = 0)
+  CODE:
+    {
+        size_t nh = pn_headers_in(aTHX_ headers, "http_start");
+        RETVAL = pn_sent(aTHX_ pagi_native_http_start(e, id, status, pn_scratch, nh, trailers), "http_start");
+    }
+  OUTPUT:
+    RETVAL
+
+IV
+http_body(pn_engine *e, UV id, SV *body, int more = 0)
+  CODE:
+    {
+        STRLEN bl;
+        size_t buffered = 0;
+        const char *b = pn_bytes(aTHX_ body, "http_body", "body", &bl);
+        int rc = pagi_native_http_body(e, id, b, bl, more, &buffered);
+        if (rc == PN_ERROR)
+            pn_croak_last(aTHX_ "http_body");
+        RETVAL = rc == PN_OK ? (IV)buffered : -1;
+    }
+  OUTPUT:
+    RETVAL
+
+IV
+http_trailers(pn_engine *e, UV id, SV *headers)
+  CODE:
+    {
+        size_t nh = pn_headers_in(aTHX_ headers, "http_trailers");
+        RETVAL = pn_sent(aTHX_ pagi_native_http_trailers(e, id, pn_scratch, nh), "http_trailers");
+    }
+  OUTPUT:
+    RETVAL
+
+IV
+want_body(pn_engine *e, UV id)
+  CODE:
+    RETVAL = pn_sent(aTHX_ pagi_native_want_body(e, id), "want_body");
+  OUTPUT:
+    RETVAL
+
+IV
+abort(pn_engine *e, UV id)
+  CODE:
+    RETVAL = pn_sent(aTHX_ pagi_native_abort(e, id), "abort");
+  OUTPUT:
+    RETVAL
+
+IV
+wait_writable(pn_engine *e, UV id)
+  CODE:
+    {
+        int must_wait = 0;
+        if (pagi_native_wait_writable(e, id, &must_wait) != PN_OK)
+            pn_croak_last(aTHX_ "wait_writable");
+        RETVAL = must_wait;
+    }
+  OUTPUT:
+    RETVAL
+
+SV *
+stats(pn_engine *e, SV *id = NULL)
+  CODE:
+    {
+        HV *hv = newHV();
+        if (id && SvOK(id)) {
+            uint64_t bytes_read = 0, buffered = 0;
+            int rc = pagi_native_request_stats(e, SvUV(id), &bytes_read, &buffered);
+            if (rc == PN_ERROR)
+                pn_croak_last(aTHX_ "stats");
+            if (rc == PN_GONE) {
+                SvREFCNT_dec((SV *)hv);
+                XSRETURN_UNDEF;
+            }
+            (void)hv_stores(hv, "bytes_read", newSVuv(bytes_read));
+            (void)hv_stores(hv, "buffered", newSVuv(buffered));
+        } else {
+            pn_stats s;
+            if (pagi_native_stats(e, &s) != PN_OK) {
+                SvREFCNT_dec((SV *)hv);
+                pn_croak_last(aTHX_ "stats");
+            }
+            (void)hv_stores(hv, "connections_active", newSVuv(s.connections_active));
+            (void)hv_stores(hv, "connections_total", newSVuv(s.connections_total));
+            (void)hv_stores(hv, "requests_total", newSVuv(s.requests_total));
+            (void)hv_stores(hv, "requests_active", newSVuv(s.requests_active));
+            (void)hv_stores(hv, "events_pending", newSVuv(s.events_pending));
+        }
+        RETVAL = newRV_noinc((SV *)hv);
+    }
+  OUTPUT:
+    RETVAL
+
+void
+write_watermarks(pn_engine *e)
+  PPCODE:
+    {
+        size_t high = 0, low = 0;
+        if (pagi_native_write_watermarks(e, &high, &low) != PN_OK)
+            pn_croak_last(aTHX_ "write_watermarks");
+        mXPUSHu(high);
+        mXPUSHu(low);
+    }
+
+void
+DESTROY(SV *self)
+  CODE:
+    if (SvROK(self)) {
+        pn_engine *e = INT2PTR(pn_engine *, SvIV(SvRV(self)));
+        if (e) {
+            pagi_native_free(e);
+            sv_setiv(SvRV(self), 0);
+        }
+    }
+
+int
+CLONE_SKIP(...)
+  CODE:
+    RETVAL = 1;
+  OUTPUT:
+    RETVAL

@@ -1,0 +1,222 @@
+//! Request-body framing: turns the bytes after a head into body chunks,
+//! de-chunking `Transfer-Encoding: chunked`. No I/O: the caller reads.
+
+use crate::head::{Framing, Refusal};
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Longest chunk-size line (with extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// The result of one decoding step.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Body bytes (possibly empty when only the end was found); `more` is false at the end.
+    Data(Bytes, bool),
+    /// Nothing can be decoded until more bytes are read.
+    NeedMore,
+}
+
+/// Where the reader is in a request body.
+#[derive(Debug)]
+pub enum BodyReader {
+    /// The body is complete (or there was none).
+    Done,
+    /// This many Content-Length bytes remain.
+    Length(u64),
+    /// A chunked body in progress.
+    Chunked(Chunked),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+/// State of a chunked decoder.
+#[derive(Debug)]
+pub struct Chunked {
+    state: ChunkState,
+    trailer_bytes: usize,
+}
+
+impl BodyReader {
+    pub fn new(framing: Framing) -> Self {
+        match framing {
+            Framing::None => BodyReader::Done,
+            Framing::Length(n) => BodyReader::Length(n),
+            Framing::Chunked => BodyReader::Chunked(Chunked { state: ChunkState::Size, trailer_bytes: 0 }),
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self, BodyReader::Done)
+    }
+
+    /// Decodes up to `max` body bytes from the front of `buf`.
+    pub fn step(&mut self, buf: &mut BytesMut, max: usize) -> Result<Step, Refusal> {
+        match self {
+            BodyReader::Done => Ok(Step::Data(Bytes::new(), false)),
+            BodyReader::Length(left) => {
+                if buf.is_empty() {
+                    return Ok(Step::NeedMore);
+                }
+                let n = (*left).min(buf.len() as u64).min(max as u64) as usize;
+                let data = buf.split_to(n).freeze();
+                *left -= n as u64;
+                let more = *left > 0;
+                if !more {
+                    *self = BodyReader::Done;
+                }
+                Ok(Step::Data(data, more))
+            }
+            BodyReader::Chunked(c) => {
+                let step = c.step(buf, max)?;
+                if let Step::Data(_, false) = step {
+                    *self = BodyReader::Done;
+                }
+                Ok(step)
+            }
+        }
+    }
+}
+
+impl Chunked {
+    fn step(&mut self, buf: &mut BytesMut, max: usize) -> Result<Step, Refusal> {
+        loop {
+            match self.state {
+                ChunkState::Size => {
+                    let Some(line) = take_line(buf, MAX_CHUNK_LINE)? else { return Ok(Step::NeedMore) };
+                    let size = parse_chunk_size(&line)?;
+                    self.state = if size == 0 { ChunkState::Trailers } else { ChunkState::Data(size) };
+                }
+                ChunkState::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    let n = left.min(buf.len() as u64).min(max as u64) as usize;
+                    let data = buf.split_to(n).freeze();
+                    let left = left - n as u64;
+                    self.state = if left == 0 { ChunkState::DataEnd } else { ChunkState::Data(left) };
+                    return Ok(Step::Data(data, true));
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Step::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(Refusal(400));
+                    }
+                    buf.advance(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    // Request trailers have no PAGI event; they are read and dropped.
+                    let Some(line) = take_line(buf, MAX_CHUNK_LINE)? else { return Ok(Step::NeedMore) };
+                    self.trailer_bytes += line.len() + 2;
+                    if self.trailer_bytes > 65536 {
+                        return Err(Refusal(431));
+                    }
+                    if line.is_empty() {
+                        return Ok(Step::Data(Bytes::new(), false));
+                    }
+                    if !line.contains(&b':') {
+                        return Err(Refusal(400));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Takes one CRLF-terminated line (without the CRLF) off the front of `buf`.
+fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, Refusal> {
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(i) => {
+            if i == 0 || buf[i - 1] != b'\r' {
+                return Err(Refusal(400));
+            }
+            let mut line = buf.split_to(i + 1);
+            line.truncate(i - 1);
+            Ok(Some(line))
+        }
+        None if buf.len() > max => Err(Refusal(400)),
+        None => Ok(None),
+    }
+}
+
+/// Parses `1a;ext=val` into the chunk size; extensions are checked for shape only.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, Refusal> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return Err(Refusal(400));
+    }
+    let size = u64::from_str_radix(std::str::from_utf8(&line[..digits]).unwrap(), 16).map_err(|_| Refusal(400))?;
+    let rest = &line[digits..];
+    let rest_trimmed: &[u8] = {
+        let s = rest.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(rest.len());
+        &rest[s..]
+    };
+    if !rest_trimmed.is_empty() && rest_trimmed[0] != b';' {
+        return Err(Refusal(400));
+    }
+    if rest_trimmed.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(Refusal(400));
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(input: &[u8]) -> Result<(Vec<u8>, bool), Refusal> {
+        let mut r = BodyReader::new(Framing::Chunked);
+        let mut buf = BytesMut::from(input);
+        let mut out = Vec::new();
+        loop {
+            match r.step(&mut buf, 3)? {
+                Step::Data(d, more) => {
+                    out.extend_from_slice(&d);
+                    if !more {
+                        return Ok((out, true));
+                    }
+                }
+                Step::NeedMore => return Ok((out, false)),
+            }
+        }
+    }
+
+    #[test]
+    fn dechunks_with_extensions_and_trailers() {
+        let (body, done) = decode_all(b"5;name=v\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT").unwrap();
+        assert_eq!(body, b"hello world");
+        assert!(done);
+    }
+
+    #[test]
+    fn partial_input_needs_more() {
+        let (body, done) = decode_all(b"5\r\nhel").unwrap();
+        assert_eq!(body, b"hel");
+        assert!(!done);
+    }
+
+    #[test]
+    fn bad_chunks_are_refused() {
+        assert_eq!(decode_all(b"zz\r\n").unwrap_err(), Refusal(400));
+        assert_eq!(decode_all(b"5\r\nhelloXX").unwrap_err(), Refusal(400));
+        assert_eq!(decode_all(b"5 junk\r\n").unwrap_err(), Refusal(400));
+        assert_eq!(decode_all(b"5\nhello").unwrap_err(), Refusal(400));
+    }
+
+    #[test]
+    fn content_length_reader_stops_at_the_end() {
+        let mut r = BodyReader::new(Framing::Length(4));
+        let mut buf = BytesMut::from(&b"abcdefg"[..]);
+        assert_eq!(r.step(&mut buf, 100).unwrap(), Step::Data(Bytes::from_static(b"abcd"), false));
+        assert_eq!(&buf[..], b"efg");
+        assert!(r.is_done());
+    }
+}

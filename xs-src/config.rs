@@ -1,0 +1,128 @@
+//! Engine options. Field names are the option names used by `PAGI::Server`
+//! and `pagi-server`, so one name means one thing on both sides of the seam.
+
+use std::time::Duration;
+
+/// Limits and timeouts enforced by the IO thread.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Largest accepted request body in bytes (413 above it); 0 = unlimited.
+    pub max_body_size: u64,
+    /// Largest request head (request line plus headers) in bytes (431 above it).
+    pub max_header_size: usize,
+    /// Most request headers accepted (431 above it).
+    pub max_header_count: usize,
+    /// Longest request line in bytes (414 above it).
+    pub max_request_line_size: usize,
+    /// Keep-alive idle timeout between requests; zero disables it.
+    pub timeout: Duration,
+    /// Time allowed to receive a complete request head; zero disables it.
+    pub header_timeout: Duration,
+    /// Buffered response bytes at which `$send` starts to wait.
+    pub write_high_watermark: usize,
+    /// Buffered response bytes below which a waiting `$send` resumes.
+    pub write_low_watermark: usize,
+    /// Value of the `server` response header; empty = do not add one.
+    pub server_header: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_body_size: 10_000_000,
+            max_header_size: 8192,
+            max_header_count: 100,
+            max_request_line_size: 8192,
+            timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(30),
+            write_high_watermark: 65536,
+            write_low_watermark: 16384,
+            server_header: concat!("PAGI-Server-Native/", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+}
+
+impl Config {
+    /// Sets one option from its textual value, as handed over by Perl.
+    pub fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        match name {
+            "max_body_size" => self.max_body_size = parse_int(name, value)?,
+            "max_header_size" => self.max_header_size = parse_size(name, value, 256)?,
+            "max_header_count" => self.max_header_count = parse_size(name, value, 1)?,
+            "max_request_line_size" => self.max_request_line_size = parse_size(name, value, 64)?,
+            "timeout" => self.timeout = parse_seconds(name, value)?,
+            "header_timeout" => self.header_timeout = parse_seconds(name, value)?,
+            "write_high_watermark" => self.write_high_watermark = parse_size(name, value, 1)?,
+            "write_low_watermark" => self.write_low_watermark = parse_size(name, value, 0)?,
+            "server_header" => {
+                if value.bytes().any(|b| b < 0x20 || b == 0x7f) {
+                    return Err("server_header: contains control characters".into());
+                }
+                self.server_header = value.to_string();
+            }
+            _ => return Err(format!("unknown engine option '{name}'")),
+        }
+        Ok(())
+    }
+
+    /// Checks relations between options once all of them are set.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.write_low_watermark > self.write_high_watermark {
+            return Err(format!(
+                "write_low_watermark ({}) must not exceed write_high_watermark ({})",
+                self.write_low_watermark, self.write_high_watermark
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse_int(name: &str, value: &str) -> Result<u64, String> {
+    value
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("{name}: '{value}' is not a non-negative integer"))
+}
+
+fn parse_size(name: &str, value: &str, min: usize) -> Result<usize, String> {
+    let v = parse_int(name, value)? as usize;
+    if v < min {
+        return Err(format!("{name}: {v} is below the minimum of {min}"));
+    }
+    Ok(v)
+}
+
+fn parse_seconds(name: &str, value: &str) -> Result<Duration, String> {
+    let secs: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{name}: '{value}' is not a number of seconds"))?;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{name}: '{value}' must be a non-negative number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sets_known_options_and_rejects_unknown() {
+        let mut c = Config::default();
+        c.set("max_body_size", "0").unwrap();
+        assert_eq!(c.max_body_size, 0);
+        c.set("timeout", "1.5").unwrap();
+        assert_eq!(c.timeout, Duration::from_millis(1500));
+        assert!(c.set("timeout", "-1").unwrap_err().contains("timeout"));
+        assert!(c.set("bogus", "1").unwrap_err().contains("bogus"));
+        assert!(c.set("max_header_count", "x").is_err());
+    }
+
+    #[test]
+    fn low_watermark_must_not_exceed_high() {
+        let mut c = Config::default();
+        c.set("write_low_watermark", "100000").unwrap();
+        assert!(c.validate().is_err());
+    }
+}

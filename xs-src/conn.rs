@@ -1,0 +1,530 @@
+//! One HTTP/1.1 connection: read a head, hand the request to Perl, apply the
+//! commands Perl sends back, write the response, then keep alive or close.
+//!
+//! Reading is pull-based: body bytes are read from the socket only while Perl
+//! waits for them (`want_body`). Otherwise at most [`PEEK_LIMIT`] bytes are
+//! read ahead, enough to notice a client that went away.
+
+use crate::body::{BodyReader, Step};
+use crate::event::{Action, ConnCounters, Event, Headers, Id, Reason, RequestEvent};
+use crate::head::{self, Framing, Head};
+use crate::io::{IoCtx, Phase};
+use crate::response::{self, BodyFraming, RequestInfo};
+use bytes::{Bytes, BytesMut};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, Instant};
+
+/// Read-ahead allowed while the app is not asking for the body.
+pub const PEEK_LIMIT: usize = 64 * 1024;
+/// Largest body chunk handed to Perl in one `body` event.
+const BODY_CHUNK: usize = 64 * 1024;
+/// Content-Length bodies up to this size come with the request event.
+const PREREAD_MAX: u64 = 64 * 1024;
+/// Unread request body the server will skip to keep a connection alive.
+const DISCARD_MAX: u64 = 256 * 1024;
+/// Body writes smaller than this are copied into the head buffer (one write).
+const COALESCE_MAX: usize = 16 * 1024;
+
+/// Commands for this connection: (request id, action).
+pub type ActionSender = mpsc::UnboundedSender<(Id, Action)>;
+
+enum HeadResult {
+    Head(Head),
+    Refused(u16),
+    Closed,
+}
+
+/// What woke the request loop.
+enum Woke {
+    Command((Id, Action)),
+    Read(std::io::Result<usize>),
+    Closing,
+}
+
+/// How one request ended.
+enum Outcome {
+    Finished { keep_alive: bool },
+    Failed(Reason),
+}
+
+#[derive(PartialEq, Eq)]
+enum Resp {
+    Idle,
+    Started,
+    Done,
+}
+
+/// The state of the request being served.
+struct Exchange {
+    id: Id,
+    info: RequestInfo,
+    te_trailers: bool,
+    body: BodyReader,
+    body_total: u64,
+    want_body: bool,
+    continue_pending: bool,
+    resp: Resp,
+    pending_head: Option<(u16, Headers)>,
+    trailers_declared: bool,
+    framing: BodyFraming,
+    keep_alive: bool,
+    aborted: bool,
+}
+
+/// Bytes waiting to be written, with the body bytes each piece accounts for.
+#[derive(Default)]
+struct Out {
+    small: BytesMut,
+    small_counted: usize,
+    segments: Vec<(Bytes, usize)>,
+}
+
+impl Out {
+    fn is_empty(&self) -> bool {
+        self.small.is_empty() && self.segments.is_empty()
+    }
+
+    fn seal_small(&mut self) {
+        if !self.small.is_empty() || self.small_counted > 0 {
+            let b = self.small.split().freeze();
+            self.segments.push((b, std::mem::take(&mut self.small_counted)));
+        }
+    }
+
+    fn data(&mut self, data: Bytes, counted: usize) {
+        if data.len() < COALESCE_MAX {
+            self.small.extend_from_slice(&data);
+            self.small_counted += counted;
+        } else {
+            self.seal_small();
+            self.segments.push((data, counted));
+        }
+    }
+}
+
+/// A served connection.
+pub struct Conn {
+    ctx: Rc<IoCtx>,
+    stream: TcpStream,
+    rx: mpsc::UnboundedReceiver<(Id, Action)>,
+    tx: ActionSender,
+    phase: watch::Receiver<Phase>,
+    rbuf: BytesMut,
+    out: Out,
+    eof: bool,
+    counters: Arc<ConnCounters>,
+    client: (String, u16),
+    server: (String, u16),
+    /// The request in progress, for the panic guard in `io`.
+    pub current: Rc<std::cell::Cell<Id>>,
+}
+
+impl Conn {
+    pub fn new(ctx: Rc<IoCtx>, stream: TcpStream, client: (String, u16), server: (String, u16)) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let phase = ctx.phase.clone();
+        Conn {
+            ctx,
+            stream,
+            rx,
+            tx,
+            phase,
+            rbuf: BytesMut::with_capacity(8192),
+            out: Out::default(),
+            eof: false,
+            counters: Arc::new(ConnCounters::default()),
+            client,
+            server,
+            current: Rc::new(std::cell::Cell::new(0)),
+        }
+    }
+
+    /// Serves requests until the connection closes.
+    pub async fn serve(mut self) {
+        let mut first = true;
+        loop {
+            let head = match self.read_head(first).await {
+                HeadResult::Head(h) => h,
+                HeadResult::Closed => break,
+                HeadResult::Refused(status) => {
+                    let server = self.ctx.shared.config.server_header.clone();
+                    response::encode_error(&mut self.out.small, status, &server);
+                    let _ = self.flush_out(0).await;
+                    break;
+                }
+            };
+            first = false;
+            if !self.handle_request(head).await || *self.phase.borrow() != Phase::Running {
+                break;
+            }
+        }
+        let _ = self.stream.shutdown().await;
+    }
+
+    async fn read_head(&mut self, first: bool) -> HeadResult {
+        let cfg = &self.ctx.shared.config;
+        let header_deadline = || (!cfg.header_timeout.is_zero()).then(|| Instant::now() + cfg.header_timeout);
+        let mut deadline = if first {
+            header_deadline()
+        } else {
+            (!cfg.timeout.is_zero()).then(|| Instant::now() + cfg.timeout)
+        };
+        let mut head_started = first;
+        loop {
+            if !self.rbuf.is_empty() {
+                match head::parse(&self.rbuf, cfg) {
+                    Ok(Some(raw)) => {
+                        let bytes = self.rbuf.split_to(raw.len).freeze();
+                        return match raw.finish(&bytes, cfg) {
+                            Ok(h) => HeadResult::Head(h),
+                            Err(r) => HeadResult::Refused(r.0),
+                        };
+                    }
+                    Ok(None) => {}
+                    Err(r) => return HeadResult::Refused(r.0),
+                }
+                if !head_started {
+                    head_started = true;
+                    deadline = header_deadline();
+                }
+            }
+            if self.eof {
+                return if self.rbuf.is_empty() { HeadResult::Closed } else { HeadResult::Refused(400) };
+            }
+            let idle = self.rbuf.is_empty();
+            let far = Instant::now() + std::time::Duration::from_secs(86400 * 365);
+            tokio::select! {
+                r = self.stream.read_buf(&mut self.rbuf) => match r {
+                    Ok(0) | Err(_) => self.eof = true,
+                    Ok(n) => { self.counters.bytes_read.fetch_add(n as u64, Ordering::Relaxed); }
+                },
+                _ = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => return HeadResult::Closed,
+                _ = self.phase.wait_for(|p| *p != Phase::Running), if idle => return HeadResult::Closed,
+            }
+        }
+    }
+
+    async fn handle_request(&mut self, head: Head) -> bool {
+        let shared = self.ctx.shared.clone();
+        if shared.test_panic.as_deref() == Some("request") {
+            panic!("test panic in a connection task (PAGI_NATIVE_TEST_PANIC=request)");
+        }
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        shared.stats.requests_total.fetch_add(1, Ordering::Relaxed);
+        self.current.set(id);
+        let mut body = BodyReader::new(head.framing);
+        let mut pre = None;
+        match head.framing {
+            Framing::None => pre = Some(Bytes::new()),
+            Framing::Length(n) if n <= PREREAD_MAX && !head.expect_continue => {
+                if !self.fill_to(n as usize).await {
+                    return false;
+                }
+                pre = Some(self.rbuf.split_to(n as usize).freeze());
+                body = BodyReader::Done;
+            }
+            _ => {}
+        }
+        let draining = *self.phase.borrow() != Phase::Running;
+        let info = RequestInfo {
+            http10: head.http_version == "1.0",
+            is_head: head.is_head_method,
+            keep_alive: head.keep_alive && !draining,
+        };
+        let mut ex = Exchange {
+            id,
+            info,
+            te_trailers: head.te_trailers,
+            body,
+            body_total: pre.as_ref().map_or(0, |b| b.len() as u64),
+            want_body: false,
+            continue_pending: head.expect_continue,
+            resp: Resp::Idle,
+            pending_head: None,
+            trailers_declared: false,
+            framing: BodyFraming::Empty,
+            keep_alive: false,
+            aborted: false,
+        };
+        self.ctx.registry.borrow_mut().insert(id, self.tx.clone());
+        shared.events.push(Event::Request(Box::new(RequestEvent {
+            id,
+            method: head.method,
+            path: head.path,
+            path_is_utf8: head.path_is_utf8,
+            raw_path: head.raw_path,
+            query_string: head.query_string,
+            http_version: head.http_version,
+            scheme: "http",
+            headers: head.headers,
+            client: self.client.clone(),
+            server: self.server.clone(),
+            body: pre,
+            counters: self.counters.clone(),
+        })));
+        let outcome = self.exchange(&mut ex).await;
+        self.ctx.registry.borrow_mut().remove(&id);
+        self.current.set(0);
+        match outcome {
+            Outcome::Finished { keep_alive } => {
+                shared.events.push(Event::Done { id });
+                keep_alive && self.skip_unread_body(&mut ex).await
+            }
+            Outcome::Failed(reason) => {
+                shared.events.push(Event::Disconnect { id, reason });
+                false
+            }
+        }
+    }
+
+    /// Reads until `rbuf` holds `n` bytes; false if the client went away or stalled.
+    async fn fill_to(&mut self, n: usize) -> bool {
+        let t = self.ctx.shared.config.header_timeout;
+        while self.rbuf.len() < n {
+            if self.eof {
+                return false;
+            }
+            let read = self.stream.read_buf(&mut self.rbuf);
+            let r = if t.is_zero() { Ok(read.await) } else { tokio::time::timeout(t, read).await };
+            match r {
+                Ok(Ok(m)) if m > 0 => {
+                    self.counters.bytes_read.fetch_add(m as u64, Ordering::Relaxed);
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    async fn exchange(&mut self, ex: &mut Exchange) -> Outcome {
+        loop {
+            let need_body = ex.want_body && !ex.body.is_done();
+            let can_read = !self.eof && (need_body || self.rbuf.len() < PEEK_LIMIT);
+            let woke = tokio::select! {
+                biased;
+                cmd = self.rx.recv() => Woke::Command(cmd.expect("a connection holds its own sender")),
+                res = self.stream.read_buf(&mut self.rbuf), if can_read => Woke::Read(res),
+                _ = self.phase.wait_for(|p| *p == Phase::Closing) => Woke::Closing,
+            };
+            let step = match woke {
+                Woke::Command((cid, action)) => {
+                    let mut r = self.apply(ex, cid, action);
+                    while r.is_ok() {
+                        match self.rx.try_recv() {
+                            Ok((cid, action)) => r = self.apply(ex, cid, action),
+                            Err(_) => break,
+                        }
+                    }
+                    r
+                }
+                Woke::Read(Ok(n)) if n > 0 => {
+                    self.counters.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+                    if ex.want_body { self.deliver_body(ex) } else { Ok(()) }
+                }
+                Woke::Read(Ok(_)) => {
+                    self.eof = true;
+                    Err(Reason::ClientClosed)
+                }
+                Woke::Read(Err(_)) => {
+                    self.eof = true;
+                    Err(Reason::ReadError)
+                }
+                Woke::Closing => Err(Reason::ServerShutdown),
+            };
+            if !self.out.is_empty() && self.flush_out(ex.id).await.is_err() {
+                return Outcome::Failed(Reason::WriteError);
+            }
+            if let Err(reason) = step {
+                return Outcome::Failed(reason);
+            }
+            if ex.aborted {
+                return Outcome::Failed(Reason::ServerError);
+            }
+            if ex.resp == Resp::Done {
+                return Outcome::Finished { keep_alive: ex.keep_alive };
+            }
+        }
+    }
+
+    fn apply(&mut self, ex: &mut Exchange, id: Id, action: Action) -> Result<(), Reason> {
+        if id != ex.id {
+            return Ok(()); // a command for a request that already ended
+        }
+        match action {
+            Action::WantBody => {
+                ex.want_body = true;
+                self.deliver_body(ex)?;
+            }
+            Action::Full { status, headers, body } if ex.resp == Resp::Idle => {
+                let enc = self.encode(ex, status, &headers, Some(body.len()));
+                self.write_body(ex, body, false, 0, enc.framing);
+                ex.resp = Resp::Done;
+            }
+            Action::Start { status, headers, trailers } if ex.resp == Resp::Idle => {
+                ex.pending_head = Some((status, headers));
+                ex.trailers_declared = trailers;
+                ex.resp = Resp::Started;
+            }
+            Action::Body { data, more } if ex.resp == Resp::Started => {
+                let counted = data.len();
+                if let Some((status, headers)) = ex.pending_head.take() {
+                    let known = (!more && !ex.trailers_declared).then_some(data.len());
+                    self.encode(ex, status, &headers, known);
+                }
+                let framing = ex.framing;
+                self.write_body(ex, data, more, counted, framing);
+                if !more && !(ex.trailers_declared && framing == BodyFraming::Chunked) {
+                    if framing == BodyFraming::Chunked {
+                        response::put_chunked_end(&mut self.out.small, None);
+                    }
+                    ex.resp = Resp::Done;
+                }
+            }
+            Action::Trailers { headers } if ex.resp == Resp::Started => {
+                if let Some((status, h)) = ex.pending_head.take() {
+                    self.encode(ex, status, &h, Some(0));
+                }
+                if ex.framing == BodyFraming::Chunked {
+                    let t = ex.te_trailers.then_some(&headers);
+                    response::put_chunked_end(&mut self.out.small, t);
+                }
+                ex.resp = Resp::Done;
+            }
+            Action::Abort => {
+                if let Some((status, headers)) = ex.pending_head.take() {
+                    self.encode(ex, status, &headers, None);
+                }
+                ex.aborted = true;
+                ex.keep_alive = false;
+            }
+            _ => {} // out of order: Perl already refused it; never corrupt the wire
+        }
+        Ok(())
+    }
+
+    fn encode(&mut self, ex: &mut Exchange, status: u16, headers: &Headers, known: Option<usize>) -> response::Encoded {
+        let server = &self.ctx.shared.config.server_header;
+        let enc = response::encode_head(&mut self.out.small, status, headers, ex.info, known, server);
+        ex.framing = enc.framing;
+        ex.keep_alive = enc.keep_alive;
+        enc
+    }
+
+    /// Frames one body chunk; a body longer than its Content-Length is cut and the connection closed.
+    fn write_body(&mut self, ex: &mut Exchange, data: Bytes, more: bool, counted: usize, framing: BodyFraming) {
+        match framing {
+            BodyFraming::Empty => self.out.data(Bytes::new(), counted),
+            BodyFraming::Close => self.out.data(data, counted),
+            BodyFraming::Chunked => {
+                if !data.is_empty() {
+                    response::put_chunk_header(&mut self.out.small, data.len());
+                    self.out.data(data, counted);
+                    self.out.small.extend_from_slice(b"\r\n");
+                } else {
+                    self.out.data(data, counted);
+                }
+            }
+            BodyFraming::Length(left) => {
+                let n = (data.len() as u64).min(left) as usize;
+                if n < data.len() {
+                    self.log("warn", format!("response body longer than its Content-Length ({left} bytes left); connection closed"));
+                    ex.keep_alive = false;
+                }
+                self.out.data(data.slice(..n), counted);
+                let left = left - n as u64;
+                ex.framing = BodyFraming::Length(left);
+                if !more && left > 0 {
+                    ex.keep_alive = false; // truncated: only closing tells the client
+                }
+            }
+        }
+    }
+
+    fn deliver_body(&mut self, ex: &mut Exchange) -> Result<(), Reason> {
+        if ex.continue_pending && !ex.body.is_done() && self.rbuf.is_empty() && ex.resp == Resp::Idle {
+            self.out.small.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        ex.continue_pending = false;
+        match ex.body.step(&mut self.rbuf, BODY_CHUNK) {
+            Ok(Step::Data(data, more)) => {
+                ex.body_total += data.len() as u64;
+                let max = self.ctx.shared.config.max_body_size;
+                if max > 0 && ex.body_total > max {
+                    return Err(self.refuse_mid_request(ex, 413, Reason::BodyTooLarge));
+                }
+                ex.want_body = false;
+                self.ctx.shared.events.push(Event::Body { id: ex.id, data, more });
+                Ok(())
+            }
+            Ok(Step::NeedMore) => Ok(()),
+            Err(r) => Err(self.refuse_mid_request(ex, r.0, Reason::ProtocolError)),
+        }
+    }
+
+    /// Answers `status` if no response began, and ends the request with `reason`.
+    fn refuse_mid_request(&mut self, ex: &mut Exchange, status: u16, reason: Reason) -> Reason {
+        if ex.resp == Resp::Idle {
+            let server = self.ctx.shared.config.server_header.clone();
+            response::encode_error(&mut self.out.small, status, &server);
+        }
+        reason
+    }
+
+    /// After a finished response: skips what the app left unread of the body,
+    /// if that is cheap; otherwise the connection must close.
+    async fn skip_unread_body(&mut self, ex: &mut Exchange) -> bool {
+        if ex.body.is_done() {
+            return true;
+        }
+        if ex.continue_pending {
+            return false; // the client still waits for 100 Continue; its body may never come
+        }
+        let mut skipped = 0u64;
+        loop {
+            match ex.body.step(&mut self.rbuf, usize::MAX) {
+                Ok(Step::Data(d, more)) => {
+                    skipped += d.len() as u64;
+                    if !more {
+                        return true;
+                    }
+                }
+                Ok(Step::NeedMore) => {
+                    if skipped > DISCARD_MAX || self.eof {
+                        return false;
+                    }
+                    let want = self.rbuf.len() + 1;
+                    if !self.fill_to(want).await {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Writes everything queued; accounts the body bytes and wakes a waiting sender.
+    async fn flush_out(&mut self, id: Id) -> std::io::Result<()> {
+        self.out.seal_small();
+        let low = self.ctx.shared.config.write_low_watermark;
+        let segments = std::mem::take(&mut self.out.segments);
+        let mut result = Ok(());
+        for (bytes, counted) in segments {
+            if result.is_ok() && !bytes.is_empty() {
+                result = self.stream.write_all(&bytes).await;
+            }
+            if counted > 0 && self.counters.sub_buffered(counted, low) {
+                self.ctx.shared.events.push(Event::Writable { id });
+            }
+        }
+        result
+    }
+
+    fn log(&self, level: &'static str, message: String) {
+        self.ctx.shared.events.push(Event::Log { level, message });
+    }
+}

@@ -1,0 +1,332 @@
+//! The Perl-thread half of the engine: options, listeners, starting the IO
+//! thread, queuing commands (one wake per flushed batch), draining events and
+//! reading statistics. Everything here runs on the thread that owns Perl.
+
+use crate::config::Config;
+use crate::event::{Action, Command, ConnCounters, Event, Headers, Id};
+use crate::io::{self, Shared, Stats};
+use crate::queue::EventQueue;
+use crate::response;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Engine errors are messages for Perl's `croak`.
+pub type Result<T> = std::result::Result<T, String>;
+
+/// The result of a command aimed at one request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// Queued; for body chunks, the bytes now buffered for the connection.
+    Queued(usize),
+    /// The request already ended: the command was dropped (PAGI: a no-op).
+    Gone,
+}
+
+/// Engine-wide counters plus the event backlog.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Snapshot {
+    pub connections_active: u64,
+    pub connections_total: u64,
+    pub requests_total: u64,
+    pub requests_active: u64,
+    pub events_pending: u64,
+}
+
+/// See the module docs.
+pub struct Engine {
+    config: Config,
+    listeners: Vec<std::net::TcpListener>,
+    shared: Option<Arc<Shared>>,
+    thread: Option<JoinHandle<()>>,
+    start_pid: Option<u32>,
+    pending: Vec<Command>,
+    live: HashMap<Id, Arc<ConnCounters>>,
+    /// The events of the last drain; they stay alive until the next one.
+    pub batch: Vec<Event>,
+    stopped: bool,
+    test_panic: Option<String>,
+}
+
+impl Engine {
+    /// A configured but idle engine: no thread, no fd.
+    pub fn new() -> Self {
+        Engine {
+            config: Config::default(),
+            listeners: Vec::new(),
+            shared: None,
+            thread: None,
+            start_pid: None,
+            pending: Vec::with_capacity(256),
+            live: HashMap::new(),
+            batch: Vec::new(),
+            stopped: false,
+            test_panic: std::env::var("PAGI_NATIVE_TEST_PANIC").ok().filter(|v| !v.is_empty()),
+        }
+    }
+
+    /// The test-only panic switch, if set.
+    pub fn test_panic(&self) -> Option<&str> {
+        self.test_panic.as_deref()
+    }
+
+    /// Calls from a process other than the one that started the engine are refused.
+    pub fn check_pid(&self) -> Result<()> {
+        match self.start_pid {
+            Some(pid) if pid != std::process::id() => {
+                Err(format!("engine was started in process {pid}; it cannot be used after fork"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// True when this process may free the engine (not a forked copy of a started one).
+    pub fn owned_by_this_process(&self) -> bool {
+        self.start_pid.map_or(true, |pid| pid == std::process::id())
+    }
+
+    pub fn set_option(&mut self, name: &str, value: &str) -> Result<()> {
+        if self.shared.is_some() {
+            return Err("options cannot change after start".into());
+        }
+        self.config.set(name, value)
+    }
+
+    /// Adopts a listening socket: the engine keeps its own close-on-exec dup.
+    pub fn listen_fd(&mut self, fd: RawFd) -> Result<()> {
+        if self.shared.is_some() {
+            return Err("listen_fd must be called before start".into());
+        }
+        let mut accepting: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `accepting`.
+        let rc = unsafe {
+            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN, &mut accepting as *mut _ as *mut libc::c_void, &mut len)
+        };
+        if rc != 0 || accepting == 0 {
+            return Err(format!("fd {fd} is not a listening socket"));
+        }
+        // SAFETY: fcntl on a caller-supplied fd; the result is checked.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(format!("cannot dup fd {fd}: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: `dup` is a fresh fd owned by nobody else.
+        let listener = unsafe { std::net::TcpListener::from_raw_fd(dup) };
+        listener.set_nonblocking(true).map_err(|e| format!("cannot make fd {fd} non-blocking: {e}"))?;
+        self.listeners.push(listener);
+        Ok(())
+    }
+
+    /// Creates the eventfd and the IO thread. Call after any fork.
+    pub fn start(&mut self) -> Result<()> {
+        if self.shared.is_some() {
+            return Err("engine already started".into());
+        }
+        self.config.validate()?;
+        let shared = Arc::new(Shared {
+            config: self.config.clone(),
+            events: EventQueue::new().map_err(|e| format!("eventfd: {e}"))?,
+            commands: Mutex::new(Vec::new()),
+            command_wake: tokio::sync::Notify::new(),
+            next_id: AtomicU64::new(1),
+            stats: Stats::default(),
+            test_panic: self.test_panic.clone(),
+        });
+        let listeners = std::mem::take(&mut self.listeners);
+        let thread_shared = shared.clone();
+        let thread = with_signals_blocked(|| {
+            std::thread::Builder::new()
+                .name("pagi-native-io".into())
+                .spawn(move || io::run_thread(thread_shared, listeners))
+        })
+        .map_err(|e| format!("cannot spawn the IO thread: {e}"))?;
+        self.shared = Some(shared);
+        self.thread = Some(thread);
+        self.start_pid = Some(std::process::id());
+        Ok(())
+    }
+
+    fn shared(&self) -> Result<&Arc<Shared>> {
+        self.shared.as_ref().ok_or_else(|| "engine not started".to_string())
+    }
+
+    /// The notifier fd: readable when events wait.
+    pub fn fd(&self) -> Result<RawFd> {
+        Ok(self.shared()?.events.fd())
+    }
+
+    /// Replaces `batch` with up to `max` new events.
+    pub fn drain(&mut self, max: usize) -> Result<()> {
+        let shared = self.shared.clone().ok_or_else(|| "engine not started".to_string())?;
+        self.batch.clear();
+        shared.events.drain_into(max.max(1), &mut self.batch);
+        for ev in &self.batch {
+            match ev {
+                Event::Request(r) => {
+                    self.live.insert(r.id, r.counters.clone());
+                }
+                Event::Done { id } | Event::Disconnect { id, .. } => {
+                    self.live.remove(id);
+                }
+                Event::Stopped | Event::Fatal { .. } => self.stopped = true,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands queued commands to the IO thread with one wake.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let shared = self.shared()?.clone();
+        shared.commands.lock().unwrap_or_else(|p| p.into_inner()).append(&mut self.pending);
+        shared.command_wake.notify_one();
+        Ok(())
+    }
+
+    /// Begins shutdown: stop accepting, finish requests within `grace`, then a `stopped` event.
+    pub fn shutdown(&mut self, grace: f64) -> Result<()> {
+        if !grace.is_finite() || grace < 0.0 {
+            return Err(format!("grace must be a non-negative number of seconds, got {grace}"));
+        }
+        self.shared()?;
+        self.pending.push(Command::Shutdown { grace: Duration::from_secs_f64(grace) });
+        self.flush()
+    }
+
+    pub fn respond_full(&mut self, id: Id, status: i64, headers: Headers, body: Bytes) -> Result<Sent> {
+        let status = check_status(status)?;
+        response::check_headers(&headers)?;
+        self.queue(id, Action::Full { status, headers, body }, 0)
+    }
+
+    pub fn http_start(&mut self, id: Id, status: i64, headers: Headers, trailers: bool) -> Result<Sent> {
+        let status = check_status(status)?;
+        response::check_headers(&headers)?;
+        self.queue(id, Action::Start { status, headers, trailers }, 0)
+    }
+
+    /// Queues a body chunk; `Sent::Queued(n)` reports the bytes now buffered.
+    pub fn http_body(&mut self, id: Id, data: Bytes, more: bool) -> Result<Sent> {
+        let n = data.len();
+        self.queue(id, Action::Body { data, more }, n)
+    }
+
+    pub fn http_trailers(&mut self, id: Id, headers: Headers) -> Result<Sent> {
+        response::check_headers(&headers)?;
+        self.queue(id, Action::Trailers { headers }, 0)
+    }
+
+    pub fn want_body(&mut self, id: Id) -> Result<Sent> {
+        self.queue(id, Action::WantBody, 0)
+    }
+
+    pub fn abort(&mut self, id: Id) -> Result<Sent> {
+        self.queue(id, Action::Abort, 0)
+    }
+
+    /// After `http_body` reported at least the high watermark: registers for a
+    /// `writable` event. False means the buffer already drained, so do not wait.
+    pub fn wait_writable(&mut self, id: Id) -> bool {
+        let low = self.config.write_low_watermark;
+        match self.live.get(&id) {
+            Some(c) => !c.wait_for_drain(low),
+            None => false,
+        }
+    }
+
+    fn queue(&mut self, id: Id, action: Action, body_bytes: usize) -> Result<Sent> {
+        self.shared()?;
+        let Some(counters) = self.live.get(&id) else { return Ok(Sent::Gone) };
+        let buffered = if body_bytes > 0 {
+            counters.add_buffered(body_bytes)
+        } else {
+            counters.buffered.load(Ordering::Acquire)
+        };
+        self.pending.push(Command::Request { id, action });
+        Ok(Sent::Queued(buffered))
+    }
+
+    /// True when commands wait for `flush`.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let mut s = Snapshot { requests_active: self.live.len() as u64, ..Snapshot::default() };
+        if let Some(sh) = &self.shared {
+            s.connections_active = sh.stats.connections_active.load(Ordering::Relaxed);
+            s.connections_total = sh.stats.connections_total.load(Ordering::Relaxed);
+            s.requests_total = sh.stats.requests_total.load(Ordering::Relaxed);
+            s.events_pending = sh.events.len() as u64;
+        }
+        s
+    }
+
+    /// `(bytes read on its connection, response bytes buffered)` for a live request.
+    pub fn request_stats(&self, id: Id) -> Option<(u64, u64)> {
+        self.live.get(&id).map(|c| {
+            (c.bytes_read.load(Ordering::Relaxed), c.buffered.load(Ordering::Relaxed) as u64)
+        })
+    }
+
+    /// True once a `stopped` or `fatal` event was drained.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if !self.owned_by_this_process() {
+            return;
+        }
+        if let Some(shared) = &self.shared {
+            shared.commands.lock().unwrap_or_else(|p| p.into_inner()).push(Command::Shutdown { grace: Duration::ZERO });
+            shared.command_wake.notify_one();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn check_status(status: i64) -> Result<u16> {
+    if (100..=999).contains(&status) {
+        Ok(status as u16)
+    } else {
+        Err(format!("status must be an integer from 100 to 999, got {status}"))
+    }
+}
+
+/// Runs `f` with every signal blocked, so a thread it spawns never receives
+/// process signals (they belong to Perl's thread); the mask is restored after.
+fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: sigset_t is plain data; the pthread_sigmask calls get valid pointers.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        let r = f();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        r
+    }
+}

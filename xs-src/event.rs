@@ -1,0 +1,140 @@
+//! Messages crossing the seam: [`Event`] from the IO thread to Perl and
+//! [`Command`] from Perl to the IO thread. Plain data, no I/O, no Perl.
+
+use bytes::Bytes;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// A request or connection id: an integer that is never reused.
+pub type Id = u64;
+
+/// Header pairs as bytes; request names are lower-cased, response names as the app wrote them.
+pub type Headers = Vec<(Bytes, Bytes)>;
+
+/// Counters of one connection, shared by the IO thread and the Perl thread.
+#[derive(Debug, Default)]
+pub struct ConnCounters {
+    /// Bytes read from the socket so far.
+    pub bytes_read: AtomicU64,
+    /// Response body bytes handed over by Perl and not yet written to the socket.
+    pub buffered: AtomicUsize,
+    /// Perl is waiting for `buffered` to fall below the low watermark.
+    pub drain_wanted: AtomicBool,
+}
+
+impl ConnCounters {
+    /// Adds body bytes queued by Perl; returns the new buffered amount.
+    pub fn add_buffered(&self, n: usize) -> usize {
+        self.buffered.fetch_add(n, Ordering::AcqRel) + n
+    }
+
+    /// Removes bytes written to the socket; true when a waiting sender must be woken.
+    pub fn sub_buffered(&self, n: usize, low: usize) -> bool {
+        let now = self.buffered.fetch_sub(n, Ordering::AcqRel).saturating_sub(n);
+        now < low && self.drain_wanted.swap(false, Ordering::AcqRel)
+    }
+
+    /// Called by Perl once `buffered` reached the high watermark. Returns true
+    /// when the IO thread has already drained below `low` meanwhile, in which
+    /// case no `writable` event will come and the sender must not wait.
+    pub fn wait_for_drain(&self, low: usize) -> bool {
+        self.drain_wanted.store(true, Ordering::Release);
+        self.buffered.load(Ordering::Acquire) < low
+            && self.drain_wanted.swap(false, Ordering::AcqRel)
+    }
+}
+
+/// The decoded request head as the app's scope needs it.
+#[derive(Debug)]
+pub struct RequestEvent {
+    pub id: Id,
+    pub method: Bytes,
+    /// Percent-decoded path bytes; `path_is_utf8` says whether they are valid UTF-8.
+    pub path: Vec<u8>,
+    pub path_is_utf8: bool,
+    pub raw_path: Bytes,
+    pub query_string: Bytes,
+    pub http_version: &'static str,
+    pub scheme: &'static str,
+    pub headers: Headers,
+    pub client: (String, u16),
+    pub server: (String, u16),
+    /// The whole body when it came with the head (small Content-Length, or none);
+    /// `None` when the app must pull it with `want_body`.
+    pub body: Option<Bytes>,
+    pub counters: Arc<ConnCounters>,
+}
+
+/// Why a request ended abnormally; the names are PAGI's disconnect reasons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    ClientClosed,
+    ClientTimeout,
+    WriteError,
+    ReadError,
+    ProtocolError,
+    ServerShutdown,
+    ServerError,
+    BodyTooLarge,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::ClientClosed => "client_closed",
+            Reason::ClientTimeout => "client_timeout",
+            Reason::WriteError => "write_error",
+            Reason::ReadError => "read_error",
+            Reason::ProtocolError => "protocol_error",
+            Reason::ServerShutdown => "server_shutdown",
+            Reason::ServerError => "server_error",
+            Reason::BodyTooLarge => "body_too_large",
+        }
+    }
+}
+
+/// IO thread → Perl.
+#[derive(Debug)]
+pub enum Event {
+    /// A new request; exactly one of `Done` or `Disconnect` follows for its id.
+    Request(Box<RequestEvent>),
+    /// The next request-body chunk, sent after Perl asked with `want_body`.
+    Body { id: Id, data: Bytes, more: bool },
+    /// The response buffer of `id` fell below the low watermark.
+    Writable { id: Id },
+    /// The response of `id` was completely written; the request is over.
+    Done { id: Id },
+    /// The request `id` ended abnormally.
+    Disconnect { id: Id, reason: Reason },
+    /// The engine finished shutting down; the IO thread is gone.
+    Stopped,
+    /// A message for Perl's log.
+    Log { level: &'static str, message: String },
+    /// The IO thread died; the engine is unusable.
+    Fatal { message: String },
+}
+
+/// What Perl asks of one request.
+#[derive(Debug)]
+pub enum Action {
+    /// Start and finish the response in one go (Content-Length framing).
+    Full { status: u16, headers: Headers, body: Bytes },
+    /// Start a streamed response; written with the first body chunk.
+    Start { status: u16, headers: Headers, trailers: bool },
+    /// A body chunk; `more == false` ends the body.
+    Body { data: Bytes, more: bool },
+    /// Trailer fields; end the response.
+    Trailers { headers: Headers },
+    /// Read the next request-body chunk.
+    WantBody,
+    /// Close the connection once what is queued is written.
+    Abort,
+}
+
+/// Perl → IO thread.
+#[derive(Debug)]
+pub enum Command {
+    Request { id: Id, action: Action },
+    /// Stop accepting, finish in-flight requests within `grace`, then stop.
+    Shutdown { grace: std::time::Duration },
+}

@@ -1,0 +1,499 @@
+//! The C ABI declared in `pagi_native.h`: the only `extern "C"` items.
+//!
+//! Every function runs inside [`guard`], which turns both errors and panics
+//! into `PN_ERROR` plus a message for `pagi_native_last_error`, so a Rust
+//! panic becomes a Perl `croak`, never a crashed interpreter.
+
+use crate::engine::{Engine, Sent};
+use crate::event::{Event, Headers, RequestEvent};
+use crate::io::panic_message;
+use bytes::Bytes;
+use std::cell::RefCell;
+use std::os::raw::{c_char, c_int};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+
+pub const PN_OK: c_int = 0;
+pub const PN_GONE: c_int = 1;
+pub const PN_ERROR: c_int = -1;
+
+/// `pn_str`: a borrowed byte string.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PnStr {
+    pub ptr: *const c_char,
+    pub len: usize,
+}
+
+impl PnStr {
+    const EMPTY: PnStr = PnStr { ptr: ptr::null(), len: 0 };
+
+    fn of(b: &[u8]) -> PnStr {
+        PnStr { ptr: b.as_ptr() as *const c_char, len: b.len() }
+    }
+
+    /// SAFETY: `ptr` must point to `len` readable bytes (or len == 0).
+    unsafe fn bytes(&self) -> &[u8] {
+        if self.len == 0 || self.ptr.is_null() {
+            &[]
+        } else {
+            std::slice::from_raw_parts(self.ptr as *const u8, self.len)
+        }
+    }
+}
+
+/// `pn_header`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PnHeader {
+    pub name: PnStr,
+    pub value: PnStr,
+}
+
+/// `pn_request`.
+#[repr(C)]
+pub struct PnRequest {
+    pub method: PnStr,
+    pub path: PnStr,
+    pub raw_path: PnStr,
+    pub query_string: PnStr,
+    pub http_version: PnStr,
+    pub scheme: PnStr,
+    pub client_host: PnStr,
+    pub server_host: PnStr,
+    pub client_port: u32,
+    pub server_port: u32,
+    pub path_is_utf8: i32,
+    pub has_body: i32,
+    pub body: PnStr,
+    pub headers: *const PnHeader,
+    pub n_headers: usize,
+}
+
+/// `pn_event`.
+#[repr(C)]
+pub struct PnEvent {
+    pub kind: u32,
+    pub more: i32,
+    pub id: u64,
+    pub data: PnStr,
+    pub level: PnStr,
+    pub request: *const PnRequest,
+}
+
+/// `pn_stats`.
+#[repr(C)]
+pub struct PnStats {
+    pub connections_active: u64,
+    pub connections_total: u64,
+    pub requests_total: u64,
+    pub requests_active: u64,
+    pub events_pending: u64,
+}
+
+/// `pn_engine`: the engine plus the C records of its last drained batch.
+pub struct Handle {
+    engine: Engine,
+    events: Vec<PnEvent>,
+    requests: Vec<PnRequest>,
+    headers: Vec<PnHeader>,
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+fn set_error(msg: String) {
+    LAST_ERROR.with(|e| *e.borrow_mut() = msg.into_bytes());
+}
+
+/// Runs `f`, mapping `Err` and panics to `PN_ERROR` with a message.
+fn guard(name: &str, f: impl FnOnce() -> Result<c_int, String>) -> c_int {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(code)) => code,
+        Ok(Err(msg)) => {
+            set_error(msg);
+            PN_ERROR
+        }
+        Err(p) => {
+            set_error(format!("Rust panic in {name}: {}", panic_message(&*p)));
+            PN_ERROR
+        }
+    }
+}
+
+/// Borrows the handle behind `e`, refusing null and use after fork.
+///
+/// SAFETY: `e` must be null or a pointer returned by `pagi_native_new` and not freed.
+unsafe fn handle<'a>(e: *mut Handle) -> Result<&'a mut Handle, String> {
+    let h = e.as_mut().ok_or_else(|| "null engine".to_string())?;
+    h.engine.check_pid()?;
+    Ok(h)
+}
+
+/// SAFETY: `h` must point to `n` valid `PnHeader`s whose strings are readable.
+unsafe fn headers_from(h: *const PnHeader, n: usize) -> Headers {
+    if n == 0 || h.is_null() {
+        return Vec::new();
+    }
+    std::slice::from_raw_parts(h, n)
+        .iter()
+        .map(|p| (Bytes::copy_from_slice(p.name.bytes()), Bytes::copy_from_slice(p.value.bytes())))
+        .collect()
+}
+
+fn sent_code(s: Sent) -> c_int {
+    match s {
+        Sent::Queued(_) => PN_OK,
+        Sent::Gone => PN_GONE,
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn pagi_native_new() -> *mut Handle {
+    let made = catch_unwind(|| {
+        Box::into_raw(Box::new(Handle {
+            engine: Engine::new(),
+            events: Vec::new(),
+            requests: Vec::new(),
+            headers: Vec::new(),
+        }))
+    });
+    made.unwrap_or(ptr::null_mut())
+}
+
+/// Frees the engine (joining its IO thread); in a forked child of a started
+/// engine it does nothing, since the thread and fds belong to the parent.
+///
+/// # Safety
+/// `e` must be null or come from `pagi_native_new`, and is invalid afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_free(e: *mut Handle) {
+    if e.is_null() {
+        return;
+    }
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        if (*e).engine.owned_by_this_process() {
+            drop(Box::from_raw(e));
+        }
+    }));
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`; name/value readable for their lengths.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_set_option(e: *mut Handle, name: *const c_char, name_len: usize, value: *const c_char, value_len: usize) -> c_int {
+    guard("set_option", || {
+        let h = handle(e)?;
+        let name = PnStr { ptr: name, len: name_len };
+        let value = PnStr { ptr: value, len: value_len };
+        let name = std::str::from_utf8(name.bytes()).map_err(|_| "option name is not UTF-8".to_string())?;
+        let value = std::str::from_utf8(value.bytes()).map_err(|_| format!("{name}: value is not UTF-8"))?;
+        h.engine.set_option(name, value).map(|_| PN_OK)
+    })
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_listen_fd(e: *mut Handle, fd: c_int) -> c_int {
+    guard("listen_fd", || handle(e)?.engine.listen_fd(fd).map(|_| PN_OK))
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_start(e: *mut Handle) -> c_int {
+    guard("start", || handle(e)?.engine.start().map(|_| PN_OK))
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`; `fd` writable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_fd(e: *mut Handle, fd: *mut c_int) -> c_int {
+    guard("fd", || {
+        let n = handle(e)?.engine.fd()?;
+        *fd.as_mut().ok_or("null fd pointer")? = n;
+        Ok(PN_OK)
+    })
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`; `events` and `count` writable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_drain(e: *mut Handle, max: usize, events: *mut *const PnEvent, count: *mut usize) -> c_int {
+    guard("drain_events", || {
+        let h = handle(e)?;
+        h.engine.drain(max)?;
+        h.build_records();
+        *events.as_mut().ok_or("null events pointer")? = h.events.as_ptr();
+        *count.as_mut().ok_or("null count pointer")? = h.events.len();
+        Ok(PN_OK)
+    })
+}
+
+impl Handle {
+    /// Lays out C records for `engine.batch`; the vectors are filled before any
+    /// pointer into them is taken, so no pointer outlives a reallocation.
+    fn build_records(&mut self) {
+        self.events.clear();
+        self.requests.clear();
+        self.headers.clear();
+        let batch = &self.engine.batch;
+        for ev in batch {
+            if let Event::Request(r) = ev {
+                self.headers.extend(r.headers.iter().map(|(n, v)| PnHeader { name: PnStr::of(n), value: PnStr::of(v) }));
+            }
+        }
+        let mut header_at = 0;
+        for ev in batch {
+            if let Event::Request(r) = ev {
+                let n = r.headers.len();
+                let hp = if n == 0 { ptr::null() } else { self.headers[header_at..].as_ptr() };
+                header_at += n;
+                self.requests.push(request_record(r, hp, n));
+            }
+        }
+        let mut request_at = 0;
+        for ev in batch {
+            let mut rec = PnEvent { kind: 0, more: 0, id: 0, data: PnStr::EMPTY, level: PnStr::EMPTY, request: ptr::null() };
+            match ev {
+                Event::Request(r) => {
+                    rec.kind = 1;
+                    rec.id = r.id;
+                    rec.request = &self.requests[request_at];
+                    request_at += 1;
+                }
+                Event::Body { id, data, more } => {
+                    rec.kind = 2;
+                    rec.id = *id;
+                    rec.data = PnStr::of(data);
+                    rec.more = *more as i32;
+                }
+                Event::Writable { id } => {
+                    rec.kind = 3;
+                    rec.id = *id;
+                }
+                Event::Disconnect { id, reason } => {
+                    rec.kind = 4;
+                    rec.id = *id;
+                    rec.data = PnStr::of(reason.as_str().as_bytes());
+                }
+                Event::Done { id } => {
+                    rec.kind = 5;
+                    rec.id = *id;
+                }
+                Event::Stopped => rec.kind = 6,
+                Event::Log { level, message } => {
+                    rec.kind = 7;
+                    rec.level = PnStr::of(level.as_bytes());
+                    rec.data = PnStr::of(message.as_bytes());
+                }
+                Event::Fatal { message } => {
+                    rec.kind = 8;
+                    rec.data = PnStr::of(message.as_bytes());
+                }
+            }
+            self.events.push(rec);
+        }
+    }
+}
+
+fn request_record(r: &RequestEvent, headers: *const PnHeader, n_headers: usize) -> PnRequest {
+    PnRequest {
+        method: PnStr::of(&r.method),
+        path: PnStr::of(&r.path),
+        raw_path: PnStr::of(&r.raw_path),
+        query_string: PnStr::of(&r.query_string),
+        http_version: PnStr::of(r.http_version.as_bytes()),
+        scheme: PnStr::of(r.scheme.as_bytes()),
+        client_host: PnStr::of(r.client.0.as_bytes()),
+        server_host: PnStr::of(r.server.0.as_bytes()),
+        client_port: r.client.1 as u32,
+        server_port: r.server.1 as u32,
+        path_is_utf8: r.path_is_utf8 as i32,
+        has_body: r.body.is_some() as i32,
+        body: r.body.as_deref().map_or(PnStr::EMPTY, PnStr::of),
+        headers,
+        n_headers,
+    }
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_flush(e: *mut Handle) -> c_int {
+    guard("flush", || handle(e)?.engine.flush().map(|_| PN_OK))
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_shutdown(e: *mut Handle, grace: f64) -> c_int {
+    guard("shutdown", || handle(e)?.engine.shutdown(grace).map(|_| PN_OK))
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`; headers and body readable for their lengths.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_respond_full(e: *mut Handle, id: u64, status: i64, headers: *const PnHeader, n_headers: usize, body: *const c_char, body_len: usize) -> c_int {
+    guard("respond_full", || {
+        let h = handle(e)?;
+        let body = Bytes::copy_from_slice(PnStr { ptr: body, len: body_len }.bytes());
+        h.engine.respond_full(id, status, headers_from(headers, n_headers), body).map(sent_code)
+    })
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`; headers readable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_http_start(e: *mut Handle, id: u64, status: i64, headers: *const PnHeader, n_headers: usize, trailers: c_int) -> c_int {
+    guard("http_start", || {
+        let h = handle(e)?;
+        h.engine.http_start(id, status, headers_from(headers, n_headers), trailers != 0).map(sent_code)
+    })
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`; data readable; `buffered` writable or null.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_http_body(e: *mut Handle, id: u64, data: *const c_char, len: usize, more: c_int, buffered: *mut usize) -> c_int {
+    guard("http_body", || {
+        let h = handle(e)?;
+        let data = Bytes::copy_from_slice(PnStr { ptr: data, len }.bytes());
+        let sent = h.engine.http_body(id, data, more != 0)?;
+        if let (Some(out), Sent::Queued(n)) = (buffered.as_mut(), &sent) {
+            *out = *n;
+        }
+        Ok(sent_code(sent))
+    })
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`; headers readable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_http_trailers(e: *mut Handle, id: u64, headers: *const PnHeader, n_headers: usize) -> c_int {
+    guard("http_trailers", || {
+        let h = handle(e)?;
+        h.engine.http_trailers(id, headers_from(headers, n_headers)).map(sent_code)
+    })
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_want_body(e: *mut Handle, id: u64) -> c_int {
+    guard("want_body", || handle(e)?.engine.want_body(id).map(sent_code))
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_abort(e: *mut Handle, id: u64) -> c_int {
+    guard("abort", || handle(e)?.engine.abort(id).map(sent_code))
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`; `must_wait` writable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_wait_writable(e: *mut Handle, id: u64, must_wait: *mut c_int) -> c_int {
+    guard("wait_writable", || {
+        let w = handle(e)?.engine.wait_writable(id);
+        *must_wait.as_mut().ok_or("null pointer")? = w as c_int;
+        Ok(PN_OK)
+    })
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_stats(e: *mut Handle, out: *mut PnStats) -> c_int {
+    guard("stats", || {
+        let h = handle(e)?;
+        if h.engine.test_panic() == Some("stats") {
+            panic!("test panic in an extern function (PAGI_NATIVE_TEST_PANIC=stats)");
+        }
+        let s = h.engine.snapshot();
+        *out.as_mut().ok_or("null stats pointer")? = PnStats {
+            connections_active: s.connections_active,
+            connections_total: s.connections_total,
+            requests_total: s.requests_total,
+            requests_active: s.requests_active,
+            events_pending: s.events_pending,
+        };
+        Ok(PN_OK)
+    })
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`; out pointers writable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_request_stats(e: *mut Handle, id: u64, bytes_read: *mut u64, buffered: *mut u64) -> c_int {
+    guard("stats", || {
+        let h = handle(e)?;
+        match h.engine.request_stats(id) {
+            Some((r, b)) => {
+                *bytes_read.as_mut().ok_or("null pointer")? = r;
+                *buffered.as_mut().ok_or("null pointer")? = b;
+                Ok(PN_OK)
+            }
+            None => Ok(PN_GONE),
+        }
+    })
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`; out pointers writable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_write_watermarks(e: *mut Handle, high: *mut usize, low: *mut usize) -> c_int {
+    guard("write_watermarks", || {
+        let h = handle(e)?;
+        *high.as_mut().ok_or("null pointer")? = h.engine.config().write_high_watermark;
+        *low.as_mut().ok_or("null pointer")? = h.engine.config().write_low_watermark;
+        Ok(PN_OK)
+    })
+}
+
+/// The message of the last `PN_ERROR` on this thread; valid until the next call.
+///
+/// # Safety
+/// `message` writable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_last_error(message: *mut *const c_char) -> usize {
+    LAST_ERROR.with(|e| {
+        let e = e.borrow();
+        if let Some(m) = message.as_mut() {
+            *m = e.as_ptr() as *const c_char;
+        }
+        e.len()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_and_panics_become_codes_with_messages() {
+        assert_eq!(guard("t", || Err("bad thing".into())), PN_ERROR);
+        let mut p = ptr::null();
+        let n = unsafe { pagi_native_last_error(&mut p) };
+        let msg = unsafe { std::slice::from_raw_parts(p as *const u8, n) };
+        assert_eq!(msg, b"bad thing");
+        assert_eq!(guard("t", || panic!("boom")), PN_ERROR);
+        let n = unsafe { pagi_native_last_error(&mut p) };
+        let msg = String::from_utf8(unsafe { std::slice::from_raw_parts(p as *const u8, n) }.to_vec()).unwrap();
+        assert!(msg.contains("panic in t") && msg.contains("boom"), "{msg}");
+    }
+
+    #[test]
+    fn commands_before_start_are_refused() {
+        let e = pagi_native_new();
+        unsafe {
+            assert_eq!(pagi_native_want_body(e, 1), PN_ERROR);
+            assert_eq!(pagi_native_set_option(e, b"timeout".as_ptr() as _, 7, b"5".as_ptr() as _, 1), PN_OK);
+            assert_eq!(pagi_native_set_option(e, b"nope".as_ptr() as _, 4, b"5".as_ptr() as _, 1), PN_ERROR);
+            pagi_native_free(e);
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Request-head parsing: httparse finds the fields, this module applies the
+//! HTTP/1.1 rules PAGI asks for (framing, Host, keep-alive, Expect, cookies,
+//! path decoding) and names the status for a head it refuses.
+
+use crate::config::Config;
+use crate::event::Headers;
+use bytes::Bytes;
+use std::ops::Range;
+
+/// How the request body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// A parsed and validated request head.
+#[derive(Debug)]
+pub struct Head {
+    pub method: Bytes,
+    pub raw_path: Bytes,
+    pub query_string: Bytes,
+    pub path: Vec<u8>,
+    pub path_is_utf8: bool,
+    pub http_version: &'static str,
+    pub headers: Headers,
+    pub framing: Framing,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    /// The client sent `TE: trailers`, so response trailers may be written.
+    pub te_trailers: bool,
+    pub is_head_method: bool,
+}
+
+/// A refused head: the status to answer with, then close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal(pub u16);
+
+/// Offsets of a complete head inside the read buffer.
+pub struct RawHead {
+    pub len: usize,
+    method: Range<usize>,
+    target: Range<usize>,
+    minor: u8,
+    headers: Vec<(Vec<u8>, Range<usize>)>,
+}
+
+/// Looks for a complete head at the start of `buf`.
+/// `Ok(None)`: more bytes are needed; `Err`: answer with that status.
+pub fn parse(buf: &[u8], cfg: &Config) -> Result<Option<RawHead>, Refusal> {
+    // Leading empty lines before a request line are tolerated (RFC 9112 2.2).
+    let mut skip = 0;
+    while buf[skip..].starts_with(b"\r\n") {
+        skip += 2;
+    }
+    let buf_all = buf;
+    let buf = &buf[skip..];
+    let mut slots: Vec<httparse::Header<'_>> = vec![httparse::EMPTY_HEADER; cfg.max_header_count];
+    let mut req = httparse::Request::new(&mut slots);
+    let status = match req.parse(buf) {
+        Ok(s) => s,
+        Err(httparse::Error::TooManyHeaders) => return Err(Refusal(431)),
+        Err(_) => return Err(line_too_long(buf, cfg).unwrap_or(Refusal(400))),
+    };
+    let len = match status {
+        httparse::Status::Partial => {
+            if let Some(r) = line_too_long(buf, cfg) {
+                return Err(r);
+            }
+            if buf.len() > cfg.max_request_line_size + cfg.max_header_size {
+                return Err(Refusal(431));
+            }
+            return Ok(None);
+        }
+        httparse::Status::Complete(n) => n,
+    };
+    if let Some(r) = line_too_long(buf, cfg) {
+        return Err(r);
+    }
+    let line_len = buf.iter().position(|&b| b == b'\n').unwrap_or(0) + 1;
+    if len - line_len > cfg.max_header_size {
+        return Err(Refusal(431));
+    }
+    let base = buf_all.as_ptr() as usize;
+    let off = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        start..start + s.len()
+    };
+    let method = off(req.method.unwrap_or("").as_bytes());
+    let target = off(req.path.unwrap_or("").as_bytes());
+    let minor = req.version.unwrap_or(1);
+    let headers = req
+        .headers
+        .iter()
+        .map(|h| (h.name.as_bytes().to_ascii_lowercase(), off(h.value)))
+        .collect();
+    Ok(Some(RawHead { len: len + skip, method, target, minor, headers }))
+}
+
+fn line_too_long(buf: &[u8], cfg: &Config) -> Option<Refusal> {
+    let line_end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    (line_end > cfg.max_request_line_size).then_some(Refusal(414))
+}
+
+impl RawHead {
+    /// Builds the [`Head`] from the split-off head bytes and applies the rules.
+    pub fn finish(self, bytes: &Bytes, cfg: &Config) -> Result<Head, Refusal> {
+        let method = bytes.slice(self.method);
+        let target = bytes.slice(self.target);
+        let http_version = if self.minor == 0 { "1.0" } else { "1.1" };
+        let mut headers: Headers = Vec::with_capacity(self.headers.len());
+        let mut cookie_at: Option<usize> = None;
+        let mut f = Flags::default();
+        for (name, range) in self.headers {
+            let value = bytes.slice(range);
+            f.note(&name, &value)?;
+            if name == b"cookie" {
+                if let Some(i) = cookie_at {
+                    let mut joined = headers[i].1.to_vec();
+                    joined.extend_from_slice(b"; ");
+                    joined.extend_from_slice(&value);
+                    headers[i].1 = Bytes::from(joined);
+                    continue;
+                }
+                cookie_at = Some(headers.len());
+            }
+            headers.push((Bytes::from(name), value));
+        }
+        if self.minor == 1 && f.host_count == 0 || f.host_count > 1 {
+            return Err(Refusal(400));
+        }
+        let framing = f.framing(cfg)?;
+        let keep_alive = if self.minor == 0 { f.conn_keep_alive && !f.conn_close } else { !f.conn_close };
+        let (raw_path, query_string) = split_target(&target);
+        let path = percent_decode(&raw_path);
+        let path_is_utf8 = std::str::from_utf8(&path).is_ok();
+        Ok(Head {
+            is_head_method: &method[..] == b"HEAD",
+            method,
+            raw_path,
+            query_string,
+            path,
+            path_is_utf8,
+            http_version,
+            headers,
+            framing,
+            keep_alive,
+            expect_continue: self.minor == 1 && f.expect_continue,
+            te_trailers: f.te_trailers,
+        })
+    }
+}
+
+/// What the head's headers say about framing and connection handling.
+#[derive(Default)]
+struct Flags {
+    host_count: usize,
+    content_length: Option<u64>,
+    cl_too_big: bool,
+    transfer_encoding: Option<Vec<u8>>,
+    conn_close: bool,
+    conn_keep_alive: bool,
+    expect_continue: bool,
+    te_trailers: bool,
+}
+
+impl Flags {
+    fn note(&mut self, name: &[u8], value: &[u8]) -> Result<(), Refusal> {
+        match name {
+            b"host" => self.host_count += 1,
+            b"content-length" => {
+                if self.content_length.is_some() || self.cl_too_big {
+                    return Err(Refusal(400));
+                }
+                let v = trim(value);
+                if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+                    return Err(Refusal(400));
+                }
+                let digits = v.iter().skip_while(|&&b| b == b'0').count();
+                if digits > 10 {
+                    self.cl_too_big = true;
+                } else {
+                    let n: u64 = std::str::from_utf8(v).unwrap().parse().map_err(|_| Refusal(400))?;
+                    self.content_length = Some(n);
+                }
+            }
+            b"transfer-encoding" => {
+                let te = self.transfer_encoding.get_or_insert_with(Vec::new);
+                if !te.is_empty() {
+                    te.push(b',');
+                }
+                te.extend_from_slice(value);
+            }
+            b"connection" => {
+                for token in value.split(|&b| b == b',') {
+                    let t = trim(token);
+                    if t.eq_ignore_ascii_case(b"close") {
+                        self.conn_close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        self.conn_keep_alive = true;
+                    }
+                }
+            }
+            b"expect" => self.expect_continue = trim(value).eq_ignore_ascii_case(b"100-continue"),
+            b"te" => {
+                self.te_trailers |= value.split(|&b| b == b',').any(|t| {
+                    let t = trim(t);
+                    let t = t.split(|&b| b == b';').next().unwrap_or(t);
+                    trim(t).eq_ignore_ascii_case(b"trailers")
+                })
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn framing(&self, cfg: &Config) -> Result<Framing, Refusal> {
+        if let Some(te) = &self.transfer_encoding {
+            if self.content_length.is_some() || self.cl_too_big {
+                return Err(Refusal(400));
+            }
+            let codings: Vec<&[u8]> = te.split(|&b| b == b',').map(trim).filter(|c| !c.is_empty()).collect();
+            let chunked_at = codings.iter().position(|c| c.eq_ignore_ascii_case(b"chunked"));
+            return match chunked_at {
+                Some(i) if i + 1 == codings.len() => Ok(Framing::Chunked),
+                Some(_) => Err(Refusal(400)),
+                None => Err(Refusal(501)),
+            };
+        }
+        if self.cl_too_big {
+            return Err(Refusal(413));
+        }
+        match self.content_length {
+            Some(n) if n > 2_147_483_647 => Err(Refusal(413)),
+            Some(n) if cfg.max_body_size > 0 && n > cfg.max_body_size => Err(Refusal(413)),
+            Some(0) | None => Ok(Framing::None),
+            Some(n) => Ok(Framing::Length(n)),
+        }
+    }
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// Splits a request target into (raw path, query string); absolute-form
+/// targets (`http://host/p?q`) lose their scheme and authority.
+pub fn split_target(target: &Bytes) -> (Bytes, Bytes) {
+    let mut t = target.clone();
+    for scheme in [&b"http://"[..], &b"https://"[..]] {
+        if t.len() >= scheme.len() && t[..scheme.len()].eq_ignore_ascii_case(scheme) {
+            let rest = t.slice(scheme.len()..);
+            let path_at = rest.iter().position(|&b| b == b'/' || b == b'?').unwrap_or(rest.len());
+            t = rest.slice(path_at..);
+            if t.is_empty() || t[0] == b'?' {
+                let mut p = b"/".to_vec();
+                p.extend_from_slice(&t);
+                t = Bytes::from(p);
+            }
+            break;
+        }
+    }
+    match t.iter().position(|&b| b == b'?') {
+        Some(q) => (t.slice(..q), t.slice(q + 1..)),
+        None => (t, Bytes::new()),
+    }
+}
+
+/// Percent-decodes `raw`; malformed escapes stay as they are.
+pub fn percent_decode(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'%' && i + 2 < raw.len() {
+            if let (Some(h), Some(l)) = (hex(raw[i + 1]), hex(raw[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(raw[i]);
+        i += 1;
+    }
+    out
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str) -> Result<Head, Refusal> {
+        let cfg = Config::default();
+        let raw_head = parse(raw.as_bytes(), &cfg)?.expect("complete head");
+        let bytes = Bytes::copy_from_slice(&raw.as_bytes()[..raw_head.len]);
+        raw_head.finish(&bytes, &cfg)
+    }
+
+    #[test]
+    fn headers_keep_wire_order_and_duplicates_and_merge_cookies() {
+        let h = head("GET /a HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nCookie: a=1\r\nX-B: 2\r\nx-a: 3\r\nCookie: b=2\r\n\r\n").unwrap();
+        let names: Vec<&[u8]> = h.headers.iter().map(|(n, _)| &n[..]).collect();
+        assert_eq!(names, vec![&b"host"[..], b"x-a", b"cookie", b"x-b", b"x-a"]);
+        assert_eq!(&h.headers[2].1[..], b"a=1; b=2");
+        assert_eq!(&h.headers[4].1[..], b"3");
+    }
+
+    #[test]
+    fn path_is_decoded_and_query_kept_raw() {
+        let h = head("GET /caf%C3%A9/%ff%zz?x=%20 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(&h.raw_path[..], b"/caf%C3%A9/%ff%zz");
+        assert_eq!(h.path, b"/caf\xc3\xa9/\xff%zz");
+        assert!(!h.path_is_utf8);
+        assert_eq!(&h.query_string[..], b"x=%20");
+        let h = head("GET /caf%C3%A9 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert!(h.path_is_utf8);
+    }
+
+    #[test]
+    fn absolute_form_target() {
+        let h = head("GET http://example.com/p/q?z=1 HTTP/1.1\r\nHost: example.com\r\n\r\n").unwrap();
+        assert_eq!(&h.raw_path[..], b"/p/q");
+        assert_eq!(&h.query_string[..], b"z=1");
+    }
+
+    #[test]
+    fn framing_rules() {
+        assert_eq!(head("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n").unwrap().framing, Framing::Length(5));
+        assert_eq!(head("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n").unwrap().framing, Framing::Chunked);
+        assert_eq!(head("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap_err(), Refusal(400));
+        assert_eq!(head("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n").unwrap_err(), Refusal(400));
+        assert_eq!(head("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n").unwrap_err(), Refusal(400));
+        assert_eq!(head("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n").unwrap_err(), Refusal(400));
+        assert_eq!(head("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n").unwrap_err(), Refusal(501));
+        assert_eq!(head("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n").unwrap_err(), Refusal(413));
+        assert_eq!(head("GET / HTTP/1.1\r\n\r\n").unwrap_err(), Refusal(400));
+        assert!(head("GET / HTTP/1.0\r\n\r\n").is_ok());
+    }
+
+    #[test]
+    fn keep_alive_and_expect() {
+        assert!(head("GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap().keep_alive);
+        assert!(!head("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap().keep_alive);
+        assert!(!head("GET / HTTP/1.0\r\n\r\n").unwrap().keep_alive);
+        assert!(head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().keep_alive);
+        let h = head("POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTE: trailers\r\nContent-Length: 1\r\n\r\n").unwrap();
+        assert!(h.expect_continue && h.te_trailers);
+    }
+
+    #[test]
+    fn partial_and_oversized_heads() {
+        let cfg = Config::default();
+        assert!(parse(b"GET / HTTP/1.1\r\nHost: x\r\n", &cfg).unwrap().is_none());
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(9000));
+        assert_eq!(parse(long.as_bytes(), &cfg).err(), Some(Refusal(414)));
+        let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n", "a".repeat(9000));
+        assert_eq!(parse(big.as_bytes(), &cfg).err(), Some(Refusal(431)));
+        assert_eq!(parse(b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", &cfg).err(), Some(Refusal(400)));
+    }
+}

@@ -1,0 +1,221 @@
+//! The IO thread: a tokio `current_thread` runtime that accepts on the
+//! listeners Perl handed over, serves connections, routes Perl's command
+//! batches to them and carries out shutdown.
+
+use crate::config::Config;
+use crate::conn::{ActionSender, Conn};
+use crate::event::{Command, Event, Id, Reason};
+use crate::queue::EventQueue;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// Counters readable from Perl at any time.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub connections_active: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub requests_total: AtomicU64,
+}
+
+/// State shared by the Perl thread and the IO thread.
+pub struct Shared {
+    pub config: Config,
+    pub events: EventQueue,
+    /// Commands flushed by Perl, taken by the dispatcher in one go.
+    pub commands: Mutex<Vec<Command>>,
+    /// Wakes the dispatcher once per flushed batch.
+    pub command_wake: Notify,
+    pub next_id: AtomicU64,
+    pub stats: Stats,
+    /// Test-only switch (`PAGI_NATIVE_TEST_PANIC`), read once at `new`.
+    pub test_panic: Option<String>,
+}
+
+/// Where the engine is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Not accepting; idle connections close, requests in flight finish.
+    Draining,
+    /// Grace is over: every connection closes now.
+    Closing,
+}
+
+/// IO-thread-only context handed to every task.
+pub struct IoCtx {
+    pub shared: Arc<Shared>,
+    /// Request id → the connection serving it.
+    pub registry: RefCell<HashMap<Id, ActionSender>>,
+    pub phase: watch::Receiver<Phase>,
+    live: Cell<usize>,
+    all_closed: Notify,
+}
+
+/// Runs the IO thread until shutdown completes; a panic becomes a `fatal` event.
+pub fn run_thread(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, io_main(shared.clone(), listeners));
+    }));
+    match result {
+        Ok(()) => shared.events.push(Event::Stopped),
+        Err(panic) => shared.events.push(Event::Fatal { message: format!("IO thread panicked: {}", panic_message(&*panic)) }),
+    }
+}
+
+/// Text of a panic payload.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+async fn io_main(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
+    if shared.test_panic.as_deref() == Some("io_thread") {
+        panic!("test panic in the IO thread (PAGI_NATIVE_TEST_PANIC=io_thread)");
+    }
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let ctx = Rc::new(IoCtx {
+        shared: shared.clone(),
+        registry: RefCell::new(HashMap::new()),
+        phase: phase_rx,
+        live: Cell::new(0),
+        all_closed: Notify::new(),
+    });
+    for l in listeners {
+        match tokio::net::TcpListener::from_std(l) {
+            Ok(l) => {
+                tokio::task::spawn_local(accept_loop(ctx.clone(), l));
+            }
+            Err(e) => shared.events.push(Event::Log { level: "error", message: format!("cannot watch listener: {e}") }),
+        }
+    }
+    let grace = dispatch(&ctx).await;
+    let _ = phase_tx.send(Phase::Draining);
+    let drained = async {
+        while ctx.live.get() > 0 {
+            ctx.all_closed.notified().await;
+        }
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        let _ = phase_tx.send(Phase::Closing);
+        while ctx.live.get() > 0 {
+            ctx.all_closed.notified().await;
+        }
+    }
+}
+
+/// Routes command batches to connections until a shutdown command; returns its grace.
+async fn dispatch(ctx: &Rc<IoCtx>) -> Duration {
+    loop {
+        ctx.shared.command_wake.notified().await;
+        let batch = std::mem::take(&mut *ctx.shared.commands.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut shutdown = None;
+        {
+            let registry = ctx.registry.borrow();
+            for cmd in batch {
+                match cmd {
+                    Command::Request { id, action } => {
+                        if let Some(conn) = registry.get(&id) {
+                            let _ = conn.send((id, action));
+                        }
+                    }
+                    Command::Shutdown { grace } => shutdown = Some(grace),
+                }
+            }
+        }
+        if let Some(grace) = shutdown {
+            return grace;
+        }
+    }
+}
+
+async fn accept_loop(ctx: Rc<IoCtx>, listener: tokio::net::TcpListener) {
+    let mut phase = ctx.phase.clone();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = phase.wait_for(|p| *p != Phase::Running) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr().ok();
+                let conn = Conn::new(ctx.clone(), stream, addr_pair(Some(peer)), addr_pair(local));
+                spawn_conn(ctx.clone(), conn);
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning on the error.
+                ctx.shared.events.push(Event::Log { level: "warn", message: format!("accept failed: {e}") });
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn spawn_conn(ctx: Rc<IoCtx>, conn: Conn) {
+    ctx.live.set(ctx.live.get() + 1);
+    ctx.shared.stats.connections_active.fetch_add(1, Ordering::Relaxed);
+    ctx.shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+    let current = conn.current.clone();
+    tokio::task::spawn_local(async move {
+        if let Err(panic) = (CatchUnwind(Box::pin(conn.serve()))).await {
+            let id = current.get();
+            ctx.shared.events.push(Event::Log {
+                level: "error",
+                message: format!("connection task panicked: {}", panic_message(&*panic)),
+            });
+            if id != 0 {
+                ctx.registry.borrow_mut().remove(&id);
+                ctx.shared.events.push(Event::Disconnect { id, reason: Reason::ServerError });
+            }
+        }
+        ctx.shared.stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+        ctx.live.set(ctx.live.get() - 1);
+        if ctx.live.get() == 0 {
+            ctx.all_closed.notify_waiters();
+        }
+    });
+}
+
+/// `(ip, port)` with IPv4-mapped IPv6 addresses shown as plain IPv4.
+fn addr_pair(addr: Option<SocketAddr>) -> (String, u16) {
+    match addr {
+        Some(SocketAddr::V6(a)) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => (v4.to_string(), a.port()),
+            None => (a.ip().to_string(), a.port()),
+        },
+        Some(SocketAddr::V4(a)) => (a.ip().to_string(), a.port()),
+        None => (String::new(), 0),
+    }
+}
+
+/// Polls a future, turning a panic into `Err` so one connection cannot take the thread down.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future<Output = ()>> Future for CatchUnwind<F> {
+    type Output = Result<(), Box<dyn std::any::Any + Send>>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
+            Err(p) => Poll::Ready(Err(p)),
+        }
+    }
+}

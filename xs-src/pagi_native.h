@@ -1,0 +1,82 @@
+/*
+ * pagi_native.h: the C ABI between the Rust engine (xs-src/ffi.rs) and the
+ * Perl glue (xs-src/Native.xs). Written by hand; keep it in step with ffi.rs.
+ *
+ * Conventions: every function returns PN_OK, PN_GONE (the request id is no
+ * longer live: the command was dropped, which PAGI treats as a no-op) or
+ * PN_ERROR, after which pagi_native_last_error() gives the message. Byte
+ * strings are (pointer, length) pairs; the engine copies what it keeps.
+ * Records returned by pagi_native_drain stay valid until the next drain.
+ */
+#ifndef PAGI_NATIVE_H
+#define PAGI_NATIVE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct pn_engine pn_engine;
+
+typedef struct { const char *ptr; size_t len; } pn_str;
+typedef struct { pn_str name; pn_str value; } pn_header;
+
+#define PN_OK     0
+#define PN_GONE   1
+#define PN_ERROR -1
+
+/* Event kinds; PAGI::Server::Native mirrors them as EV_* constants. */
+#define PN_EV_REQUEST    1
+#define PN_EV_BODY       2
+#define PN_EV_WRITABLE   3
+#define PN_EV_DISCONNECT 4
+#define PN_EV_DONE       5
+#define PN_EV_STOPPED    6
+#define PN_EV_LOG        7
+#define PN_EV_FATAL      8
+
+typedef struct {
+    pn_str method, path, raw_path, query_string, http_version, scheme;
+    pn_str client_host, server_host;
+    uint32_t client_port, server_port;
+    int32_t path_is_utf8;
+    int32_t has_body;            /* body holds the complete request body */
+    pn_str body;
+    const pn_header *headers;
+    size_t n_headers;
+} pn_request;
+
+typedef struct {
+    uint32_t kind;               /* PN_EV_* */
+    int32_t more;                /* PN_EV_BODY: more body follows */
+    uint64_t id;                 /* request id, 0 for engine-wide events */
+    pn_str data;                 /* body bytes, disconnect reason, log or fatal message */
+    pn_str level;                /* PN_EV_LOG: debug, info, warn or error */
+    const pn_request *request;   /* PN_EV_REQUEST only */
+} pn_event;
+
+typedef struct {
+    uint64_t connections_active, connections_total;
+    uint64_t requests_total, requests_active, events_pending;
+} pn_stats;
+
+pn_engine *pagi_native_new(void);
+void pagi_native_free(pn_engine *e);
+int pagi_native_set_option(pn_engine *e, const char *name, size_t name_len, const char *value, size_t value_len);
+int pagi_native_listen_fd(pn_engine *e, int fd);
+int pagi_native_start(pn_engine *e);
+int pagi_native_fd(pn_engine *e, int *fd);
+int pagi_native_drain(pn_engine *e, size_t max, const pn_event **events, size_t *count);
+int pagi_native_flush(pn_engine *e);
+int pagi_native_shutdown(pn_engine *e, double grace);
+int pagi_native_respond_full(pn_engine *e, uint64_t id, int64_t status, const pn_header *headers, size_t n_headers, const char *body, size_t body_len);
+int pagi_native_http_start(pn_engine *e, uint64_t id, int64_t status, const pn_header *headers, size_t n_headers, int trailers);
+int pagi_native_http_body(pn_engine *e, uint64_t id, const char *data, size_t len, int more, size_t *buffered);
+int pagi_native_http_trailers(pn_engine *e, uint64_t id, const pn_header *headers, size_t n_headers);
+int pagi_native_want_body(pn_engine *e, uint64_t id);
+int pagi_native_abort(pn_engine *e, uint64_t id);
+int pagi_native_wait_writable(pn_engine *e, uint64_t id, int *must_wait);
+int pagi_native_stats(pn_engine *e, pn_stats *out);
+int pagi_native_request_stats(pn_engine *e, uint64_t id, uint64_t *bytes_read, uint64_t *buffered);
+int pagi_native_write_watermarks(pn_engine *e, size_t *high, size_t *low);
+size_t pagi_native_last_error(const char **message);
+
+#endif
