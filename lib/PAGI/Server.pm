@@ -1,0 +1,485 @@
+package PAGI::Server;
+use strict;
+use warnings;
+
+our $VERSION = '0.01';
+
+use parent 'IO::Async::Notifier';
+
+use Carp ();
+use Future;
+use IO::Async::Handle;
+use IO::Socket::IP;
+use Scalar::Util qw(blessed weaken);
+use Socket qw(SOMAXCONN);
+use Time::HiRes ();
+use POSIX ();
+
+use PAGI::Server::Config;
+use PAGI::Server::HTTP;
+use PAGI::Server::Lifespan;
+use PAGI::Server::Native qw(:events);
+
+# True while events are being dispatched: commands are flushed once at the end.
+our $IN_DRAIN = 0;
+
+sub new {
+    my ($class, %args) = @_;
+    my $config = PAGI::Server::Config->new(%args);
+    my $self = $class->SUPER::new;
+    $self->{config}   = $config;
+    $self->{state}    = {};
+    $self->{requests} = {};
+    $self->{running}  = 0;
+    $self->{high_watermark} = $config->{write_high_watermark};
+    my $log = $config->{access_log};
+    # quiet silences the default access log; an explicit one stays.
+    $log = undef if $config->{quiet} && !$config->is_explicit('access_log');
+    $self->{access_log} = $log;
+    return $self;
+}
+
+# IO::Async::Notifier calls configure from its constructor; our options were
+# taken by new, so only the notifier's own may arrive here.
+sub configure {
+    my ($self, %params) = @_;
+    $self->SUPER::configure(%params);
+}
+
+sub _log {
+    my ($self, $level, $message) = @_;
+    my %rank = (debug => 0, info => 1, warn => 2, error => 3);
+    my $min = $self->{config}{quiet} ? 2 : $rank{ $self->{config}{log_level} };
+    return if $rank{$level} < $min;
+    chomp $message;
+    print STDERR "[pagi-server] $level: $message\n";
+}
+
+sub listen {
+    my ($self) = @_;
+    my $loop = $self->loop or Carp::croak('PAGI::Server::listen: add the server to an IO::Async::Loop first');
+    return $self->{listen_f} if $self->{listen_f};
+    my $config = $self->{config};
+
+    my $ok = eval { $self->_bind; 1 };
+    return $self->{listen_f} = Future->fail($@ =~ s/ at \S+ line \d+\.?\n\z/\n/r) unless $ok;
+
+    $self->{lifespan} = PAGI::Server::Lifespan->new(
+        app              => $config->{app},
+        loop             => $loop,
+        state            => $self->{state},
+        mode             => $config->{lifespan_mode},
+        startup_timeout  => $config->{lifespan_startup_timeout},
+        shutdown_timeout => $config->{shutdown_timeout},
+        log              => sub { $self->_log(@_) },
+    );
+    weaken(my $weak = $self);
+    return $self->{listen_f} = $self->{lifespan}->startup->then(sub {
+        $weak->_start_engine;
+        Future->done($weak);
+    })->else(sub {
+        my ($error) = @_;
+        $weak->_close_listeners if $weak;
+        Future->fail($error =~ /\n\z/ ? $error : "$error\n");
+    });
+}
+
+sub _bind {
+    my ($self) = @_;
+    my $config = $self->{config};
+    my ($host, $port) = @$config{qw(host port)};
+    my $socket = IO::Socket::IP->new(
+        LocalHost => $host,
+        LocalPort => $port,
+        Listen    => $config->{listener_backlog} || SOMAXCONN,
+        ReuseAddr => 1,
+        Proto     => 'tcp',
+        ($host =~ /:/ ? (V6Only => 1) : ()),
+    ) or die "Cannot listen on $host:$port: " . ($@ || $!) . "\n";
+    $self->{listeners} = [$socket];
+    $self->{port} = $socket->sockport;
+}
+
+sub _start_engine {
+    my ($self) = @_;
+    my $engine = $self->{engine} = PAGI::Server::Native->new($self->{config}->engine_options);
+    $engine->listen_fd($_) for @{ $self->{listeners} };
+    $engine->start;
+    open my $wake, '<&', $engine->fd or die "Cannot dup the engine notifier: $!\n";
+    weaken(my $weak = $self);
+    $self->{wake} = IO::Async::Handle->new(
+        read_handle   => $wake,
+        on_read_ready => sub { $weak->_on_wake if $weak },
+    );
+    $self->add_child($self->{wake});
+    $self->{running} = 1;
+    my $where = $self->{listeners}[0]->sockhost;
+    $where = "[$where]" if $where =~ /:/;
+    $self->_log(info => "listening on http://$where:$self->{port}/");
+}
+
+# The hot path: one drain per wake, events dispatched, commands flushed once.
+sub _on_wake {
+    my ($self) = @_;
+    my $engine = $self->{engine} or return;
+    local $IN_DRAIN = 1;
+    my $events = $engine->drain_events(256);
+    my $requests = $self->{requests};
+    for my $ev (@$events) {
+        my $kind = $ev->[0];
+        if ($kind == EV_REQUEST) {
+            $self->_dispatch_request($ev);
+            next;
+        }
+        if ($kind == EV_DONE) {
+            my $req = delete $requests->{ $ev->[1] } or next;
+            $req->on_done;
+            $self->_access_log($req) if $self->{access_log};
+        }
+        elsif ($kind == EV_BODY) {
+            my $req = $requests->{ $ev->[1] } or next;
+            $req->on_body($ev->[2], $ev->[3]);
+        }
+        elsif ($kind == EV_WRITABLE) {
+            my $req = $requests->{ $ev->[1] } or next;
+            $req->on_writable;
+        }
+        elsif ($kind == EV_DISCONNECT) {
+            my $req = delete $requests->{ $ev->[1] } or next;
+            $req->on_disconnect($ev->[2]);
+            $self->_access_log($req) if $self->{access_log};
+        }
+        elsif ($kind == EV_LOG) {
+            $self->_log($ev->[2] => $ev->[3]);
+        }
+        elsif ($kind == EV_STOPPED) {
+            $self->_engine_stopped;
+        }
+        elsif ($kind == EV_FATAL) {
+            $self->_log(error => "engine failure: $ev->[2]");
+            $self->{fatal} = $ev->[2];
+            $self->_engine_stopped;
+            $self->shutdown;
+        }
+    }
+    $engine->flush if $self->{engine};
+}
+
+sub _dispatch_request {
+    my ($self, $ev) = @_;
+    my (undef, $id, $scope, $body) = @$ev;
+    $scope->{state}      = { %{ $self->{state} } };
+    $scope->{extensions} = {};
+    my $req = PAGI::Server::HTTP->new($self, $id, $scope, $body);
+    $req->{t0} = Time::HiRes::time() if $self->{access_log};
+    $self->{requests}{$id} = $req;
+    my $f = eval { $self->{config}{app}->($scope, sub { $req->receive }, sub { $req->send(@_) }) };
+    if (!defined $f && $@) {
+        $f = Future->fail($@);
+    }
+    if (!blessed $f || !$f->can('is_ready')) {
+        $req->app_finished(Future->done);
+    }
+    elsif ($f->is_ready) {
+        $req->app_finished($f);
+    }
+    else {
+        $req->{app_f} = $f;
+        $f->on_ready(sub { delete $req->{app_f}; $req->app_finished($_[0]) });
+    }
+}
+
+# Commands queued outside a drain (timers, other I/O) are flushed on the next tick.
+sub _flush_soon {
+    my ($self) = @_;
+    return if $IN_DRAIN || $self->{flush_pending};
+    my $loop = $self->loop or return;
+    $self->{flush_pending} = 1;
+    weaken(my $weak = $self);
+    $loop->later(sub {
+        return unless $weak;
+        $weak->{flush_pending} = 0;
+        $weak->{engine}->flush if $weak->{engine};
+    });
+}
+
+my ($log_second, $log_time) = (-1, '');
+
+sub _access_log {
+    my ($self, $req) = @_;
+    my $scope = $req->{scope};
+    my $now = Time::HiRes::time();
+    if (int($now) != $log_second) {
+        $log_second = int $now;
+        $log_time = POSIX::strftime('%d/%b/%Y:%H:%M:%S +0000', gmtime $log_second);
+    }
+    my $query = length $scope->{query_string} ? "?$scope->{query_string}" : '';
+    my $status = $req->{gone} && !$req->{status} ? '-' : ($req->{status} // '-');
+    my $raw = $scope->{raw_path};
+    my $fh = $self->{access_log};
+    printf {$fh} "%s - - [%s] \"%s %s%s\" %s %.3fs\n",
+        $scope->{client}[0], $log_time, $scope->{method}, $raw, $query, $status, $now - ($req->{t0} // $now);
+}
+
+sub shutdown {
+    my ($self) = @_;
+    return $self->{shutdown_f} if $self->{shutdown_f};
+    my $loop = $self->loop or return Future->done;
+    $self->{running} = 0;
+    my $engine_stopped = $self->{engine_stopped_f} //= $loop->new_future;
+    if ($self->{engine} && !$self->{engine_gone}) {
+        eval { $self->{engine}->shutdown($self->{config}{shutdown_timeout}); 1 }
+            or $engine_stopped->done;
+    }
+    else {
+        $engine_stopped->done unless $engine_stopped->is_ready;
+    }
+    weaken(my $weak = $self);
+    return $self->{shutdown_f} = $engine_stopped->then(sub {
+        return Future->done unless $weak;
+        $weak->_close_listeners;
+        $weak->{lifespan} ? $weak->{lifespan}->shutdown : Future->done;
+    })->then(sub {
+        if ($weak && $weak->{wake}) {
+            $weak->remove_child(delete $weak->{wake});
+        }
+        Future->done;
+    });
+}
+
+sub _engine_stopped {
+    my ($self) = @_;
+    $self->{engine_gone} = 1;
+    $self->{running} = 0;
+    for my $req (values %{ $self->{requests} }) {
+        $req->on_disconnect('server_shutdown');
+    }
+    %{ $self->{requests} } = ();
+    my $f = $self->{engine_stopped_f} //= $self->loop->new_future;
+    $f->done unless $f->is_ready;
+}
+
+sub _close_listeners {
+    my ($self) = @_;
+    close $_ for @{ delete $self->{listeners} // [] };
+}
+
+sub run {
+    my ($self) = @_;
+    my $loop = $self->loop;
+    unless ($loop) {
+        require IO::Async::Loop;
+        my $type = $self->{config}{loop_type};
+        if (defined $type) {
+            my $class = $type =~ /::/ ? $type : "IO::Async::Loop::$type";
+            (my $file = "$class.pm") =~ s{::}{/}g;
+            require $file;
+            $loop = $class->new;
+        }
+        else {
+            $loop = IO::Async::Loop->new;
+        }
+        $loop->add($self);
+    }
+    $self->listen->get;
+    my $stop = sub {
+        my ($name) = @_;
+        $self->_log(info => "received SIG$name, shutting down");
+        $self->shutdown->on_ready(sub { $loop->stop });
+    };
+    my @ids = (
+        $loop->attach_signal(TERM => sub { $stop->('TERM') }),
+        $loop->attach_signal(INT  => sub { $stop->('INT') }),
+        $loop->attach_signal(HUP  => sub { $self->_log(info => 'SIGHUP ignored in single-process mode') }),
+    );
+    $loop->run;
+    $loop->detach_signal($_->[0], $_->[1]) for map { [ $_ => shift @ids ] } qw(TERM INT HUP);
+    return $self->{fatal} ? 1 : 0;
+}
+
+sub port { $_[0]{port} // $_[0]{config}{port} }
+
+sub is_running { $_[0]{running} ? 1 : 0 }
+
+sub connection_count {
+    my ($self) = @_;
+    return 0 unless $self->{engine} && !$self->{engine_gone};
+    return $self->{engine}->stats->{connections_active};
+}
+
+sub effective_max_connections { 1000 }
+
+sub listeners {
+    my ($self) = @_;
+    return [ { type => 'tcp', host => $self->{config}{host}, port => $self->port } ];
+}
+
+sub socket_path { undef }
+
+sub engine { $_[0]{engine} }
+
+1;
+
+__END__
+
+=head1 NAME
+
+PAGI::Server - a PAGI web server with a Rust HTTP core
+
+=head1 SYNOPSIS
+
+    use IO::Async::Loop;
+    use Future::AsyncAwait;
+    use PAGI::Server;
+
+    my $app = async sub {
+        my ($scope, $receive, $send) = @_;
+        die "Unsupported scope type: $scope->{type}\n" unless $scope->{type} eq 'http';
+        await $send->({ type => 'http.response.start', status => 200,
+                        headers => [ [ 'content-type', 'text/plain' ] ] });
+        await $send->({ type => 'http.response.body', body => "Hello\n" });
+    };
+
+    my $loop   = IO::Async::Loop->new;
+    my $server = PAGI::Server->new(app => $app, host => '127.0.0.1', port => 0, quiet => 1);
+    $loop->add($server);
+    $server->listen->get;
+    print "listening on port ", $server->port, "\n";
+    $loop->run;
+
+    # or, standalone (handles SIGTERM and SIGINT):
+    PAGI::Server->new(app => $app, port => 5000)->run;
+
+=head1 DESCRIPTION
+
+PAGI::Server runs PAGI applications (C<async sub ($scope, $receive,
+$send)>, see PAGI-SPEC) on L<IO::Async>. Sockets, HTTP/1.1 parsing,
+framing, keep-alive and timeouts are done by the Rust engine
+L<PAGI::Server::Native> on its own thread; the app, lifespan and the
+C<$scope>/C<$receive>/C<$send> protocol run here, on the loop.
+
+It is an L<IO::Async::Notifier> with the public API of the reference
+PAGI::Server, so apps and tests written for it work unchanged.
+
+=head1 OPTIONS
+
+Given to C<new>. Unknown options croak naming the option; options of
+features not built yet croak C<not supported yet> unless given their
+default. Defaults in brackets.
+
+=over 4
+
+=item app (required)
+
+The PAGI application, a code reference returning a Future.
+
+=item host [127.0.0.1], port [5000]
+
+Where to listen; C<port =E<gt> 0> picks a free port, read back with
+L</port>. IPv6 hosts such as C<::1> work too.
+
+=item listener_backlog [2048]
+
+The listen() queue.
+
+=item quiet [0]
+
+Suppresses the banner, info logs and the default access log.
+
+=item access_log [\*STDERR], access_log_format [clf]
+
+Filehandle for one line per request (C<undef> disables):
+C<%h - - [%t] "%m %U%q" %s %ds>.
+
+=item log_level [info]
+
+C<debug>, C<info>, C<warn> or C<error>.
+
+=item loop_type
+
+IO::Async loop class used by L</run> (C<Epoll>, C<Poll>, ...).
+
+=item max_body_size [10_000_000]
+
+Largest request body; larger ones get 413. 0 means unlimited.
+
+=item max_header_size [8192], max_header_count [100], max_request_line_size [8192]
+
+Request head limits (431, 431, 414).
+
+=item timeout [60]
+
+Seconds a keep-alive connection may idle between requests (0 = forever).
+
+=item header_timeout [30]
+
+Seconds a client has to send a complete request head (0 = forever).
+
+=item write_high_watermark [65536], write_low_watermark [16384]
+
+Response bytes buffered per connection at which C<$send> starts to wait,
+and below which it resumes.
+
+=item server_header [PAGI-Server-Native/VERSION]
+
+Value of the C<server> response header when the app sets none; empty
+string for none.
+
+=item shutdown_timeout [30]
+
+Grace period for requests in flight at shutdown, and bound on lifespan
+shutdown.
+
+=item lifespan_mode [auto], lifespan_startup_timeout [30]
+
+C<auto>: an app that does not handle lifespan is fine; C<on>: it must;
+C<off>: never send lifespan events.
+
+=back
+
+=head1 METHODS
+
+=head2 listen
+
+    $server->listen->get;
+
+Binds the socket (so L</port> is known at once), runs lifespan startup,
+then starts the engine. Returns a Future that fails with C<Lifespan startup
+failed: MESSAGE> or C<Cannot listen on HOST:PORT: REASON>.
+
+=head2 shutdown
+
+Returns a Future: stops accepting, lets requests in flight finish within
+C<shutdown_timeout>, runs lifespan shutdown.
+
+=head2 run
+
+Creates a loop if the server has none, listens, handles SIGTERM and SIGINT
+(graceful shutdown) and runs until shut down. Returns the exit code.
+
+=head2 port
+
+The bound TCP port.
+
+=head2 is_running
+
+1 while serving.
+
+=head2 connection_count
+
+Open client connections.
+
+=head1 SCOPES
+
+Every http scope carries C<type>, C<pagi>, C<http_version>, C<method>,
+C<scheme>, C<path> (percent-decoded, then UTF-8 decoded when valid),
+C<raw_path>, C<query_string>, C<root_path>, C<headers> (lower-case names in
+wire order, duplicates kept, C<cookie> headers joined with C<"; ">),
+C<client>, C<server>, C<state> (a shallow copy of the lifespan state) and
+C<extensions>.
+
+=head1 SEE ALSO
+
+L<pagi-server>, L<PAGI::Server::Native>.
+
+=cut
