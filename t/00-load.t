@@ -1,0 +1,24 @@
+use strict;
+use warnings;
+use Test::More;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+my @modules = qw(
+    PAGI::Server::Native
+    PAGI::Server::Config
+    PAGI::Server::Lifespan
+    PAGI::Server::HTTP
+    PAGI::Server
+    PAGI::Server::Runner
+    PAGI::Test::Server
+);
+use_ok($_) for @modules;
+
+my $engine = PAGI::Server::Native->new;
+isa_ok($engine, 'PAGI::Server::Native');
+diag("PAGI::Server::Native $PAGI::Server::Native::VERSION, perl $], IO::Async $IO::Async::Loop::VERSION");
+
+ok(system($^X, '-c', "$FindBin::Bin/../bin/pagi-server") == 0, 'bin/pagi-server compiles') or diag('see above');
+
+done_testing;
