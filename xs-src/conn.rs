@@ -305,10 +305,12 @@ impl Conn {
         loop {
             let need_body = ex.want_body && !ex.body.is_done();
             let can_read = !self.eof && (need_body || self.rbuf.len() < PEEK_LIMIT);
+            // Without a body request, read only up to PEEK_LIMIT bytes ahead in total.
+            let read_limit = if need_body { BODY_CHUNK } else { PEEK_LIMIT.saturating_sub(self.rbuf.len()) };
             let woke = tokio::select! {
                 biased;
                 cmd = self.rx.recv() => Woke::Command(cmd.expect("a connection holds its own sender")),
-                res = self.stream.read_buf(&mut self.rbuf), if can_read => Woke::Read(res),
+                res = read_some(&mut self.stream, &mut self.rbuf, read_limit), if can_read => Woke::Read(res),
                 _ = self.phase.wait_for(|p| *p == Phase::Closing) => Woke::Closing,
             };
             let step = match woke {
@@ -527,4 +529,11 @@ impl Conn {
     fn log(&self, level: &'static str, message: String) {
         self.ctx.shared.events.push(Event::Log { level, message });
     }
+}
+
+/// Reads at most `limit` bytes into `buf`; the cap is what bounds read-ahead.
+async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut, limit: usize) -> std::io::Result<usize> {
+    buf.reserve(limit.min(BODY_CHUNK));
+    let mut capped = (&mut *stream).take(limit as u64);
+    capped.read_buf(buf).await
 }

@@ -243,6 +243,8 @@ sub shutdown {
         if ($weak && $weak->{wake}) {
             $weak->remove_child(delete $weak->{wake});
         }
+        # run() waits on the loop; whatever ended the server ends that wait.
+        $weak->{run_loop}->stop if $weak && $weak->{run_loop};
         Future->done;
     });
 }
@@ -282,10 +284,11 @@ sub run {
         $loop->add($self);
     }
     $self->listen->get;
+    $self->{run_loop} = $loop;
     my $stop = sub {
         my ($name) = @_;
         $self->_log(info => "received SIG$name, shutting down");
-        $self->shutdown->on_ready(sub { $loop->stop });
+        $self->shutdown;
     };
     my @ids = (
         $loop->attach_signal(TERM => sub { $stop->('TERM') }),
@@ -293,6 +296,7 @@ sub run {
         $loop->attach_signal(HUP  => sub { $self->_log(info => 'SIGHUP ignored in single-process mode') }),
     );
     $loop->run;
+    delete $self->{run_loop};
     $loop->detach_signal($_->[0], $_->[1]) for map { [ $_ => shift @ids ] } qw(TERM INT HUP);
     return $self->{fatal} ? 1 : 0;
 }
