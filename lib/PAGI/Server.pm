@@ -94,7 +94,6 @@ sub _bind {
         Listen    => $config->{listener_backlog} || SOMAXCONN,
         ReuseAddr => 1,
         Proto     => 'tcp',
-        ($host =~ /:/ ? (V6Only => 1) : ()),
     ) or die "Cannot listen on $host:$port: " . ($@ || $!) . "\n";
     $self->{listeners} = [$socket];
     $self->{port} = $socket->sockport;

@@ -223,7 +223,8 @@ sub on_writable {
 sub on_done {
     my ($self) = @_;
     $self->{complete} = 1;
-    if ($self->{body_done} && (my $f = delete $self->{receive_f})) {
+    # The request is over: nothing else will answer a pending $receive.
+    if (my $f = delete $self->{receive_f}) {
         $f->done({%$DISCONNECT});
     }
     $self->on_writable;
