@@ -285,6 +285,19 @@ http_body(pn_engine *e, UV id, SV *body, int more = 0)
     RETVAL
 
 IV
+_http_file(pn_engine *e, UV id, SV *path, int fd, IV offset, IV length)
+  CODE:
+    {
+        STRLEN pl = 0;
+        const char *p = SvOK(path) ? SvPVutf8(path, pl) : "";
+        if (offset < 0)
+            croak("PAGI::Server::Native::http_file: offset must not be negative");
+        RETVAL = pn_sent(aTHX_ pagi_native_http_file(e, id, p, pl, fd, (uint64_t)offset, (int64_t)length), "http_file");
+    }
+  OUTPUT:
+    RETVAL
+
+IV
 http_trailers(pn_engine *e, UV id, SV *headers)
   CODE:
     {

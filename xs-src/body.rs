@@ -6,6 +6,10 @@ use bytes::{Buf, Bytes, BytesMut};
 
 /// Longest chunk-size line (with extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4096;
+/// A chunk size with more hex digits than this is refused with 413 (PAGI-SPEC 5.1).
+const MAX_CHUNK_HEX_DIGITS: usize = 7;
+/// Largest single chunk accepted (PAGI-SPEC 5.1: 413 above 10 MiB).
+const MAX_CHUNK_SIZE: u64 = 10 * 1024 * 1024;
 
 /// The result of one decoding step.
 #[derive(Debug, PartialEq, Eq)]
@@ -150,10 +154,9 @@ fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, Refusal
 /// Parses `1a;ext=val` into the chunk size; extensions are checked for shape only.
 fn parse_chunk_size(line: &[u8]) -> Result<u64, Refusal> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 16 {
+    if digits == 0 {
         return Err(Refusal(400));
     }
-    let size = u64::from_str_radix(std::str::from_utf8(&line[..digits]).unwrap(), 16).map_err(|_| Refusal(400))?;
     let rest = &line[digits..];
     let rest_trimmed: &[u8] = {
         let s = rest.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(rest.len());
@@ -164,6 +167,15 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, Refusal> {
     }
     if rest_trimmed.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
         return Err(Refusal(400));
+    }
+    let significant = &line[..digits];
+    let significant = &significant[significant.iter().position(|&b| b != b'0').unwrap_or(digits)..];
+    if significant.len() > MAX_CHUNK_HEX_DIGITS {
+        return Err(Refusal(413));
+    }
+    let size = u64::from_str_radix(std::str::from_utf8(&line[..digits]).unwrap(), 16).map_err(|_| Refusal(400))?;
+    if size > MAX_CHUNK_SIZE {
+        return Err(Refusal(413));
     }
     Ok(size)
 }
@@ -209,6 +221,9 @@ mod tests {
         assert_eq!(decode_all(b"5\r\nhelloXX").unwrap_err(), Refusal(400));
         assert_eq!(decode_all(b"5 junk\r\n").unwrap_err(), Refusal(400));
         assert_eq!(decode_all(b"5\nhello").unwrap_err(), Refusal(400));
+        assert_eq!(decode_all(b"12345678\r\n").unwrap_err(), Refusal(413));
+        assert_eq!(decode_all(b"A00001\r\n").unwrap_err(), Refusal(413));
+        assert_eq!(decode_all(b"00000003\r\nabc\r\n0\r\n\r\n").unwrap().0, b"abc");
     }
 
     #[test]

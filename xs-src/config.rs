@@ -18,6 +18,12 @@ pub struct Config {
     pub timeout: Duration,
     /// Time allowed to receive a complete request head; zero disables it.
     pub header_timeout: Duration,
+    /// Time a client may stall while the app waits for request-body bytes; zero disables it.
+    pub body_timeout: Duration,
+    /// Stall timer during a request, reset by any read or write; zero disables it.
+    pub request_timeout: Duration,
+    /// Concurrent connections per process; beyond it new ones get 503 (0 means 1000).
+    pub max_connections: usize,
     /// Buffered response bytes at which `$send` starts to wait.
     pub write_high_watermark: usize,
     /// Buffered response bytes below which a waiting `$send` resumes.
@@ -35,6 +41,9 @@ impl Default for Config {
             max_request_line_size: 8192,
             timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+            request_timeout: Duration::ZERO,
+            max_connections: 0,
             write_high_watermark: 65536,
             write_low_watermark: 16384,
             server_header: concat!("PAGI-Server-Native/", env!("CARGO_PKG_VERSION")).to_string(),
@@ -52,6 +61,9 @@ impl Config {
             "max_request_line_size" => self.max_request_line_size = parse_size(name, value, 64)?,
             "timeout" => self.timeout = parse_seconds(name, value)?,
             "header_timeout" => self.header_timeout = parse_seconds(name, value)?,
+            "body_timeout" => self.body_timeout = parse_seconds(name, value)?,
+            "request_timeout" => self.request_timeout = parse_seconds(name, value)?,
+            "max_connections" => self.max_connections = parse_size(name, value, 0)?,
             "write_high_watermark" => self.write_high_watermark = parse_size(name, value, 1)?,
             "write_low_watermark" => self.write_low_watermark = parse_size(name, value, 0)?,
             "server_header" => {
@@ -63,6 +75,11 @@ impl Config {
             _ => return Err(format!("unknown engine option '{name}'")),
         }
         Ok(())
+    }
+
+    /// The connection cap in force (`max_connections`, 0 meaning 1000).
+    pub fn effective_max_connections(&self) -> usize {
+        if self.max_connections == 0 { 1000 } else { self.max_connections }
     }
 
     /// Checks relations between options once all of them are set.

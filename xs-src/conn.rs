@@ -43,7 +43,9 @@ enum HeadResult {
 enum Woke {
     Command((Id, Action)),
     Read(std::io::Result<usize>),
+    Draining,
     Closing,
+    Stalled,
 }
 
 /// How one request ended.
@@ -76,12 +78,18 @@ struct Exchange {
     aborted: bool,
 }
 
+/// One piece of output: bytes, or a byte range of a file sent with sendfile(2).
+enum Segment {
+    Bytes(Bytes),
+    File { file: std::fs::File, offset: u64, len: u64 },
+}
+
 /// Bytes waiting to be written, with the body bytes each piece accounts for.
 #[derive(Default)]
 struct Out {
     small: BytesMut,
     small_counted: usize,
-    segments: Vec<(Bytes, usize)>,
+    segments: Vec<(Segment, usize)>,
 }
 
 impl Out {
@@ -92,7 +100,7 @@ impl Out {
     fn seal_small(&mut self) {
         if !self.small.is_empty() || self.small_counted > 0 {
             let b = self.small.split().freeze();
-            self.segments.push((b, std::mem::take(&mut self.small_counted)));
+            self.segments.push((Segment::Bytes(b), std::mem::take(&mut self.small_counted)));
         }
     }
 
@@ -102,7 +110,14 @@ impl Out {
             self.small_counted += counted;
         } else {
             self.seal_small();
-            self.segments.push((data, counted));
+            self.segments.push((Segment::Bytes(data), counted));
+        }
+    }
+
+    fn file(&mut self, file: std::fs::File, offset: u64, len: u64) {
+        self.seal_small();
+        if len > 0 {
+            self.segments.push((Segment::File { file, offset, len }, 0));
         }
     }
 }
@@ -174,6 +189,10 @@ impl Conn {
         } else {
             (!cfg.timeout.is_zero()).then(|| Instant::now() + cfg.timeout)
         };
+        if first && *self.phase.borrow() != Phase::Running {
+            // Accepted from the backlog during shutdown: serve what was already sent, briefly.
+            deadline = Some(Instant::now() + std::time::Duration::from_secs(1));
+        }
         let mut head_started = first;
         loop {
             if !self.rbuf.is_empty() {
@@ -204,7 +223,7 @@ impl Conn {
                     Ok(n) => { self.counters.bytes_read.fetch_add(n as u64, Ordering::Relaxed); }
                 },
                 _ = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => return HeadResult::Closed,
-                _ = self.phase.wait_for(|p| *p != Phase::Running), if idle => return HeadResult::Closed,
+                _ = self.phase.wait_for(|p| if idle && !first { *p != Phase::Running } else { *p == Phase::Closing }) => return HeadResult::Closed,
             }
         }
     }
@@ -302,19 +321,38 @@ impl Conn {
     }
 
     async fn exchange(&mut self, ex: &mut Exchange) -> Outcome {
+        let cfg = &self.ctx.shared.config;
+        let (body_timeout, request_timeout) = (cfg.body_timeout, cfg.request_timeout);
+        let far = Instant::now() + std::time::Duration::from_secs(86400 * 365);
+        let mut last_read = Instant::now();
+        let mut last_activity = last_read;
+        let mut noticed = *self.phase.borrow() != Phase::Running;
         loop {
             let need_body = ex.want_body && !ex.body.is_done();
             let can_read = !self.eof && (need_body || self.rbuf.len() < PEEK_LIMIT);
             // Without a body request, read only up to PEEK_LIMIT bytes ahead in total.
             let read_limit = if need_body { BODY_CHUNK } else { PEEK_LIMIT.saturating_sub(self.rbuf.len()) };
+            let body_deadline = (need_body && !body_timeout.is_zero()).then(|| last_read + body_timeout);
+            let stall_deadline = (!request_timeout.is_zero()).then(|| last_activity + request_timeout);
+            let deadline = match (body_deadline, stall_deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let woke = tokio::select! {
                 biased;
                 cmd = self.rx.recv() => Woke::Command(cmd.expect("a connection holds its own sender")),
                 res = read_some(&mut self.stream, &mut self.rbuf, read_limit), if can_read => Woke::Read(res),
-                _ = self.phase.wait_for(|p| *p == Phase::Closing) => Woke::Closing,
+                p = self.phase.wait_for(|p| if noticed { *p == Phase::Closing } else { *p != Phase::Running }) => {
+                    match p.map(|p| *p) {
+                        Ok(Phase::Closing) | Err(_) => Woke::Closing,
+                        Ok(_) => Woke::Draining,
+                    }
+                }
+                _ = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => Woke::Stalled,
             };
             let step = match woke {
                 Woke::Command((cid, action)) => {
+                    last_activity = Instant::now();
                     let mut r = self.apply(ex, cid, action);
                     while r.is_ok() {
                         match self.rx.try_recv() {
@@ -325,6 +363,8 @@ impl Conn {
                     r
                 }
                 Woke::Read(Ok(n)) if n > 0 => {
+                    last_read = Instant::now();
+                    last_activity = last_read;
                     self.counters.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
                     if ex.want_body { self.deliver_body(ex) } else { Ok(()) }
                 }
@@ -336,10 +376,31 @@ impl Conn {
                     self.eof = true;
                     Err(Reason::ReadError)
                 }
+                Woke::Draining => {
+                    noticed = true;
+                    ex.info.keep_alive = false;
+                    if ex.resp != Resp::Done {
+                        self.ctx.shared.events.push(Event::ShutdownNotice { id: ex.id });
+                    }
+                    Ok(())
+                }
                 Woke::Closing => Err(Reason::ServerShutdown),
+                Woke::Stalled => Err(self.refuse_mid_request(ex, 408, Reason::ClientTimeout)),
             };
-            if !self.out.is_empty() && self.flush_out(ex.id).await.is_err() {
-                return Outcome::Failed(Reason::WriteError);
+            if !self.out.is_empty() {
+                let write = self.flush_out(ex.id);
+                let written = if request_timeout.is_zero() {
+                    write.await
+                } else {
+                    tokio::time::timeout(request_timeout, write).await.unwrap_or_else(|_| {
+                        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write stalled"))
+                    })
+                };
+                last_activity = Instant::now();
+                if let Err(e) = written {
+                    let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
+                    return Outcome::Failed(if timed_out { Reason::WriteTimeout } else { Reason::WriteError });
+                }
             }
             if let Err(reason) = step {
                 return Outcome::Failed(reason);
@@ -382,6 +443,43 @@ impl Conn {
                 self.write_body(ex, data, more, counted, framing);
                 if !more && !(ex.trailers_declared && framing == BodyFraming::Chunked) {
                     if framing == BodyFraming::Chunked {
+                        response::put_chunked_end(&mut self.out.small, None);
+                    }
+                    ex.resp = Resp::Done;
+                }
+            }
+            Action::File { file, offset, length } if ex.resp != Resp::Done => {
+                let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                let available = size.saturating_sub(offset);
+                let len = length.map_or(available, |l| l.min(available));
+                if ex.resp == Resp::Idle {
+                    return Ok(()); // Perl sends a start first; never write a body without a head
+                }
+                if let Some((status, headers)) = ex.pending_head.take() {
+                    let known = (!ex.trailers_declared).then_some(len as usize);
+                    self.encode(ex, status, &headers, known);
+                }
+                match ex.framing {
+                    BodyFraming::Empty => {}
+                    BodyFraming::Close => self.out.file(file, offset, len),
+                    BodyFraming::Chunked => {
+                        if len > 0 {
+                            response::put_chunk_header(&mut self.out.small, len as usize);
+                            self.out.file(file, offset, len);
+                            self.out.small.extend_from_slice(b"\r\n");
+                        }
+                    }
+                    BodyFraming::Length(left) => {
+                        let n = len.min(left);
+                        self.out.file(file, offset, n);
+                        ex.framing = BodyFraming::Length(left - n);
+                        if left - n > 0 || n < len {
+                            ex.keep_alive = false;
+                        }
+                    }
+                }
+                if !(ex.trailers_declared && ex.framing == BodyFraming::Chunked) {
+                    if ex.framing == BodyFraming::Chunked {
                         response::put_chunked_end(&mut self.out.small, None);
                     }
                     ex.resp = Resp::Done;
@@ -515,9 +613,13 @@ impl Conn {
         let low = self.ctx.shared.config.write_low_watermark;
         let segments = std::mem::take(&mut self.out.segments);
         let mut result = Ok(());
-        for (bytes, counted) in segments {
-            if result.is_ok() && !bytes.is_empty() {
-                result = self.stream.write_all(&bytes).await;
+        for (segment, counted) in segments {
+            if result.is_ok() {
+                result = match segment {
+                    Segment::Bytes(bytes) if bytes.is_empty() => Ok(()),
+                    Segment::Bytes(bytes) => self.stream.write_all(&bytes).await,
+                    Segment::File { file, offset, len } => send_file(&self.stream, &file, offset, len).await,
+                };
             }
             if counted > 0 && self.counters.sub_buffered(counted, low) {
                 self.ctx.shared.events.push(Event::Writable { id });
@@ -536,4 +638,29 @@ async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut, limit: usize) -> 
     buf.reserve(limit.min(BODY_CHUNK));
     let mut capped = (&mut *stream).take(limit as u64);
     capped.read_buf(buf).await
+}
+
+/// Sends `len` bytes of `file` from `offset` with sendfile(2), waiting for
+/// socket writability in between, so file bytes never pass through Perl or
+/// a user-space buffer. A file that shrank meanwhile ends the response early.
+async fn send_file(stream: &TcpStream, file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut off = offset as libc::off_t;
+    let end = offset + len;
+    while (off as u64) < end {
+        stream.writable().await?;
+        let want = ((end - off as u64) as usize).min(1 << 20);
+        let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            // SAFETY: both fds are open for the duration of the call; `off` is a valid pointer.
+            let n = unsafe { libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut off, want) };
+            if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n as usize) }
+        });
+        match sent {
+            Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file ended before its length")),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -27,6 +27,12 @@ pub enum Sent {
     Gone,
 }
 
+/// Where a file body comes from.
+pub enum FileSource<'a> {
+    Path(&'a str),
+    Fd(RawFd),
+}
+
 /// Engine-wide counters plus the event backlog.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Snapshot {
@@ -222,6 +228,32 @@ impl Engine {
     pub fn http_trailers(&mut self, id: Id, headers: Headers) -> Result<Sent> {
         response::check_headers(&headers)?;
         self.queue(id, Action::Trailers { headers }, 0)
+    }
+
+    /// Queues a file body: `source` is a path to open or a file descriptor to
+    /// duplicate; `length` None means to the end. Opening happens here, so a
+    /// missing file fails the caller at once.
+    pub fn http_file(&mut self, id: Id, source: FileSource, offset: u64, length: Option<u64>) -> Result<Sent> {
+        if !self.live.contains_key(&id) {
+            return Ok(Sent::Gone);
+        }
+        let file = match source {
+            FileSource::Path(path) => std::fs::File::open(path).map_err(|e| format!("cannot open '{path}': {e}"))?,
+            FileSource::Fd(fd) => {
+                // SAFETY: fcntl on a caller-supplied fd; the result is checked.
+                let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+                if dup < 0 {
+                    return Err(format!("fh (fd {fd}) is not open: {}", std::io::Error::last_os_error()));
+                }
+                // SAFETY: `dup` is a fresh fd owned by nobody else.
+                unsafe { std::fs::File::from_raw_fd(dup) }
+            }
+        };
+        let meta = file.metadata().map_err(|e| format!("cannot stat the file: {e}"))?;
+        if !meta.is_file() {
+            return Err("file or fh must be a regular file".into());
+        }
+        self.queue(id, Action::File { file, offset, length }, 0)
     }
 
     pub fn want_body(&mut self, id: Id) -> Result<Sent> {

@@ -71,6 +71,7 @@ pub enum Reason {
     ClientClosed,
     ClientTimeout,
     WriteError,
+    WriteTimeout,
     ReadError,
     ProtocolError,
     ServerShutdown,
@@ -84,6 +85,7 @@ impl Reason {
             Reason::ClientClosed => "client_closed",
             Reason::ClientTimeout => "client_timeout",
             Reason::WriteError => "write_error",
+            Reason::WriteTimeout => "write_timeout",
             Reason::ReadError => "read_error",
             Reason::ProtocolError => "protocol_error",
             Reason::ServerShutdown => "server_shutdown",
@@ -106,6 +108,8 @@ pub enum Event {
     Done { id: Id },
     /// The request `id` ended abnormally.
     Disconnect { id: Id, reason: Reason },
+    /// Graceful shutdown began while `id` was in flight: the app may say goodbye.
+    ShutdownNotice { id: Id },
     /// The engine finished shutting down; the IO thread is gone.
     Stopped,
     /// A message for Perl's log.
@@ -125,6 +129,8 @@ pub enum Action {
     Body { data: Bytes, more: bool },
     /// Trailer fields; end the response.
     Trailers { headers: Headers },
+    /// Send `length` bytes of `file` from `offset` (None: to its end); completes the body.
+    File { file: std::fs::File, offset: u64, length: Option<u64> },
     /// Read the next request-body chunk.
     WantBody,
     /// Close the connection once what is queued is written.

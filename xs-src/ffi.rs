@@ -4,7 +4,7 @@
 //! into `PN_ERROR` plus a message for `pagi_native_last_error`, so a Rust
 //! panic becomes a Perl `croak`, never a crashed interpreter.
 
-use crate::engine::{Engine, Sent};
+use crate::engine::{Engine, FileSource, Sent};
 use crate::event::{Event, Headers, RequestEvent};
 use crate::io::panic_message;
 use bytes::Bytes;
@@ -284,6 +284,10 @@ impl Handle {
                     rec.id = *id;
                 }
                 Event::Stopped => rec.kind = 6,
+                Event::ShutdownNotice { id } => {
+                    rec.kind = 9;
+                    rec.id = *id;
+                }
                 Event::Log { level, message } => {
                     rec.kind = 7;
                     rec.level = PnStr::of(level.as_bytes());
@@ -366,6 +370,26 @@ pub unsafe extern "C" fn pagi_native_http_body(e: *mut Handle, id: u64, data: *c
             *out = *n;
         }
         Ok(sent_code(sent))
+    })
+}
+
+/// `path` (when `path_len` > 0) or else `fd` names the file; `length` < 0 means to the end.
+///
+/// # Safety
+/// `e` from `pagi_native_new`; `path` readable for `path_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_http_file(e: *mut Handle, id: u64, path: *const c_char, path_len: usize, fd: c_int, offset: u64, length: i64) -> c_int {
+    guard("http_file", || {
+        let h = handle(e)?;
+        let path_str = PnStr { ptr: path, len: path_len };
+        let path_bytes = path_str.bytes();
+        let source = if path_len > 0 {
+            FileSource::Path(std::str::from_utf8(path_bytes).map_err(|_| "file path is not UTF-8".to_string())?)
+        } else {
+            FileSource::Fd(fd)
+        };
+        let length = (length >= 0).then_some(length as u64);
+        h.engine.http_file(id, source, offset, length).map(sent_code)
     })
 }
 

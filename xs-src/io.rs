@@ -105,42 +105,55 @@ async fn io_main(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
             Err(e) => shared.events.push(Event::Log { level: "error", message: format!("cannot watch listener: {e}") }),
         }
     }
-    let grace = dispatch(&ctx).await;
+    // The dispatcher keeps routing during the drain: in-flight requests still
+    // need their responses. It publishes the shutdown deadline; a later
+    // shutdown with a shorter grace (DESTROY uses 0) brings it forward.
+    let (deadline_tx, mut deadline_rx) = watch::channel(None::<tokio::time::Instant>);
+    tokio::task::spawn_local(dispatch(ctx.clone(), deadline_tx));
+    let _ = deadline_rx.wait_for(|d| d.is_some()).await;
     let _ = phase_tx.send(Phase::Draining);
-    let drained = async {
-        while ctx.live.get() > 0 {
-            ctx.all_closed.notified().await;
+    loop {
+        if ctx.live.get() == 0 {
+            return;
         }
-    };
-    if tokio::time::timeout(grace, drained).await.is_err() {
-        let _ = phase_tx.send(Phase::Closing);
-        while ctx.live.get() > 0 {
-            ctx.all_closed.notified().await;
+        let deadline = deadline_rx.borrow().expect("set before draining");
+        tokio::select! {
+            _ = ctx.all_closed.notified() => {}
+            _ = deadline_rx.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => break,
         }
+    }
+    let _ = phase_tx.send(Phase::Closing);
+    while ctx.live.get() > 0 {
+        ctx.all_closed.notified().await;
     }
 }
 
-/// Routes command batches to connections until a shutdown command; returns its grace.
-async fn dispatch(ctx: &Rc<IoCtx>) -> Duration {
+/// Routes command batches to connections for the engine's whole life and
+/// turns shutdown commands into the drain deadline.
+async fn dispatch(ctx: Rc<IoCtx>, deadline: watch::Sender<Option<tokio::time::Instant>>) {
     loop {
         ctx.shared.command_wake.notified().await;
         let batch = std::mem::take(&mut *ctx.shared.commands.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut shutdown = None;
-        {
-            let registry = ctx.registry.borrow();
-            for cmd in batch {
-                match cmd {
-                    Command::Request { id, action } => {
-                        if let Some(conn) = registry.get(&id) {
-                            let _ = conn.send((id, action));
-                        }
+        let registry = ctx.registry.borrow();
+        for cmd in batch {
+            match cmd {
+                Command::Request { id, action } => {
+                    if let Some(conn) = registry.get(&id) {
+                        let _ = conn.send((id, action));
                     }
-                    Command::Shutdown { grace } => shutdown = Some(grace),
+                }
+                Command::Shutdown { grace } => {
+                    let at = tokio::time::Instant::now() + grace;
+                    deadline.send_if_modified(|d| match d {
+                        Some(old) if *old <= at => false,
+                        _ => {
+                            *d = Some(at);
+                            true
+                        }
+                    });
                 }
             }
-        }
-        if let Some(grace) = shutdown {
-            return grace;
         }
     }
 }
@@ -150,15 +163,10 @@ async fn accept_loop(ctx: Rc<IoCtx>, listener: tokio::net::TcpListener) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = phase.wait_for(|p| *p != Phase::Running) => return,
+            _ = phase.wait_for(|p| *p != Phase::Running) => break,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let local = stream.local_addr().ok();
-                let conn = Conn::new(ctx.clone(), stream, addr_pair(Some(peer)), addr_pair(local));
-                spawn_conn(ctx.clone(), conn);
-            }
+            Ok((stream, peer)) => admit(&ctx, stream, peer),
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning on the error.
                 ctx.shared.events.push(Event::Log { level: "warn", message: format!("accept failed: {e}") });
@@ -166,6 +174,64 @@ async fn accept_loop(ctx: Rc<IoCtx>, listener: tokio::net::TcpListener) {
             }
         }
     }
+    // Connections the kernel already completed are served, not reset: a
+    // request sent before shutdown began is not lost.
+    while let Some(Ok((stream, peer))) = futures_now(listener.accept()) {
+        admit(&ctx, stream, peer);
+    }
+}
+
+/// Polls a future once; `Some` if it was ready.
+fn futures_now<F: Future>(fut: F) -> Option<F::Output> {
+    let waker = noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
+
+fn noop_waker() -> std::task::Waker {
+    use std::task::{RawWaker, RawWakerVTable};
+    fn clone(_: *const ()) -> RawWaker {
+        RawWaker::new(std::ptr::null(), &VTABLE)
+    }
+    fn noop(_: *const ()) {}
+    static VTABLE: RawWakerVTable = RawWakerVTable::new(clone, noop, noop, noop);
+    // SAFETY: every vtable function ignores the (null) data pointer.
+    unsafe { std::task::Waker::from_raw(RawWaker::new(std::ptr::null(), &VTABLE)) }
+}
+
+/// Serves a new connection, or answers 503 when the process is at capacity.
+fn admit(ctx: &Rc<IoCtx>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    if ctx.live.get() >= ctx.shared.config.effective_max_connections() {
+        tokio::task::spawn_local(refuse_at_capacity(stream));
+        return;
+    }
+    let local = stream.local_addr().ok();
+    let conn = Conn::new(ctx.clone(), stream, addr_pair(Some(peer)), addr_pair(local));
+    spawn_conn(ctx.clone(), conn);
+}
+
+/// The 503 of PAGI-SPEC 5.1; the request is read and dropped briefly first so
+/// closing does not turn into a reset that would hide the answer.
+async fn refuse_at_capacity(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = "503 Service Unavailable - Server at capacity\n";
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 5\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
 }
 
 fn spawn_conn(ctx: Rc<IoCtx>, conn: Conn) {

@@ -32,6 +32,7 @@ typedef struct { pn_str name; pn_str value; } pn_header;
 #define PN_EV_STOPPED    6
 #define PN_EV_LOG        7
 #define PN_EV_FATAL      8
+#define PN_EV_SHUTDOWN   9   /* graceful shutdown began during this request */
 
 typedef struct {
     pn_str method, path, raw_path, query_string, http_version, scheme;
@@ -70,6 +71,7 @@ int pagi_native_shutdown(pn_engine *e, double grace);
 int pagi_native_respond_full(pn_engine *e, uint64_t id, int64_t status, const pn_header *headers, size_t n_headers, const char *body, size_t body_len);
 int pagi_native_http_start(pn_engine *e, uint64_t id, int64_t status, const pn_header *headers, size_t n_headers, int trailers);
 int pagi_native_http_body(pn_engine *e, uint64_t id, const char *data, size_t len, int more, size_t *buffered);
+int pagi_native_http_file(pn_engine *e, uint64_t id, const char *path, size_t path_len, int fd, uint64_t offset, int64_t length);
 int pagi_native_http_trailers(pn_engine *e, uint64_t id, const pn_header *headers, size_t n_headers);
 int pagi_native_want_body(pn_engine *e, uint64_t id);
 int pagi_native_abort(pn_engine *e, uint64_t id);

@@ -13,7 +13,6 @@ use IO::Socket::IP;
 use Scalar::Util qw(blessed weaken);
 use Socket qw(SOMAXCONN);
 use Time::HiRes ();
-use POSIX ();
 
 use PAGI::Server::Config;
 use PAGI::Server::HTTP;
@@ -32,10 +31,17 @@ sub new {
     $self->{requests} = {};
     $self->{running}  = 0;
     $self->{high_watermark} = $config->{write_high_watermark};
+    $self->{extensions} = $config->{extensions};
+    $self->{validate_events} = $config->{validate_events};
     my $log = $config->{access_log};
     # quiet silences the default access log; an explicit one stays.
     $log = undef if $config->{quiet} && !$config->is_explicit('access_log');
     $self->{access_log} = $log;
+    if ($log) {
+        require PAGI::Server::AccessLog;
+        $self->{log_format}  = PAGI::Server::AccessLog->compile($config->{access_log_format});
+        $self->{log_pending} = '';
+    }
     return $self;
 }
 
@@ -132,21 +138,27 @@ sub _on_wake {
         }
         if ($kind == EV_DONE) {
             my $req = delete $requests->{ $ev->[1] } or next;
-            $req->on_done;
+            $req->_ev_done;
             $self->_access_log($req) if $self->{access_log};
+            $req->_ended;
         }
         elsif ($kind == EV_BODY) {
             my $req = $requests->{ $ev->[1] } or next;
-            $req->on_body($ev->[2], $ev->[3]);
+            $req->_ev_body($ev->[2], $ev->[3]);
         }
         elsif ($kind == EV_WRITABLE) {
             my $req = $requests->{ $ev->[1] } or next;
-            $req->on_writable;
+            $req->_ev_writable;
         }
         elsif ($kind == EV_DISCONNECT) {
             my $req = delete $requests->{ $ev->[1] } or next;
-            $req->on_disconnect($ev->[2]);
+            $req->_ev_disconnect($ev->[2]);
             $self->_access_log($req) if $self->{access_log};
+            $req->_ended;
+        }
+        elsif ($kind == EV_SHUTDOWN) {
+            my $req = $requests->{ $ev->[1] } or next;
+            $req->_ev_shutdown;
         }
         elsif ($kind == EV_LOG) {
             $self->_log($ev->[2] => $ev->[3]);
@@ -162,14 +174,17 @@ sub _on_wake {
         }
     }
     $engine->flush if $self->{engine};
+    $self->_write_access_log if $self->{access_log} && length $self->{log_pending};
 }
 
 sub _dispatch_request {
     my ($self, $ev) = @_;
     my (undef, $id, $scope, $body) = @$ev;
     $scope->{state}      = { %{ $self->{state} } };
-    $scope->{extensions} = {};
+    $scope->{extensions} = { %{ $self->{extensions} } };
     my $req = PAGI::Server::HTTP->new($self, $id, $scope, $body);
+    # One object is both: its methods are the two interfaces of PAGI-SPEC 3.1.5/3.1.6.
+    $scope->{'pagi.connection'} = $scope->{'pagi.transport'} = $req;
     $req->{t0} = Time::HiRes::time() if $self->{access_log};
     $self->{requests}{$id} = $req;
     my $f = eval { $self->{config}{app}->($scope, sub { $req->receive }, sub { $req->send(@_) }) };
@@ -202,22 +217,31 @@ sub _flush_soon {
     });
 }
 
-my ($log_second, $log_time) = (-1, '');
-
+# Access-log lines are collected during a drain and written once per wake,
+# so logging costs no syscall per request.
 sub _access_log {
     my ($self, $req) = @_;
-    my $scope = $req->{scope};
+    my $scope = $req->{scope} or return;
     my $now = Time::HiRes::time();
-    if (int($now) != $log_second) {
-        $log_second = int $now;
-        $log_time = POSIX::strftime('%d/%b/%Y:%H:%M:%S +0000', gmtime $log_second);
-    }
-    my $query = length $scope->{query_string} ? "?$scope->{query_string}" : '';
-    my $status = $req->{gone} && !$req->{status} ? '-' : ($req->{status} // '-');
-    my $raw = $scope->{raw_path};
+    $self->{log_pending} .= $self->{log_format}->({
+        client   => $scope->{client} ? $scope->{client}[0] : undef,
+        time     => $now,
+        method   => $scope->{method},
+        path     => $scope->{raw_path},
+        query    => $scope->{query_string},
+        protocol => "HTTP/$scope->{http_version}",
+        status   => $req->{status},
+        bytes    => $req->{bytes_sent} // 0,
+        duration => $now - ($req->{t0} // $now),
+        headers  => $scope->{headers},
+    });
+}
+
+sub _write_access_log {
+    my ($self) = @_;
     my $fh = $self->{access_log};
-    printf {$fh} "%s - - [%s] \"%s %s%s\" %s %.3fs\n",
-        $scope->{client}[0], $log_time, $scope->{method}, $raw, $query, $status, $now - ($req->{t0} // $now);
+    print {$fh} $self->{log_pending};
+    $self->{log_pending} = '';
 }
 
 sub shutdown {
@@ -235,6 +259,7 @@ sub shutdown {
     }
     weaken(my $weak = $self);
     return $self->{shutdown_f} = $engine_stopped->then(sub {
+        $weak->_write_access_log if $weak && $weak->{access_log} && length $weak->{log_pending};
         return Future->done unless $weak;
         $weak->_close_listeners;
         $weak->{lifespan} ? $weak->{lifespan}->shutdown : Future->done;
@@ -253,7 +278,7 @@ sub _engine_stopped {
     $self->{engine_gone} = 1;
     $self->{running} = 0;
     for my $req (values %{ $self->{requests} }) {
-        $req->on_disconnect('server_shutdown');
+        $req->_ev_disconnect('server_shutdown');
     }
     %{ $self->{requests} } = ();
     my $f = $self->{engine_stopped_f} //= $self->loop->new_future;

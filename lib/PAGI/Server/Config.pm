@@ -16,7 +16,10 @@ my %OPTIONS = (
     port                     => { default => 5000, check => \&_port },
     quiet                    => { default => 0 },
     access_log               => { default => \*STDERR },
-    access_log_format        => { default => 'clf', check => sub { $_[0] eq 'clf' ? undef : 'only the clf format is supported yet' } },
+    access_log_format        => { default => 'clf', check => sub {
+        require PAGI::Server::AccessLog;
+        PAGI::Server::AccessLog->is_valid($_[0]) ? undef : ($@ =~ s/ at \S+ line \d+\.?\n\z//r);
+    } },
     log_level                => { default => 'info', check => sub { $_[0] =~ /\A(?:debug|info|warn|error)\z/ ? undef : 'must be debug, info, warn or error' } },
     loop_type                => { default => undef, check => sub { $_[0] =~ /\A[A-Za-z]\w*(?:::\w+)*\z/ ? undef : 'is not a loop class name' } },
     listener_backlog         => { default => 2048, check => \&_positive },
@@ -30,8 +33,17 @@ my %OPTIONS = (
     write_low_watermark      => { default => 16384, engine => 1, check => \&_non_negative },
     server_header            => { default => "PAGI-Server-Native/$VERSION", engine => 1 },
     shutdown_timeout         => { default => 30, check => \&_seconds },
+    body_timeout             => { default => 60, engine => 1, check => \&_seconds },
+    request_timeout          => { default => 0, engine => 1, check => \&_seconds },
+    max_connections          => { default => 0, engine => 1, check => \&_non_negative },
+    # The engine sends files with sendfile(2) and never blocks the loop, so
+    # there is nothing to tune; kept so configurations written for the
+    # reference server still load.
+    sync_file_threshold      => { default => 65536, check => \&_non_negative },
+    validate_events          => { default => sub { ($ENV{PAGI_ENV} // '') eq 'development' ? 1 : 0 } },
     lifespan_mode            => { default => 'auto', check => sub { $_[0] =~ /\A(?:auto|on|off)\z/ ? undef : 'must be auto, on or off' } },
     lifespan_startup_timeout => { default => 30, check => \&_seconds },
+    extensions               => { default => {}, check => \&_extensions },
 
     # Known, not built yet.
     socket                     => { todo => 1 },
@@ -39,19 +51,14 @@ my %OPTIONS = (
     listen                     => { todo => 1 },
     ssl                        => { todo => 1 },
     disable_tls                => { todo => 1, default => 0 },
-    extensions                 => { todo => 1 },
     workers                    => { todo => 1, default => 0 },
     reuseport                  => { todo => 1, default => 0 },
-    max_connections            => { todo => 1, default => 0 },
     max_requests               => { todo => 1, default => 0 },
     max_receive_queue          => { todo => 1, default => 1000 },
     max_ws_frame_size          => { todo => 1, default => 16 * 1024 * 1024 },
-    sync_file_threshold        => { todo => 1, default => 65536 },
-    request_timeout            => { todo => 1, default => 0 },
     ws_idle_timeout            => { todo => 1, default => 0 },
     sse_idle_timeout           => { todo => 1, default => 0 },
     heartbeat_timeout          => { todo => 1, default => 50 },
-    validate_events            => { todo => 1, default => 0 },
     http2                      => { todo => 1, default => 0 },
     h2_max_concurrent_streams  => { todo => 1, default => 100 },
     h2_initial_window_size     => { todo => 1, default => 65535 },
@@ -61,6 +68,18 @@ my %OPTIONS = (
     h2_max_header_list_size    => { todo => 1, default => 65536 },
     h2_rst_rate_limit          => { todo => 1 },
 );
+
+# Only extensions this server implements may be advertised.
+sub _extensions {
+    my ($ext) = @_;
+    return 'must be a hash reference' unless ref $ext eq 'HASH';
+    for my $name (sort keys %$ext) {
+        return "names an extension this server does not provide ('$name'; available: fullflush)"
+            unless $name eq 'fullflush';
+        return "value for '$name' must be a hash reference" unless ref $ext->{$name} eq 'HASH';
+    }
+    return undef;
+}
 
 sub _port { $_[0] =~ /\A\d+\z/ && $_[0] <= 65535 ? undef : 'must be a port number from 0 to 65535' }
 sub _positive { $_[0] =~ /\A\d+\z/ && $_[0] > 0 ? undef : 'must be a positive integer' }
@@ -114,7 +133,8 @@ sub new {
     for my $name (keys %OPTIONS) {
         my $spec = $OPTIONS{$name};
         Carp::croak("PAGI::Server: option '$name' is required") if $spec->{required} && !defined $config{$name};
-        $config{$name} = $spec->{default} unless exists $config{$name};
+        next if exists $config{$name};
+        $config{$name} = ref $spec->{default} eq 'CODE' ? $spec->{default}->() : $spec->{default};
     }
     Carp::croak("PAGI::Server: option 'app' must be a code reference")
         unless ref $config{app} && (ref $config{app} eq 'CODE' || overload::Method($config{app}, '&{}'));

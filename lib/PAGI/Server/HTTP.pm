@@ -6,6 +6,7 @@ our $VERSION = '0.01';
 
 use Future;
 use Scalar::Util qw(blessed);
+use PAGI::Server::Validate;
 
 =head1 NAME
 
@@ -70,6 +71,7 @@ sub receive {
         return Future->done({ type => 'http.request', body => $body, more => 0 });
     }
     return Future->done({%$DISCONNECT}) if $self->{gone} || ($self->{body_done} && $self->{complete});
+    return Future->done({ %$DISCONNECT, reason => 'server_shutdown' }) if $self->{body_done} && $self->{shutting_down};
     return $self->{receive_f} if $self->{receive_f};
     my $f = $self->{receive_f} = Future->new;
     unless ($self->{body_done}) {
@@ -91,6 +93,10 @@ sub send {
     return _fail('send: event must be a hash reference') unless ref $event eq 'HASH';
     my $type = $event->{type};
     return _fail("send: event has no 'type' field") unless defined $type;
+    if ($self->{server}{validate_events}) {
+        my $problem = PAGI::Server::Validate->http_event($event);
+        return _fail($problem) if defined $problem;
+    }
     if ($type eq 'http.response.body') {
         return $self->_body($event);
     }
@@ -99,6 +105,12 @@ sub send {
     }
     elsif ($type eq 'http.response.trailers') {
         return $self->_trailers($event);
+    }
+    elsif ($type eq 'http.fullflush' && $self->{scope}{extensions}{fullflush}) {
+        # Every batch is written as soon as it is flushed and TCP_NODELAY is on,
+        # so forcing bytes out means flushing the command queue now.
+        $self->{engine}->flush;
+        return $DONE;
     }
     return _fail("Unrecognized event type '$type' for http protocol");
 }
@@ -125,8 +137,7 @@ sub _start {
 
 sub _body {
     my ($self, $event) = @_;
-    return _fail("http.response.body: 'file' and 'fh' bodies are not supported yet")
-        if defined $event->{file} || defined $event->{fh};
+    return $self->_file_body($event) if defined $event->{file} || defined $event->{fh};
     my $body = $event->{body};
     return _fail("http.response.body: 'body' must be a byte string")
         if ref $body;
@@ -143,9 +154,41 @@ sub _body {
         else                     { $self->{state} = 2 }
     }
     $self->{server}->_flush_soon;
-    if ($buffered >= $self->{server}{high_watermark} && $engine->wait_writable($self->{id})) {
-        return $self->{drain_f} //= Future->new;
+    if ($buffered >= $self->{server}{high_watermark}) {
+        $self->_high_water unless $self->{above_high};
+        return $self->{drain_f} //= Future->new if $engine->wait_writable($self->{id});
+        $self->_drained;
     }
+    return $DONE;
+}
+
+# `file` / `fh` bodies complete the response; the engine sends them with
+# sendfile(2), so their bytes never pass through Perl.
+sub _file_body {
+    my ($self, $event) = @_;
+    my ($file, $fh) = @$event{qw(file fh)};
+    return _fail("http.response.body: 'body', 'file' and 'fh' are mutually exclusive")
+        if (defined $file) + (defined $fh) + (defined $event->{body} && length $event->{body}) > 1;
+    for my $field (qw(offset length)) {
+        my $v = $event->{$field};
+        return _fail("http.response.body: '$field' must be a non-negative integer")
+            if defined $v && (ref $v || $v !~ /\A\d+\z/);
+    }
+    return _fail("http.response.body: 'file' must be a path") if defined $file && ref $file;
+    return _fail("http.response.body: 'fh' must be an open filehandle")
+        if defined $fh && !(ref $fh && defined fileno($fh) && fileno($fh) >= 0);
+    return $DONE if $self->{gone};
+    return _fail('http.response.body: sent before http.response.start') unless $self->{state};
+    return _fail('http.response.body: the response is already complete') if $self->{state} == 2 || $self->{body_ended};
+    my ($offset, $length) = ($event->{offset} // 0, $event->{length});
+    my $ok = eval { $self->{engine}->http_file($self->{id}, $file // $fh, $offset, $length); 1 };
+    return _engine_error('http.response.body', $@) unless $ok;
+    my $size = defined $file ? -s $file : -s $fh;
+    my $available = ($size // 0) > $offset ? $size - $offset : 0;
+    $self->{bytes_sent} += defined $length && $length < $available ? $length : $available;
+    if   ($self->{trailers}) { $self->{body_ended} = 1 }
+    else                     { $self->{state} = 2 }
+    $self->{server}->_flush_soon;
     return $DONE;
 }
 
@@ -177,6 +220,13 @@ the connection when a response was cut short.
 
 sub app_finished {
     my ($self, $f) = @_;
+    $self->_app_outcome($f);
+    $self->{app_done} = 1;
+    $self->_release if $self->{ended};
+}
+
+sub _app_outcome {
+    my ($self, $f) = @_;
     my $server = $self->{server};
     if (blessed $f && ($f->is_failed || $f->is_cancelled)) {
         my $error = $f->is_failed ? ($f->failure)[0] : 'app future was cancelled';
@@ -192,51 +242,221 @@ sub app_finished {
     $self->_abort_response;
 }
 
+# Called by the server after the request ended and was logged.
+sub _ended {
+    my ($self) = @_;
+    $self->{ended} = 1;
+    $self->_release if $self->{app_done};
+}
+
+# The scope holds this object (pagi.connection) and this object holds the
+# scope: once both the app and the request are finished, break the cycle.
+sub _release {
+    my ($self) = @_;
+    my $scope = delete $self->{scope} or return;
+    delete @$scope{qw(pagi.connection pagi.transport)};
+}
+
 sub _abort_response {
     my ($self) = @_;
     return if $self->{gone};
     my $engine = $self->{engine};
     if ($self->{state} == 0) {
         $self->{status} = 500;
-        $engine->respond_full($self->{id}, 500, [ [ 'content-type', 'text/plain' ] ], "Internal Server Error\n");
+        $engine->respond_full($self->{id}, 500, [ [ 'content-type', 'text/plain' ], [ 'connection', 'close' ] ], "Internal Server Error\n");
         $self->{state} = 2;
     }
     $engine->abort($self->{id});
     $self->{server}->_flush_soon;
 }
 
-# Engine events for this request.
+# Engine events for this request (called by PAGI::Server).
 
-sub on_body {
+sub _ev_body {
     my ($self, $bytes, $more) = @_;
     $self->{body_done} = 1 unless $more;
     my $f = delete $self->{receive_f} or return;
     $f->done({ type => 'http.request', body => $bytes, more => $more });
 }
 
-sub on_writable {
+sub _ev_writable {
     my ($self) = @_;
+    $self->_drained if $self->{above_high};
     my $f = delete $self->{drain_f} or return;
     $f->done;
 }
 
-sub on_done {
+sub _ev_done {
     my ($self) = @_;
     $self->{complete} = 1;
     # The request is over: nothing else will answer a pending $receive.
     if (my $f = delete $self->{receive_f}) {
         $f->done({%$DISCONNECT});
     }
-    $self->on_writable;
+    $self->_ev_writable;
+    $self->_run_callbacks(delete $self->{on_complete_cbs});
+    delete $self->{on_disconnect_cbs};
 }
 
-sub on_disconnect {
+# PAGI-SPEC 3.1.5 order: is_connected false, reason set, disconnect_future
+# resolved, on_disconnect callbacks, then http.disconnect for $receive.
+sub _ev_disconnect {
     my ($self, $reason) = @_;
     $self->{gone} = $reason;
+    if (my $df = $self->{disconnect_f}) {
+        $df->done($reason) unless $df->is_ready;
+    }
+    $self->_run_callbacks(delete $self->{on_disconnect_cbs}, $reason);
+    delete $self->{on_complete_cbs};
     if (my $f = delete $self->{receive_f}) {
         $f->done({%$DISCONNECT});
     }
-    $self->on_writable;
+    $self->_ev_writable;
+}
+
+# Graceful shutdown began: once the body is read, $receive says goodbye.
+sub _ev_shutdown {
+    my ($self) = @_;
+    $self->{shutting_down} = 1;
+    return unless $self->{body_done};
+    if (my $f = delete $self->{receive_f}) {
+        $f->done({ %$DISCONNECT, reason => 'server_shutdown' });
+    }
+}
+
+sub _run_callbacks {
+    my ($self, $cbs, @args) = @_;
+    for my $cb (@{ $cbs // [] }) {
+        eval { $cb->(@args); 1 }
+            or $self->{server}->_log(error => "pagi.connection callback died: $@");
+    }
+}
+
+sub _high_water {
+    my ($self) = @_;
+    $self->{above_high} = 1;
+    for my $cb (@{ $self->{on_high_cbs} // [] }) {
+        eval { $cb->(); 1 } or $self->{server}->_log(error => "pagi.transport on_high_water callback died: $@");
+    }
+}
+
+sub _drained {
+    my ($self) = @_;
+    $self->{above_high} = 0;
+    for my $cb (@{ $self->{on_drain_cbs} // [] }) {
+        eval { $cb->(); 1 } or $self->{server}->_log(error => "pagi.transport on_drain callback died: $@");
+    }
+}
+
+=head1 pagi.connection
+
+The same object is the request's C<pagi.connection> (PAGI-SPEC 3.1.5):
+
+=over 4
+
+=item is_connected
+
+True until the request ends (cleanly or not).
+
+=item disconnect_reason
+
+The reason of an abnormal end (C<client_closed>, C<server_error>,
+C<server_shutdown>, C<body_too_large>, C<protocol_error>, C<client_timeout>,
+C<write_error>, C<write_timeout>, C<read_error>), C<undef> otherwise.
+
+=item on_disconnect($cb), on_complete($cb)
+
+Exactly one of the two sets of callbacks runs per request. Registered after
+the fact, a callback of the matching kind runs at once.
+
+=item response_started, response_complete
+
+=item disconnect_future
+
+A Future done with the reason on an abnormal end; it never resolves on
+clean completion.
+
+=back
+
+=cut
+
+sub is_connected { $_[0]{gone} || $_[0]{complete} ? 0 : 1 }
+
+sub disconnect_reason { $_[0]{gone} }
+
+sub response_started { $_[0]{state} ? 1 : 0 }
+
+sub response_complete { $_[0]{state} == 2 ? 1 : 0 }
+
+sub on_disconnect {
+    my ($self, $cb) = @_;
+    if (defined $self->{gone}) { $self->_run_callbacks([$cb], $self->{gone}) }
+    elsif (!$self->{complete}) { push @{ $self->{on_disconnect_cbs} }, $cb }
+    return;
+}
+
+sub on_complete {
+    my ($self, $cb) = @_;
+    if ($self->{complete} && !defined $self->{gone}) { $self->_run_callbacks([$cb]) }
+    elsif (!defined $self->{gone}) { push @{ $self->{on_complete_cbs} }, $cb }
+    return;
+}
+
+sub disconnect_future {
+    my ($self) = @_;
+    return $self->{disconnect_f} //= do {
+        my $f = Future->new;
+        $f->done($self->{gone}) if defined $self->{gone};
+        $f;
+    };
+}
+
+=head1 pagi.transport
+
+And its C<pagi.transport> (PAGI-SPEC 3.1.6):
+
+=over 4
+
+=item buffered_amount
+
+Response bytes queued for this client and not yet written.
+
+=item high_water_mark, low_water_mark
+
+=item on_high_water($cb), on_drain($cb)
+
+Edge-triggered: C<on_high_water> when the buffer reaches the high mark
+(at once if it already is), C<on_drain> when it falls below the low mark
+after such a crossing.
+
+=back
+
+=cut
+
+sub buffered_amount {
+    my ($self) = @_;
+    return 0 if defined $self->{gone} || $self->{complete};
+    my $stats = $self->{engine}->stats($self->{id}) or return 0;
+    return $stats->{buffered};
+}
+
+sub high_water_mark { $_[0]{server}{high_watermark} }
+
+sub low_water_mark { $_[0]{server}{config}{write_low_watermark} }
+
+sub on_high_water {
+    my ($self, $cb) = @_;
+    push @{ $self->{on_high_cbs} }, $cb;
+    if ($self->{above_high}) {
+        eval { $cb->(); 1 } or $self->{server}->_log(error => "pagi.transport on_high_water callback died: $@");
+    }
+    return;
+}
+
+sub on_drain {
+    my ($self, $cb) = @_;
+    push @{ $self->{on_drain_cbs} }, $cb;
+    return;
 }
 
 1;

@@ -17,10 +17,11 @@ use constant {
     EV_STOPPED    => 6,
     EV_LOG        => 7,
     EV_FATAL      => 8,
+    EV_SHUTDOWN   => 9,
 };
 
 use Exporter 'import';
-our @EXPORT_OK = qw(EV_REQUEST EV_BODY EV_WRITABLE EV_DISCONNECT EV_DONE EV_STOPPED EV_LOG EV_FATAL);
+our @EXPORT_OK = qw(EV_REQUEST EV_BODY EV_WRITABLE EV_DISCONNECT EV_DONE EV_STOPPED EV_LOG EV_FATAL EV_SHUTDOWN);
 our %EXPORT_TAGS = (events => \@EXPORT_OK);
 
 _load_xs();
@@ -51,6 +52,20 @@ sub new {
         $self->_set_option($name, "$value");
     }
     return $self;
+}
+
+sub http_file {
+    my ($self, $id, $file, $offset, $length) = @_;
+    my ($path, $fd) = (undef, -1);
+    if (ref $file) {
+        $fd = fileno($file);
+        Carp::croak('PAGI::Server::Native::http_file: fh is not an open file handle') unless defined $fd && $fd >= 0;
+    }
+    else {
+        $path = $file;
+        Carp::croak('PAGI::Server::Native::http_file: file path is empty') unless defined $path && length $path;
+    }
+    return $self->_http_file($id, $path, $fd, $offset // 0, $length // -1);
 }
 
 sub listen_fd {
@@ -187,6 +202,7 @@ events):
     [EV_STOPPED,    0]                   # shutdown finished; the IO thread is gone
     [EV_LOG,        0, $level, $message]
     [EV_FATAL,      0, $message]         # the IO thread died
+    [EV_SHUTDOWN,   $id]                 # graceful shutdown began; the response may finish
 
 C<$scope> is a PAGI http scope (type, pagi, http_version, method, scheme,
 path, raw_path, query_string, root_path, headers, client, server). Every
@@ -215,6 +231,15 @@ Queues a body chunk; C<$more> false ends the body (or, with trailers
 declared, waits for L</http_trailers>). Returns the response bytes now
 buffered for the connection, or -1 if the request is gone. At or above the
 high watermark call L</wait_writable> and wait for C<EV_WRITABLE>.
+
+=head2 http_file
+
+    $engine->http_file($id, $path_or_fh, $offset, $length);
+
+Sends C<$length> bytes (default: to the end) of a regular file from
+C<$offset> as the rest of the body, with sendfile(2): the bytes never pass
+through Perl. A path is opened at once (croaks if it cannot be); a handle
+is duplicated, so the caller may close it afterwards. Completes the body.
 
 =head2 http_trailers
 

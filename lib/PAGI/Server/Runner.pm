@@ -28,11 +28,11 @@ clean shutdown, 1 for a failure to start, 2 for usage errors.
 # --long-name => server option; each takes a value.
 my %VALUE_OPTIONS = map { my $o = $_; ($o =~ tr/_/-/r) => $o } qw(
     max_body_size max_header_size max_header_count max_request_line_size
-    timeout header_timeout shutdown_timeout lifespan_startup_timeout
+    timeout header_timeout body_timeout request_timeout shutdown_timeout lifespan_startup_timeout
     write_high_watermark write_low_watermark listener_backlog log_level
     server_header access_log_format
     workers max_connections max_requests max_receive_queue max_ws_frame_size
-    request_timeout ws_idle_timeout sse_idle_timeout heartbeat_timeout
+    ws_idle_timeout sse_idle_timeout heartbeat_timeout
     sync_file_threshold socket socket_mode
 );
 
@@ -63,11 +63,21 @@ Usage: pagi-server [options] [APP_FILE]
       --timeout N           keep-alive idle seconds (default 60; alias
                             --timeout-keep-alive)
       --header-timeout N    seconds to receive a request head (default 30)
+      --body-timeout N      seconds a client may stall a body the app is reading
+                            (default 60)
+      --request-timeout N   close a request with no read or write for N seconds
+                            (default 0 = off)
+      --max-connections N   503 beyond N concurrent connections (default 1000;
+                            alias --limit-concurrency)
       --shutdown-timeout N  grace for requests in flight at shutdown (default 30)
       --write-high-watermark N, --write-low-watermark N
                             response buffering bounds (default 65536 / 16384)
       --lifespan MODE       auto, on or off (default auto)
       --lifespan-startup-timeout N  (default 30)
+      --access-log-format F clf (default), common, combined, tiny, json, or atoms
+                            such as '%h %r %s %D'
+      --[no-]validate-events  type-check every event the app sends (default: on
+                            in development mode)
       --log-level LEVEL     debug, info, warn or error (default info)
       --server-header TEXT  value of the server header ('' for none)
   -v, --version             print the version and exit
@@ -101,6 +111,7 @@ sub run {
         'l|loop=s'       => \$server{loop_type},
         'b|listener-backlog=i' => \$server{listener_backlog},
         'lifespan=s'     => \$server{lifespan_mode},
+        'validate-events!' => \$server{validate_events},
         'v|version'      => \$o{version},
         'help'           => \$o{help},
         (map { my $name = $_; ("$name=s" => \$server{ $VALUE_OPTIONS{$name} }) } keys %VALUE_OPTIONS),
