@@ -247,6 +247,23 @@ impl Conn {
                 pre = Some(self.rbuf.split_to(n as usize).freeze());
                 body = BodyReader::Done;
             }
+            Framing::Chunked if !head.expect_continue && !self.rbuf.is_empty() && self.rbuf.len() <= PREREAD_MAX as usize => {
+                // A small chunked body that already arrived whole is decoded
+                // now, so a malformed one is refused before the app runs.
+                match prefetch_chunked(&mut self.rbuf, self.ctx.shared.config.max_body_size) {
+                    Ok(Some(whole)) => {
+                        pre = Some(whole);
+                        body = BodyReader::Done;
+                    }
+                    Ok(None) => {}
+                    Err(status) => {
+                        let server = self.ctx.shared.config.server_header.clone();
+                        response::encode_error(&mut self.out.small, status, &server);
+                        let _ = self.flush_out(0).await;
+                        return false;
+                    }
+                }
+            }
             _ => {}
         }
         let draining = *self.phase.borrow() != Phase::Running;
@@ -663,4 +680,28 @@ async fn send_file(stream: &TcpStream, file: &std::fs::File, offset: u64, len: u
         }
     }
     Ok(())
+}
+
+/// Decodes a chunked body that is complete in `buf`, consuming it; `None`
+/// (and `buf` untouched) when more bytes are needed. Errors are statuses.
+fn prefetch_chunked(buf: &mut BytesMut, max_body_size: u64) -> Result<Option<Bytes>, u16> {
+    let mut probe = buf.clone();
+    let mut reader = BodyReader::new(Framing::Chunked);
+    let mut whole = BytesMut::new();
+    loop {
+        match reader.step(&mut probe, usize::MAX) {
+            Ok(Step::Data(data, more)) => {
+                whole.extend_from_slice(&data);
+                if max_body_size > 0 && whole.len() as u64 > max_body_size {
+                    return Err(413);
+                }
+                if !more {
+                    *buf = probe;
+                    return Ok(Some(whole.freeze()));
+                }
+            }
+            Ok(Step::NeedMore) => return Ok(None),
+            Err(r) => return Err(r.0),
+        }
+    }
 }

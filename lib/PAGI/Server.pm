@@ -301,6 +301,8 @@ sub run {
             (my $file = "$class.pm") =~ s{::}{/}g;
             require $file;
             $loop = $class->new;
+            # Apps reach the loop with IO::Async::Loop->new; make that return this one.
+            $IO::Async::Loop::ONE_TRUE_LOOP ||= $loop;
         }
         else {
             $loop = IO::Async::Loop->new;
