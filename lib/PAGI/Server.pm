@@ -337,7 +337,7 @@ sub connection_count {
     return $self->{engine}->stats->{connections_active};
 }
 
-sub effective_max_connections { 1000 }
+sub effective_max_connections { $_[0]{config}{max_connections} || 1000 }
 
 sub listeners {
     my ($self) = @_;
@@ -418,8 +418,10 @@ Suppresses the banner, info logs and the default access log.
 
 =item access_log [\*STDERR], access_log_format [clf]
 
-Filehandle for one line per request (C<undef> disables):
-C<%h - - [%t] "%m %U%q" %s %ds>.
+Filehandle for one line per finished request (C<undef> disables). Formats:
+C<clf>, C<common>, C<combined>, C<tiny>, C<json> or a string of atoms; see
+L<PAGI::Server::AccessLog>. Lines are collected while a batch of events is
+dispatched and written once per batch.
 
 =item log_level [info]
 
@@ -443,7 +445,24 @@ Seconds a keep-alive connection may idle between requests (0 = forever).
 
 =item header_timeout [30]
 
-Seconds a client has to send a complete request head (0 = forever).
+Seconds a client has to send a complete request head (0 = forever); the
+slowloris guard.
+
+=item body_timeout [60]
+
+Seconds a client may stall while the app waits for request-body bytes;
+then 408 (if no response started) and close, reason C<client_timeout>.
+
+=item request_timeout [0]
+
+Closes a request that sees no read or write for this many seconds
+(0 = off).
+
+=item max_connections [0, meaning 1000]
+
+Concurrent connections per process. Beyond it a new connection gets
+C<503 Service Unavailable> with C<Retry-After: 5> and is closed; existing
+connections are unaffected.
 
 =item write_high_watermark [65536], write_low_watermark [16384]
 
@@ -459,6 +478,22 @@ string for none.
 
 Grace period for requests in flight at shutdown, and bound on lifespan
 shutdown.
+
+=item extensions [{}]
+
+Extra extensions to advertise; only C<< { fullflush => {} } >> is
+available (the C<http.fullflush> event then forces queued bytes out).
+
+=item validate_events [1 when PAGI_ENV is development, else 0]
+
+Type-checks every field of every event the app sends, failing the C<$send>
+with a message naming the event and field (L<PAGI::Server::Validate>).
+Order and required fields are always checked.
+
+=item sync_file_threshold [65536]
+
+Accepted for compatibility and otherwise unused: file bodies are sent with
+sendfile(2) by the engine and never block the loop, whatever their size.
 
 =item lifespan_mode [auto], lifespan_startup_timeout [30]
 
@@ -499,14 +534,28 @@ The bound TCP port.
 
 Open client connections.
 
+=head1 SHUTDOWN
+
+C<shutdown> (or SIGTERM/SIGINT under L</run>) stops accepting at once and
+still serves connections the kernel had already queued, closes idle
+keep-alive connections, and lets requests in flight finish within
+C<shutdown_timeout>. Requests whose body was read get
+C<< { type => 'http.disconnect', reason => 'server_shutdown' } >> from
+C<$receive> at the start of the grace period, so long-lived responses can
+say goodbye. Then the rest is closed and lifespan shutdown runs.
+
 =head1 SCOPES
 
 Every http scope carries C<type>, C<pagi>, C<http_version>, C<method>,
 C<scheme>, C<path> (percent-decoded, then UTF-8 decoded when valid),
 C<raw_path>, C<query_string>, C<root_path>, C<headers> (lower-case names in
 wire order, duplicates kept, C<cookie> headers joined with C<"; ">),
-C<client>, C<server>, C<state> (a shallow copy of the lifespan state) and
-C<extensions>.
+C<client>, C<server>, C<state> (a shallow copy of the lifespan state),
+C<extensions>, and C<pagi.connection> / C<pagi.transport> (one object
+serving both interfaces, see L<PAGI::Server::HTTP>).
+
+File bodies (C<file> or C<fh>, with C<offset> and C<length>) are sent by
+the engine with sendfile(2): their bytes never pass through Perl.
 
 =head1 SEE ALSO
 

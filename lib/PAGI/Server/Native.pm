@@ -158,6 +158,10 @@ made before C<fork>. Options (unknown ones croak):
 
 =item timeout (60 s keep-alive idle; 0 = off), header_timeout (30 s for a request head; 0 = off)
 
+=item body_timeout (60 s of client stall while the app waits for body bytes), request_timeout (0 = off)
+
+=item max_connections (0, meaning 1000; beyond it new connections get 503)
+
 =item write_high_watermark (65536), write_low_watermark (16384)
 
 =item server_header (C<PAGI-Server-Native/VERSION>; empty = none)
