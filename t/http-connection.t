@@ -367,7 +367,7 @@ subtest 'watermarks: the defaults, and the configured values' => sub {
 
 subtest 'buffered_amount, on_high_water and on_drain against a client that stops reading' => sub {
     my $CHUNK = 64 * 1024;
-    my ($t, $blocked, $finished, $sent, %count, @order, $first_chunk_sent);
+    my ($t, $blocked, $finished, $sent, %count, @order, $first_chunk_sent, %at_block);
     my $total = 64 * 1024 * 1024 / $CHUNK;    # up to 64 MiB
     my $app = async sub {
         my ($scope, $receive, $send) = @_;
@@ -384,7 +384,10 @@ subtest 'buffered_amount, on_high_water and on_drain against a client that stops
         for my $i (1 .. $total) {
             my $f = $send->({ type => 'http.response.body', body => chr(65 + $i % 26) x $CHUNK, more => 1 });
             $sent = $i;
-            unless ($f->is_ready) { $blocked //= $i }
+            if (!$f->is_ready && !defined $blocked) {
+                $blocked = $i;
+                %at_block = (high => $count{high} // 0, drain => $count{drain} // 0, last => $order[-1] // '');
+            }
             await $f;
         }
         await $send->({ type => 'http.response.body', body => '', more => 0 });
@@ -414,15 +417,17 @@ subtest 'buffered_amount, on_high_water and on_drain against a client that stops
     ok(wait_for(sub { defined $blocked }, 30), 'a $send became pending while the client did not read') or return;
     my $buffered = $t->buffered_amount;
     cmp_ok($buffered, '>=', $t->high_water_mark, "buffered_amount reached the high mark ($buffered)");
-    is($count{high}, 1, 'on_high_water fired once when the buffer crossed the high mark');
-    ok(!$count{drain}, 'on_drain has not fired while the client does not read');
+    cmp_ok($at_block{high}, '>=', 1, 'on_high_water had fired when the $send became pending');
+    is($at_block{last}, 'high', 'the last transport callback before the stall was on_high_water');
+    is($count{high}, $at_block{high}, 'on_high_water fired once per crossing: not again while the $send waits');
+    is($count{drain} // 0, $at_block{drain}, 'on_drain has not fired while the client does not read');
     my $late_high = 0;
     $t->on_high_water(sub { $late_high++ });
     is($late_high, 1, 'on_high_water registered while above the mark fires immediately');
     my $late_drain = 0;
     $t->on_drain(sub { $late_drain++ });
     pause(0.5);
-    ok(!$count{drain} && !$late_drain, 'on_drain still silent before the client reads');
+    ok(($count{drain} // 0) == $at_block{drain} && !$late_drain, 'on_drain still silent before the client reads');
     ok(!$finished, 'the app is held back');
 
     # The client reads again: the buffer drains and the stream completes.
@@ -434,13 +439,12 @@ subtest 'buffered_amount, on_high_water and on_drain against a client that stops
     }
     ok($eof, 'the whole response was read');
     ok(wait_for(sub { $finished }, 10), 'the app finished');
-    cmp_ok($count{drain} // 0, '>=', 1, 'on_drain fired after the client started reading');
+    cmp_ok($count{drain} // 0, '>', $at_block{drain}, 'on_drain fired after the client started reading');
     cmp_ok($late_drain, '>=', 1, 'an on_drain registered while above the mark fired on drain too');
     is($order[0], 'high', 'the first callback was on_high_water');
     is($order[1], 'drain', 'then on_drain');
     my $alternates = !grep { $order[$_] eq $order[ $_ - 1 ] } 1 .. $#order;
     ok($alternates, 'high and drain alternate (the cycle re-arms): ' . scalar(@order) . ' callbacks');
-    my $body_len = () = $raw =~ /x/g;
     cmp_ok(length $raw, '>', $blocked * $CHUNK, 'the client got every byte sent up to the stall and more');
     close $sock;
     stop_server($server);

@@ -41,6 +41,12 @@ sub new {
     }, $class;
 }
 
+sub _new_future {
+    my ($self) = @_;
+    my $loop = $self->{server}->loop;
+    return $loop ? $loop->new_future : Future->new;
+}
+
 sub _fail {
     my ($message) = @_;
     return Future->fail("$message\n", 'pagi');
@@ -73,7 +79,8 @@ sub receive {
     return Future->done({%$DISCONNECT}) if $self->{gone} || ($self->{body_done} && $self->{complete});
     return Future->done({ %$DISCONNECT, reason => 'server_shutdown' }) if $self->{body_done} && $self->{shutting_down};
     return $self->{receive_f} if $self->{receive_f};
-    my $f = $self->{receive_f} = Future->new;
+    # Loop futures, so that even a blocking ->get in an app works.
+    my $f = $self->{receive_f} = $self->_new_future;
     unless ($self->{body_done}) {
         $self->{engine}->want_body($self->{id});
         $self->{server}->_flush_soon;
@@ -156,7 +163,7 @@ sub _body {
     $self->{server}->_flush_soon;
     if ($buffered >= $self->{server}{high_watermark}) {
         $self->_high_water unless $self->{above_high};
-        return $self->{drain_f} //= Future->new if $engine->wait_writable($self->{id});
+        return $self->{drain_f} //= $self->_new_future if $engine->wait_writable($self->{id});
         $self->_drained;
     }
     return $DONE;
@@ -405,7 +412,7 @@ sub on_complete {
 sub disconnect_future {
     my ($self) = @_;
     return $self->{disconnect_f} //= do {
-        my $f = Future->new;
+        my $f = $self->_new_future;
         $f->done($self->{gone}) if defined $self->{gone};
         $f;
     };
