@@ -302,28 +302,37 @@ sub run {
             require $file;
             $loop = $class->new;
             # Apps reach the loop with IO::Async::Loop->new; make that return this one.
-            $IO::Async::Loop::ONE_TRUE_LOOP ||= $loop;
+            { no warnings "once"; $IO::Async::Loop::ONE_TRUE_LOOP ||= $loop; }
         }
         else {
             $loop = IO::Async::Loop->new;
         }
         $loop->add($self);
     }
-    $self->listen->get;
-    $self->{run_loop} = $loop;
+    # Signals are handled from the start: a TERM during lifespan startup lets
+    # startup finish (requests already sent are served), then shuts down.
     my $stop = sub {
         my ($name) = @_;
         $self->_log(info => "received SIG$name, shutting down");
-        $self->shutdown;
+        if ($self->{engine}) { $self->shutdown }
+        else                 { $self->{stop_after_listen} = 1 }
     };
-    my @ids = (
-        $loop->attach_signal(TERM => sub { $stop->('TERM') }),
-        $loop->attach_signal(INT  => sub { $stop->('INT') }),
-        $loop->attach_signal(HUP  => sub { $self->_log(info => 'SIGHUP ignored in single-process mode') }),
+    my %ids = (
+        TERM => $loop->attach_signal(TERM => sub { $stop->('TERM') }),
+        INT  => $loop->attach_signal(INT  => sub { $stop->('INT') }),
+        HUP  => $loop->attach_signal(HUP  => sub { $self->_log(info => 'SIGHUP ignored in single-process mode') }),
     );
-    $loop->run;
+    my $detach = sub { $loop->detach_signal($_, $ids{$_}) for keys %ids };
+    unless (eval { $self->listen->get; 1 }) {
+        my $error = $@;
+        $detach->();
+        die $error;
+    }
+    $self->{run_loop} = $loop;
+    $self->shutdown if delete $self->{stop_after_listen};
+    $loop->run unless $self->{shutdown_f} && $self->{shutdown_f}->is_ready;
     delete $self->{run_loop};
-    $loop->detach_signal($_->[0], $_->[1]) for map { [ $_ => shift @ids ] } qw(TERM INT HUP);
+    $detach->();
     return $self->{fatal} ? 1 : 0;
 }
 
