@@ -234,7 +234,7 @@ subtest 'HTTP/1.0 keep-alive only when asked and the length is known' => sub {
     $raw = raw_exchange($port, "GET /plain10 HTTP/1.0\r\n\r\n", timeout => 5)->get;
     @r = parse_responses($raw);
     is $r[0]{body}, '/plain10', 'HTTP/1.0 without keep-alive: response, then close';
-    is_deeply [ header_values($r[0], 'connection') ], [], 'no connection: keep-alive header';
+    ok !(grep { lc $_ eq 'keep-alive' } header_values($r[0], 'connection')), 'no connection: keep-alive header';
 };
 
 subtest 'trailers are sent only when the client accepts them' => sub {

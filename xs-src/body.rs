@@ -162,10 +162,7 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, Refusal> {
         let s = rest.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(rest.len());
         &rest[s..]
     };
-    if !rest_trimmed.is_empty() && rest_trimmed[0] != b';' {
-        return Err(Refusal(400));
-    }
-    if rest_trimmed.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+    if !valid_extensions(rest_trimmed) {
         return Err(Refusal(400));
     }
     let significant = &line[..digits];
@@ -178,6 +175,52 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, Refusal> {
         return Err(Refusal(413));
     }
     Ok(size)
+}
+
+/// `*( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )` (RFC 9112 7.1.1).
+fn valid_extensions(mut ext: &[u8]) -> bool {
+    fn skip_ws(s: &[u8]) -> &[u8] {
+        let n = s.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+        &s[n..]
+    }
+    fn token_len(s: &[u8]) -> usize {
+        s.iter().take_while(|&&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)).count()
+    }
+    fn quoted_len(s: &[u8]) -> Option<usize> {
+        let mut i = 1;
+        while i < s.len() {
+            match s[i] {
+                b'"' => return Some(i + 1),
+                b'\\' if i + 1 < s.len() => i += 2,
+                b if (b < 0x20 && b != b'\t') || b == 0x7f => return None,
+                _ => i += 1,
+            }
+        }
+        None
+    }
+    loop {
+        ext = skip_ws(ext);
+        if ext.is_empty() {
+            return true;
+        }
+        if ext[0] != b';' {
+            return false;
+        }
+        ext = skip_ws(&ext[1..]);
+        let name = token_len(ext);
+        if name == 0 {
+            return false;
+        }
+        ext = skip_ws(&ext[name..]);
+        if ext.first() == Some(&b'=') {
+            ext = skip_ws(&ext[1..]);
+            let value = if ext.first() == Some(&b'"') { quoted_len(ext) } else { Some(token_len(ext)).filter(|&n| n > 0) };
+            match value {
+                Some(n) => ext = &ext[n..],
+                None => return false,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -220,6 +263,10 @@ mod tests {
         assert_eq!(decode_all(b"zz\r\n").unwrap_err(), Refusal(400));
         assert_eq!(decode_all(b"5\r\nhelloXX").unwrap_err(), Refusal(400));
         assert_eq!(decode_all(b"5 junk\r\n").unwrap_err(), Refusal(400));
+        assert_eq!(decode_all(b"5;=v\r\n").unwrap_err(), Refusal(400));
+        assert_eq!(decode_all(b"5;a=\"open\r\n").unwrap_err(), Refusal(400));
+        assert_eq!(decode_all(b"5;a=\r\n").unwrap_err(), Refusal(400));
+        assert!(decode_all(b"5 ; a = \"q\\\"x\" ;b;c=d\r\nhello\r\n0\r\n\r\n").is_ok());
         assert_eq!(decode_all(b"5\nhello").unwrap_err(), Refusal(400));
         assert_eq!(decode_all(b"12345678\r\n").unwrap_err(), Refusal(413));
         assert_eq!(decode_all(b"A00001\r\n").unwrap_err(), Refusal(413));

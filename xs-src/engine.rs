@@ -237,6 +237,10 @@ impl Engine {
         if !self.live.contains_key(&id) {
             return Ok(Sent::Gone);
         }
+        let what = match &source {
+            FileSource::Path(path) => format!("file '{path}'"),
+            FileSource::Fd(fd) => format!("fh (fd {fd})"),
+        };
         let file = match source {
             FileSource::Path(path) => std::fs::File::open(path).map_err(|e| format!("cannot open '{path}': {e}"))?,
             FileSource::Fd(fd) => {
@@ -249,9 +253,9 @@ impl Engine {
                 unsafe { std::fs::File::from_raw_fd(dup) }
             }
         };
-        let meta = file.metadata().map_err(|e| format!("cannot stat the file: {e}"))?;
+        let meta = file.metadata().map_err(|e| format!("cannot stat {what}: {e}"))?;
         if !meta.is_file() {
-            return Err("file or fh must be a regular file".into());
+            return Err(format!("{what} is not a regular file"));
         }
         self.queue(id, Action::File { file, offset, length }, 0)
     }

@@ -106,7 +106,7 @@ pub fn encode_head(
     }
     if req.http10 && keep_alive {
         out.put_slice(b"connection: keep-alive\r\n");
-    } else if !req.http10 && !keep_alive {
+    } else if !keep_alive {
         out.put_slice(b"connection: close\r\n");
     }
     out.put_slice(b"\r\n");
@@ -339,6 +339,7 @@ mod tests {
         let e = encode_head(&mut out, 200, &h(&[]), req, None, "");
         assert_eq!(e.framing, BodyFraming::Close);
         assert!(!e.keep_alive);
+        assert!(text(&out).contains("connection: close"));
         let mut out = BytesMut::new();
         let e = encode_head(&mut out, 200, &h(&[]), req, Some(2), "");
         assert!(e.keep_alive && text(&out).contains("connection: keep-alive"));

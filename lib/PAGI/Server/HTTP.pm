@@ -5,7 +5,7 @@ use warnings;
 our $VERSION = '0.01';
 
 use Future;
-use Scalar::Util qw(blessed);
+use Scalar::Util qw(blessed openhandle);
 use PAGI::Server::Validate;
 
 =head1 NAME
@@ -183,7 +183,7 @@ sub _file_body {
     }
     return _fail("http.response.body: 'file' must be a path") if defined $file && ref $file;
     return _fail("http.response.body: 'fh' must be an open filehandle")
-        if defined $fh && !(ref $fh && defined fileno($fh) && fileno($fh) >= 0);
+        if defined $fh && !(openhandle($fh) && (fileno($fh) // -1) >= 0);
     return $DONE if $self->{gone};
     return _fail('http.response.body: sent before http.response.start') unless $self->{state};
     return _fail('http.response.body: the response is already complete') if $self->{state} == 2 || $self->{body_ended};

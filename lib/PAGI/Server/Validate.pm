@@ -73,7 +73,7 @@ sub _bool { !ref $_[0] && ($_[0] eq '' || looks_like_number($_[0])) ? undef : 'm
 
 sub _string { ref $_[0] ? 'must be a string' : undef }
 
-sub _handle { ref $_[0] && defined fileno($_[0]) ? undef : 'must be an open filehandle' }
+sub _handle { Scalar::Util::openhandle($_[0]) ? undef : 'must be an open filehandle' }
 
 sub _bytes {
     my ($v) = @_;
