@@ -9,6 +9,7 @@ use parent 'IO::Async::Notifier';
 use Carp ();
 use Future;
 use IO::Async::Handle;
+use IO::Handle ();
 use IO::Socket::IP;
 use Scalar::Util qw(blessed weaken);
 use Socket qw(SOMAXCONN);
@@ -241,6 +242,8 @@ sub _write_access_log {
     my ($self) = @_;
     my $fh = $self->{access_log};
     print {$fh} $self->{log_pending};
+    # One flush per batch: lines reach the file promptly without a write per request.
+    $fh->flush if Scalar::Util::blessed($fh) || ref $fh eq 'GLOB';
     $self->{log_pending} = '';
 }
 
