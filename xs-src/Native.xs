@@ -112,11 +112,16 @@ static SV *pn_scope(pTHX_ const pn_request *r) {
     for (i = 0; i < r->n_headers; i++)
         av_push(headers, pn_pair(aTHX_ pn_sv(aTHX_ r->headers[i].name), pn_sv(aTHX_ r->headers[i].value)));
     hv_ksplit(hv, 16);
-    (void)hv_stores(hv, "type", newSVpvs("http"));
+    if (r->scope_kind == PN_SCOPE_WEBSOCKET) {
+        (void)hv_stores(hv, "type", newSVpvs("websocket"));
+        (void)hv_stores(hv, "scheme", newSVpvs("ws"));
+    } else {
+        (void)hv_stores(hv, "type", newSVpvs("http"));
+        (void)hv_stores(hv, "method", pn_sv(aTHX_ r->method));
+        (void)hv_stores(hv, "scheme", pn_sv(aTHX_ r->scheme));
+    }
     (void)hv_stores(hv, "pagi", newRV_inc(pn_pagi_info));
     (void)hv_stores(hv, "http_version", pn_sv(aTHX_ r->http_version));
-    (void)hv_stores(hv, "method", pn_sv(aTHX_ r->method));
-    (void)hv_stores(hv, "scheme", pn_sv(aTHX_ r->scheme));
     (void)hv_stores(hv, "path", path);
     (void)hv_stores(hv, "raw_path", pn_sv(aTHX_ r->raw_path));
     (void)hv_stores(hv, "query_string", pn_sv(aTHX_ r->query_string));
@@ -142,6 +147,21 @@ static SV *pn_event_sv(pTHX_ const pn_event *ev) {
         av_push(av, pn_sv(aTHX_ ev->data));
         av_push(av, newSViv(ev->more));
         break;
+    case PN_EV_WS_MESSAGE: {
+        SV *data = pn_sv(aTHX_ ev->data);
+        if (ev->more)
+            SvUTF8_on(data);    /* text, already validated as UTF-8 by the engine */
+        av_push(av, data);
+        av_push(av, newSViv(ev->more));
+        break;
+    }
+    case PN_EV_WS_DISCONNECT: {
+        SV *reason = pn_sv(aTHX_ ev->data);
+        SvUTF8_on(reason);
+        av_push(av, newSViv(ev->more));
+        av_push(av, reason);
+        break;
+    }
     case PN_EV_DISCONNECT:
     case PN_EV_FATAL:
         av_push(av, pn_sv(aTHX_ ev->data));
@@ -304,6 +324,77 @@ http_trailers(pn_engine *e, UV id, SV *headers)
         size_t nh = pn_headers_in(aTHX_ headers, "http_trailers");
         RETVAL = pn_sent(aTHX_ pagi_native_http_trailers(e, id, pn_scratch, nh), "http_trailers");
     }
+  OUTPUT:
+    RETVAL
+
+IV
+ws_accept(pn_engine *e, UV id, SV *subprotocol, SV *headers)
+  CODE:
+    {
+        STRLEN pl = 0;
+        const char *p = SvOK(subprotocol) ? SvPVutf8(subprotocol, pl) : "";
+        size_t nh = pn_headers_in(aTHX_ headers, "ws_accept");
+        RETVAL = pn_sent(aTHX_ pagi_native_ws_accept(e, id, p, pl, pn_scratch, nh), "ws_accept");
+    }
+  OUTPUT:
+    RETVAL
+
+IV
+ws_send_text(pn_engine *e, UV id, SV *text)
+  CODE:
+    {
+        STRLEN tl;
+        size_t buffered = 0;
+        const char *t;
+        int rc;
+        if (SvROK(text) && !SvAMAGIC(text))
+            croak("PAGI::Server::Native::ws_send_text: text must be a string, not a reference");
+        t = SvPVutf8(text, tl);     /* characters are sent UTF-8 encoded */
+        rc = pagi_native_ws_send(e, id, t, tl, 1, &buffered);
+        if (rc == PN_ERROR)
+            pn_croak_last(aTHX_ "ws_send_text");
+        RETVAL = rc == PN_OK ? (IV)buffered : -1;
+    }
+  OUTPUT:
+    RETVAL
+
+IV
+ws_send_bytes(pn_engine *e, UV id, SV *bytes)
+  CODE:
+    {
+        STRLEN bl;
+        size_t buffered = 0;
+        const char *b = pn_bytes(aTHX_ bytes, "ws_send_bytes", "bytes", &bl);
+        int rc = pagi_native_ws_send(e, id, b, bl, 0, &buffered);
+        if (rc == PN_ERROR)
+            pn_croak_last(aTHX_ "ws_send_bytes");
+        RETVAL = rc == PN_OK ? (IV)buffered : -1;
+    }
+  OUTPUT:
+    RETVAL
+
+IV
+ws_close(pn_engine *e, UV id, IV code = 1000, SV *reason = NULL)
+  CODE:
+    {
+        STRLEN rl = 0;
+        const char *r = (reason && SvOK(reason)) ? SvPVutf8(reason, rl) : "";
+        RETVAL = pn_sent(aTHX_ pagi_native_ws_close(e, id, code, r, rl), "ws_close");
+    }
+  OUTPUT:
+    RETVAL
+
+IV
+ws_credit(pn_engine *e, UV id, UV n = 1)
+  CODE:
+    RETVAL = pn_sent(aTHX_ pagi_native_ws_credit(e, id, (uint32_t)n), "ws_credit");
+  OUTPUT:
+    RETVAL
+
+IV
+ws_keepalive(pn_engine *e, UV id, NV interval, NV timeout = 0)
+  CODE:
+    RETVAL = pn_sent(aTHX_ pagi_native_ws_keepalive(e, id, interval, timeout), "ws_keepalive");
   OUTPUT:
     RETVAL
 

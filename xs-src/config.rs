@@ -28,6 +28,12 @@ pub struct Config {
     pub write_high_watermark: usize,
     /// Buffered response bytes below which a waiting `$send` resumes.
     pub write_low_watermark: usize,
+    /// Largest WebSocket message (and frame) accepted; bigger ones close with 1009.
+    pub max_ws_frame_size: usize,
+    /// Server-wide WebSocket ping interval; zero disables it.
+    pub ws_ping_interval: Duration,
+    /// Pong deadline after a server ping; zero waits forever.
+    pub ws_ping_timeout: Duration,
     /// Value of the `server` response header; empty = do not add one.
     pub server_header: String,
 }
@@ -46,6 +52,9 @@ impl Default for Config {
             max_connections: 0,
             write_high_watermark: 65536,
             write_low_watermark: 16384,
+            max_ws_frame_size: 16 * 1024 * 1024,
+            ws_ping_interval: Duration::from_secs(20),
+            ws_ping_timeout: Duration::from_secs(20),
             server_header: concat!("PAGI-Server-Native/", env!("CARGO_PKG_VERSION")).to_string(),
         }
     }
@@ -66,6 +75,9 @@ impl Config {
             "max_connections" => self.max_connections = parse_size(name, value, 0)?,
             "write_high_watermark" => self.write_high_watermark = parse_size(name, value, 1)?,
             "write_low_watermark" => self.write_low_watermark = parse_size(name, value, 0)?,
+            "max_ws_frame_size" => self.max_ws_frame_size = parse_size(name, value, 16)?,
+            "ws_ping_interval" => self.ws_ping_interval = parse_seconds(name, value)?,
+            "ws_ping_timeout" => self.ws_ping_timeout = parse_seconds(name, value)?,
             "server_header" => {
                 if value.bytes().any(|b| b < 0x20 || b == 0x7f) {
                     return Err("server_header: contains control characters".into());

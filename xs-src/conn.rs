@@ -6,7 +6,7 @@
 //! read ahead, enough to notice a client that went away.
 
 use crate::body::{BodyReader, Step};
-use crate::event::{Action, ConnCounters, Event, Headers, Id, Reason, RequestEvent};
+use crate::event::{Action, ConnCounters, Event, Headers, Id, Reason, RequestEvent, ScopeKind};
 use crate::head::{self, Framing, Head};
 use crate::io::{IoCtx, Phase};
 use crate::response::{self, BodyFraming, RequestInfo};
@@ -76,6 +76,10 @@ struct Exchange {
     framing: BodyFraming,
     keep_alive: bool,
     aborted: bool,
+    /// The key of a WebSocket handshake waiting for the app's answer.
+    ws_key: Option<Bytes>,
+    /// Set by `websocket.accept`: the subprotocol and headers of the 101.
+    upgrade: Option<(Option<String>, Headers)>,
 }
 
 /// One piece of output: bytes, or a byte range of a file sent with sendfile(2).
@@ -267,10 +271,12 @@ impl Conn {
             _ => {}
         }
         let draining = *self.phase.borrow() != Phase::Running;
+        let ws_key = head.websocket_key.clone();
         let info = RequestInfo {
             http10: head.http_version == "1.0",
             is_head: head.is_head_method,
-            keep_alive: head.keep_alive && !draining,
+            // A refused WebSocket handshake ends the connection.
+            keep_alive: head.keep_alive && !draining && ws_key.is_none(),
         };
         let mut ex = Exchange {
             id,
@@ -286,10 +292,13 @@ impl Conn {
             framing: BodyFraming::Empty,
             keep_alive: false,
             aborted: false,
+            ws_key: ws_key.clone(),
+            upgrade: None,
         };
         self.ctx.registry.borrow_mut().insert(id, self.tx.clone());
         shared.events.push(Event::Request(Box::new(RequestEvent {
             id,
+            kind: if ws_key.is_some() { ScopeKind::WebSocket } else { ScopeKind::Http },
             method: head.method,
             path: head.path,
             path_is_utf8: head.path_is_utf8,
@@ -304,6 +313,12 @@ impl Conn {
             counters: self.counters.clone(),
         })));
         let outcome = self.exchange(&mut ex).await;
+        if let (Outcome::Finished { .. }, Some((subprotocol, headers)), Some(key)) = (&outcome, ex.upgrade.take(), &ws_key) {
+            self.websocket(id, key, subprotocol, headers).await;
+            self.ctx.registry.borrow_mut().remove(&id);
+            self.current.set(0);
+            return false;
+        }
         self.ctx.registry.borrow_mut().remove(&id);
         self.current.set(0);
         match outcome {
@@ -316,6 +331,24 @@ impl Conn {
                 false
             }
         }
+    }
+
+    /// Answers the handshake with 101 and runs the WebSocket session.
+    async fn websocket(&mut self, id: Id, key: &Bytes, subprotocol: Option<String>, headers: Headers) {
+        let response = crate::ws::switching_protocols(key, subprotocol.as_deref(), &headers);
+        if self.stream.write_all(&response).await.is_err() {
+            self.ctx.shared.events.push(Event::WsDisconnect { id, code: 1006, reason: "write_error".into() });
+            return;
+        }
+        let leftover = self.rbuf.split().to_vec();
+        let session = crate::ws::Session {
+            ctx: &self.ctx,
+            id,
+            counters: &self.counters,
+            rx: &mut self.rx,
+            phase: &mut self.phase,
+        };
+        session.run(&mut self.stream, leftover).await;
     }
 
     /// Reads until `rbuf` holds `n` bytes; false if the client went away or stalled.
@@ -443,6 +476,15 @@ impl Conn {
             Action::Full { status, headers, body } if ex.resp == Resp::Idle => {
                 let enc = self.encode(ex, status, &headers, Some(body.len()));
                 self.write_body(ex, body, false, 0, enc.framing);
+                ex.resp = Resp::Done;
+            }
+            Action::WsAccept { subprotocol, headers } if ex.ws_key.is_some() && ex.resp == Resp::Idle => {
+                ex.upgrade = Some((subprotocol, headers));
+                ex.resp = Resp::Done;
+            }
+            Action::WsClose { .. } if ex.ws_key.is_some() && ex.resp == Resp::Idle => {
+                // websocket.close before accept refuses the handshake (PAGI-SPEC 3.2.2).
+                self.encode(ex, 403, &Vec::new(), Some(0));
                 ex.resp = Resp::Done;
             }
             Action::Start { status, headers, trailers } if ex.resp == Resp::Idle => {

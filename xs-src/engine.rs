@@ -176,7 +176,7 @@ impl Engine {
                 Event::Request(r) => {
                     self.live.insert(r.id, r.counters.clone());
                 }
-                Event::Done { id } | Event::Disconnect { id, .. } => {
+                Event::Done { id } | Event::Disconnect { id, .. } | Event::WsDisconnect { id, .. } => {
                     self.live.remove(id);
                 }
                 Event::Stopped | Event::Fatal { .. } => self.stopped = true,
@@ -258,6 +258,56 @@ impl Engine {
             return Err(format!("{what} is not a regular file"));
         }
         self.queue(id, Action::File { file, offset, length }, 0)
+    }
+
+    /// Completes a WebSocket handshake; `subprotocol` must be a token.
+    pub fn ws_accept(&mut self, id: Id, subprotocol: Option<&str>, headers: Headers) -> Result<Sent> {
+        if let Some(p) = subprotocol {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
+                return Err(format!("subprotocol must be a token, got '{p}'"));
+            }
+        }
+        response::check_headers(&headers)?;
+        self.queue(id, Action::WsAccept { subprotocol: subprotocol.map(str::to_string), headers }, 0)
+    }
+
+    /// Queues one WebSocket message; reports the bytes now buffered.
+    pub fn ws_send(&mut self, id: Id, data: Bytes, text: bool) -> Result<Sent> {
+        if text && std::str::from_utf8(&data).is_err() {
+            return Err("text is not valid UTF-8".into());
+        }
+        let n = data.len();
+        self.queue(id, Action::WsSend { data, text }, n)
+    }
+
+    /// Closes a WebSocket with a code a server may send (RFC 6455 7.4).
+    pub fn ws_close(&mut self, id: Id, code: i64, reason: &str) -> Result<Sent> {
+        let sendable = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+        if !sendable {
+            return Err(format!("code {code} is not a close code a server may send (1000-1003, 1007-1014, 3000-4999)"));
+        }
+        if reason.len() > 123 {
+            return Err(format!("reason is {} bytes; a close reason holds at most 123", reason.len()));
+        }
+        self.queue(id, Action::WsClose { code: code as u16, reason: reason.to_string() }, 0)
+    }
+
+    /// Lets the engine read `n` more messages of a WebSocket.
+    pub fn ws_credit(&mut self, id: Id, n: u32) -> Result<Sent> {
+        self.queue(id, Action::WsCredit(n), 0)
+    }
+
+    /// Pings every `interval` seconds (0 stops); `timeout` > 0 closes a silent peer.
+    pub fn ws_keepalive(&mut self, id: Id, interval: f64, timeout: f64) -> Result<Sent> {
+        if !interval.is_finite() || interval < 0.0 {
+            return Err(format!("interval must be a non-negative number of seconds, got {interval}"));
+        }
+        if !timeout.is_finite() || timeout < 0.0 {
+            return Err(format!("timeout must be a non-negative number of seconds, got {timeout}"));
+        }
+        let interval = Duration::from_secs_f64(interval);
+        let timeout = (timeout > 0.0).then(|| Duration::from_secs_f64(timeout));
+        self.queue(id, Action::WsKeepalive { interval, timeout }, 0)
     }
 
     pub fn want_body(&mut self, id: Id) -> Result<Sent> {

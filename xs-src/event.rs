@@ -44,10 +44,18 @@ impl ConnCounters {
     }
 }
 
+/// Which PAGI scope a request opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScopeKind {
+    Http = 0,
+    WebSocket = 1,
+}
+
 /// The decoded request head as the app's scope needs it.
 #[derive(Debug)]
 pub struct RequestEvent {
     pub id: Id,
+    pub kind: ScopeKind,
     pub method: Bytes,
     /// Percent-decoded path bytes; `path_is_utf8` says whether they are valid UTF-8.
     pub path: Vec<u8>,
@@ -108,6 +116,11 @@ pub enum Event {
     Done { id: Id },
     /// The request `id` ended abnormally.
     Disconnect { id: Id, reason: Reason },
+    /// A complete WebSocket message (text is valid UTF-8).
+    WsMessage { id: Id, data: Bytes, text: bool },
+    /// The WebSocket `id` ended: the peer's close code (1005 without one) or
+    /// the code the server closed with, and the peer's reason or a PAGI token.
+    WsDisconnect { id: Id, code: u16, reason: String },
     /// Graceful shutdown began while `id` was in flight: the app may say goodbye.
     ShutdownNotice { id: Id },
     /// The engine finished shutting down; the IO thread is gone.
@@ -131,6 +144,16 @@ pub enum Action {
     Trailers { headers: Headers },
     /// Send `length` bytes of `file` from `offset` (None: to its end); completes the body.
     File { file: std::fs::File, offset: u64, length: Option<u64> },
+    /// Complete the WebSocket handshake (101).
+    WsAccept { subprotocol: Option<String>, headers: Headers },
+    /// One WebSocket message.
+    WsSend { data: Bytes, text: bool },
+    /// Close the WebSocket (before accept: refuse the handshake with 403).
+    WsClose { code: u16, reason: String },
+    /// The app took messages off its queue: read this many more.
+    WsCredit(u32),
+    /// Ping every `interval` (zero stops); no pong within `timeout` closes.
+    WsKeepalive { interval: std::time::Duration, timeout: Option<std::time::Duration> },
     /// Read the next request-body chunk.
     WantBody,
     /// Close the connection once what is queued is written.

@@ -64,6 +64,7 @@ pub struct PnRequest {
     pub client_port: u32,
     pub server_port: u32,
     pub path_is_utf8: i32,
+    pub scope_kind: i32,
     pub has_body: i32,
     pub body: PnStr,
     pub headers: *const PnHeader,
@@ -284,6 +285,18 @@ impl Handle {
                     rec.id = *id;
                 }
                 Event::Stopped => rec.kind = 6,
+                Event::WsMessage { id, data, text } => {
+                    rec.kind = 10;
+                    rec.id = *id;
+                    rec.data = PnStr::of(data);
+                    rec.more = *text as i32;
+                }
+                Event::WsDisconnect { id, code, reason } => {
+                    rec.kind = 11;
+                    rec.id = *id;
+                    rec.more = *code as i32;
+                    rec.data = PnStr::of(reason.as_bytes());
+                }
                 Event::ShutdownNotice { id } => {
                     rec.kind = 9;
                     rec.id = *id;
@@ -316,6 +329,7 @@ fn request_record(r: &RequestEvent, headers: *const PnHeader, n_headers: usize) 
         client_port: r.client.1 as u32,
         server_port: r.server.1 as u32,
         path_is_utf8: r.path_is_utf8 as i32,
+        scope_kind: r.kind as i32,
         has_body: r.body.is_some() as i32,
         body: r.body.as_deref().map_or(PnStr::EMPTY, PnStr::of),
         headers,
@@ -401,6 +415,61 @@ pub unsafe extern "C" fn pagi_native_http_trailers(e: *mut Handle, id: u64, head
         let h = handle(e)?;
         h.engine.http_trailers(id, headers_from(headers, n_headers)).map(sent_code)
     })
+}
+
+/// `subprotocol_len` 0 means none.
+///
+/// # Safety
+/// `e` from `pagi_native_new`; strings and headers readable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_ws_accept(e: *mut Handle, id: u64, subprotocol: *const c_char, subprotocol_len: usize, headers: *const PnHeader, n_headers: usize) -> c_int {
+    guard("ws_accept", || {
+        let h = handle(e)?;
+        let p = PnStr { ptr: subprotocol, len: subprotocol_len };
+        let p = if subprotocol_len == 0 { None } else { Some(std::str::from_utf8(p.bytes()).map_err(|_| "subprotocol is not UTF-8".to_string())?) };
+        h.engine.ws_accept(id, p, headers_from(headers, n_headers)).map(sent_code)
+    })
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`; data readable; `buffered` writable or null.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_ws_send(e: *mut Handle, id: u64, data: *const c_char, len: usize, text: c_int, buffered: *mut usize) -> c_int {
+    guard("ws_send", || {
+        let h = handle(e)?;
+        let data = Bytes::copy_from_slice(PnStr { ptr: data, len }.bytes());
+        let sent = h.engine.ws_send(id, data, text != 0)?;
+        if let (Some(out), Sent::Queued(n)) = (buffered.as_mut(), &sent) {
+            *out = *n;
+        }
+        Ok(sent_code(sent))
+    })
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`; reason readable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_ws_close(e: *mut Handle, id: u64, code: i64, reason: *const c_char, reason_len: usize) -> c_int {
+    guard("ws_close", || {
+        let h = handle(e)?;
+        let r = PnStr { ptr: reason, len: reason_len };
+        let r = std::str::from_utf8(r.bytes()).map_err(|_| "reason is not UTF-8".to_string())?;
+        h.engine.ws_close(id, code, r).map(sent_code)
+    })
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_ws_credit(e: *mut Handle, id: u64, n: u32) -> c_int {
+    guard("ws_credit", || handle(e)?.engine.ws_credit(id, n).map(sent_code))
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_ws_keepalive(e: *mut Handle, id: u64, interval: f64, timeout: f64) -> c_int {
+    guard("ws_keepalive", || handle(e)?.engine.ws_keepalive(id, interval, timeout).map(sent_code))
 }
 
 /// # Safety

@@ -31,6 +31,8 @@ pub struct Head {
     /// The client sent `TE: trailers`, so response trailers may be written.
     pub te_trailers: bool,
     pub is_head_method: bool,
+    /// `Sec-WebSocket-Key` of a valid WebSocket upgrade request (PAGI-SPEC 2.4).
+    pub websocket_key: Option<Bytes>,
 }
 
 /// A refused head: the status to answer with, then close.
@@ -131,6 +133,7 @@ impl RawHead {
             return Err(Refusal(400));
         }
         let framing = f.framing(cfg)?;
+        let websocket_key = f.websocket(self.minor, &method)?;
         let keep_alive = if self.minor == 0 { f.conn_keep_alive && !f.conn_close } else { !f.conn_close };
         let (raw_path, query_string) = split_target(&target);
         let path = percent_decode(&raw_path);
@@ -148,6 +151,7 @@ impl RawHead {
             keep_alive,
             expect_continue: self.minor == 1 && f.expect_continue,
             te_trailers: f.te_trailers,
+            websocket_key,
         })
     }
 }
@@ -163,6 +167,10 @@ struct Flags {
     conn_keep_alive: bool,
     expect_continue: bool,
     te_trailers: bool,
+    upgrade_websocket: bool,
+    conn_upgrade: bool,
+    ws_key: Option<Bytes>,
+    ws_version: Option<Bytes>,
 }
 
 impl Flags {
@@ -199,9 +207,16 @@ impl Flags {
                         self.conn_close = true;
                     } else if t.eq_ignore_ascii_case(b"keep-alive") {
                         self.conn_keep_alive = true;
+                    } else if t.eq_ignore_ascii_case(b"upgrade") {
+                        self.conn_upgrade = true;
                     }
                 }
             }
+            b"upgrade" => {
+                self.upgrade_websocket |= value.split(|&b| b == b',').any(|t| trim(t).eq_ignore_ascii_case(b"websocket"))
+            }
+            b"sec-websocket-key" => self.ws_key = Some(Bytes::copy_from_slice(trim(value))),
+            b"sec-websocket-version" => self.ws_version = Some(Bytes::copy_from_slice(trim(value))),
             b"expect" => self.expect_continue = trim(value).eq_ignore_ascii_case(b"100-continue"),
             b"te" => {
                 self.te_trailers |= value.split(|&b| b == b',').any(|t| {
@@ -213,6 +228,28 @@ impl Flags {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Whether this is a WebSocket opening handshake. An upgrade that names
+    /// websocket but is malformed is refused: 426 for another protocol
+    /// version, 400 for a method other than GET or a bad key. Without both
+    /// `Upgrade: websocket` and `Connection: upgrade` it is plain HTTP.
+    fn websocket(&self, minor: u8, method: &[u8]) -> Result<Option<Bytes>, Refusal> {
+        if !(self.upgrade_websocket && self.conn_upgrade && minor == 1) {
+            return Ok(None);
+        }
+        let Some(key) = &self.ws_key else { return Ok(None) };
+        if method != b"GET" {
+            return Err(Refusal(400));
+        }
+        if self.ws_version.as_deref() != Some(&b"13"[..]) {
+            return Err(Refusal(426));
+        }
+        use base64::Engine as _;
+        match base64::engine::general_purpose::STANDARD.decode(key) {
+            Ok(raw) if raw.len() == 16 => Ok(Some(key.clone())),
+            _ => Err(Refusal(400)),
+        }
     }
 
     fn framing(&self, cfg: &Config) -> Result<Framing, Refusal> {
@@ -356,6 +393,16 @@ mod tests {
         assert!(head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap().keep_alive);
         let h = head("POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTE: trailers\r\nContent-Length: 1\r\n\r\n").unwrap();
         assert!(h.expect_continue && h.te_trailers);
+    }
+
+    #[test]
+    fn websocket_upgrades() {
+        let ok = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        assert!(head(ok).unwrap().websocket_key.is_some());
+        assert_eq!(head(&ok.replace("Version: 13", "Version: 8")).unwrap_err(), Refusal(426));
+        assert_eq!(head(&ok.replace("GET", "POST")).unwrap_err(), Refusal(400));
+        assert_eq!(head(&ok.replace("dGhlIHNhbXBsZSBub25jZQ==", "short")).unwrap_err(), Refusal(400));
+        assert!(head(&ok.replace("Upgrade: websocket\r\n", "")).unwrap().websocket_key.is_none());
     }
 
     #[test]

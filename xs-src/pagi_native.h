@@ -33,12 +33,18 @@ typedef struct { pn_str name; pn_str value; } pn_header;
 #define PN_EV_LOG        7
 #define PN_EV_FATAL      8
 #define PN_EV_SHUTDOWN   9   /* graceful shutdown began during this request */
+#define PN_EV_WS_MESSAGE 10  /* more: 1 for text (valid UTF-8), 0 for bytes */
+#define PN_EV_WS_DISCONNECT 11  /* more: close code; data: reason */
+
+#define PN_SCOPE_HTTP      0
+#define PN_SCOPE_WEBSOCKET 1
 
 typedef struct {
     pn_str method, path, raw_path, query_string, http_version, scheme;
     pn_str client_host, server_host;
     uint32_t client_port, server_port;
     int32_t path_is_utf8;
+    int32_t scope_kind;          /* PN_SCOPE_* */
     int32_t has_body;            /* body holds the complete request body */
     pn_str body;
     const pn_header *headers;
@@ -73,6 +79,11 @@ int pagi_native_http_start(pn_engine *e, uint64_t id, int64_t status, const pn_h
 int pagi_native_http_body(pn_engine *e, uint64_t id, const char *data, size_t len, int more, size_t *buffered);
 int pagi_native_http_file(pn_engine *e, uint64_t id, const char *path, size_t path_len, int fd, uint64_t offset, int64_t length);
 int pagi_native_http_trailers(pn_engine *e, uint64_t id, const pn_header *headers, size_t n_headers);
+int pagi_native_ws_accept(pn_engine *e, uint64_t id, const char *subprotocol, size_t subprotocol_len, const pn_header *headers, size_t n_headers);
+int pagi_native_ws_send(pn_engine *e, uint64_t id, const char *data, size_t len, int text, size_t *buffered);
+int pagi_native_ws_close(pn_engine *e, uint64_t id, int64_t code, const char *reason, size_t reason_len);
+int pagi_native_ws_credit(pn_engine *e, uint64_t id, uint32_t n);
+int pagi_native_ws_keepalive(pn_engine *e, uint64_t id, double interval, double timeout);
 int pagi_native_want_body(pn_engine *e, uint64_t id);
 int pagi_native_abort(pn_engine *e, uint64_t id);
 int pagi_native_wait_writable(pn_engine *e, uint64_t id, int *must_wait);

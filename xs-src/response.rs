@@ -120,6 +120,9 @@ pub fn encode_error(out: &mut BytesMut, status: u16, server_header: &str) {
     out.put_slice(b"HTTP/1.1 ");
     put_status(out, status);
     out.put_slice(b"content-type: text/plain\r\n");
+    if status == 426 {
+        out.put_slice(b"sec-websocket-version: 13\r\n");
+    }
     put_length(out, body_len as u64);
     out.put_slice(b"connection: close\r\ndate: ");
     with_http_date(|d| out.put_slice(d));
@@ -267,6 +270,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         413 => "Content Too Large",
         414 => "URI Too Long",
         415 => "Unsupported Media Type",
+        426 => "Upgrade Required",
         422 => "Unprocessable Content",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",

@@ -17,6 +17,7 @@ use Time::HiRes ();
 
 use PAGI::Server::Config;
 use PAGI::Server::HTTP;
+use PAGI::Server::WebSocket;
 use PAGI::Server::Lifespan;
 use PAGI::Server::Native qw(:events);
 
@@ -157,6 +158,16 @@ sub _on_wake {
             $self->_access_log($req) if $self->{access_log};
             $req->_ended;
         }
+        elsif ($kind == EV_WS_MESSAGE) {
+            my $req = $requests->{ $ev->[1] } or next;
+            $req->_ev_message($ev->[2], $ev->[3]);
+        }
+        elsif ($kind == EV_WS_DISCONNECT) {
+            my $req = delete $requests->{ $ev->[1] } or next;
+            $req->_ev_ws_disconnect($ev->[2], $ev->[3]);
+            $self->_access_log($req) if $self->{access_log};
+            $req->_ended;
+        }
         elsif ($kind == EV_SHUTDOWN) {
             my $req = $requests->{ $ev->[1] } or next;
             $req->_ev_shutdown;
@@ -183,9 +194,16 @@ sub _dispatch_request {
     my (undef, $id, $scope, $body) = @$ev;
     $scope->{state}      = { %{ $self->{state} } };
     $scope->{extensions} = { %{ $self->{extensions} } };
-    my $req = PAGI::Server::HTTP->new($self, $id, $scope, $body);
-    # One object is both: its methods are the two interfaces of PAGI-SPEC 3.1.5/3.1.6.
-    $scope->{'pagi.connection'} = $scope->{'pagi.transport'} = $req;
+    my $req;
+    if ($scope->{type} eq 'http') {
+        $req = PAGI::Server::HTTP->new($self, $id, $scope, $body);
+        # One object is both: its methods are the two interfaces of PAGI-SPEC 3.1.5/3.1.6.
+        $scope->{'pagi.connection'} = $scope->{'pagi.transport'} = $req;
+    }
+    else {
+        delete $scope->{extensions}{fullflush};    # an http/sse extension
+        $req = PAGI::Server::WebSocket->new($self, $id, $scope);
+    }
     $req->{t0} = Time::HiRes::time() if $self->{access_log};
     $self->{requests}{$id} = $req;
     my $f = eval { $self->{config}{app}->($scope, sub { $req->receive }, sub { $req->send(@_) }) };
@@ -227,7 +245,7 @@ sub _access_log {
     $self->{log_pending} .= $self->{log_format}->({
         client   => $scope->{client} ? $scope->{client}[0] : undef,
         time     => $now,
-        method   => $scope->{method},
+        method   => $scope->{method} // 'GET',
         path     => $scope->{raw_path},
         query    => $scope->{query_string},
         protocol => "HTTP/$scope->{http_version}",

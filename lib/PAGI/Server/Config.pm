@@ -36,6 +36,13 @@ my %OPTIONS = (
     body_timeout             => { default => 60, engine => 1, check => \&_seconds },
     request_timeout          => { default => 0, engine => 1, check => \&_seconds },
     max_connections          => { default => 0, engine => 1, check => \&_non_negative },
+    max_ws_frame_size        => { default => 16 * 1024 * 1024, engine => 1, check => \&_positive },
+    ws_ping_interval         => { default => 20, engine => 1, check => \&_seconds },
+    ws_ping_timeout          => { default => 20, engine => 1, check => \&_seconds },
+    # The engine reads WebSocket messages only as the app takes them (at most
+    # 16 ahead), so its queue never reaches this bound; accepted for
+    # configurations written for the reference server.
+    max_receive_queue        => { default => 1000, check => \&_positive },
     # The engine sends files with sendfile(2) and never blocks the loop, so
     # there is nothing to tune; kept so configurations written for the
     # reference server still load.
@@ -54,8 +61,6 @@ my %OPTIONS = (
     workers                    => { todo => 1, default => 0 },
     reuseport                  => { todo => 1, default => 0 },
     max_requests               => { todo => 1, default => 0 },
-    max_receive_queue          => { todo => 1, default => 1000 },
-    max_ws_frame_size          => { todo => 1, default => 16 * 1024 * 1024 },
     ws_idle_timeout            => { todo => 1, default => 0 },
     sse_idle_timeout           => { todo => 1, default => 0 },
     heartbeat_timeout          => { todo => 1, default => 50 },

@@ -18,10 +18,12 @@ use constant {
     EV_LOG        => 7,
     EV_FATAL      => 8,
     EV_SHUTDOWN   => 9,
+    EV_WS_MESSAGE    => 10,
+    EV_WS_DISCONNECT => 11,
 };
 
 use Exporter 'import';
-our @EXPORT_OK = qw(EV_REQUEST EV_BODY EV_WRITABLE EV_DISCONNECT EV_DONE EV_STOPPED EV_LOG EV_FATAL EV_SHUTDOWN);
+our @EXPORT_OK = qw(EV_REQUEST EV_BODY EV_WRITABLE EV_DISCONNECT EV_DONE EV_STOPPED EV_LOG EV_FATAL EV_SHUTDOWN EV_WS_MESSAGE EV_WS_DISCONNECT);
 our %EXPORT_TAGS = (events => \@EXPORT_OK);
 
 _load_xs();
@@ -166,6 +168,10 @@ made before C<fork>. Options (unknown ones croak):
 
 =item server_header (C<PAGI-Server-Native/VERSION>; empty = none)
 
+=item max_ws_frame_size (16 MiB: largest WebSocket message; bigger closes with 1009)
+
+=item ws_ping_interval (20 s; 0 = off), ws_ping_timeout (20 s; 0 = wait forever)
+
 =back
 
 =head2 listen_fd
@@ -207,7 +213,11 @@ events):
     [EV_LOG,        0, $level, $message]
     [EV_FATAL,      0, $message]         # the IO thread died
     [EV_SHUTDOWN,   $id]                 # graceful shutdown began; the response may finish
+    [EV_WS_MESSAGE, $id, $data, $is_text] # a WebSocket message (text decoded to characters)
+    [EV_WS_DISCONNECT, $id, $code, $reason] # the WebSocket ended
 
+For a WebSocket handshake C<$scope> is a C<websocket> scope (no method,
+scheme C<ws>); answer it with L</ws_accept> or refuse it. Otherwise
 C<$scope> is a PAGI http scope (type, pagi, http_version, method, scheme,
 path, raw_path, query_string, root_path, headers, client, server). Every
 request gets exactly one of C<EV_DONE> or C<EV_DISCONNECT>; ids are never
@@ -251,6 +261,42 @@ is duplicated, so the caller may close it afterwards. Completes the body.
 
 Ends a response that declared trailers. They reach the wire when the
 response is chunked and the client sent C<TE: trailers>.
+
+=head2 ws_accept
+
+    $engine->ws_accept($id, $subprotocol_or_undef, \@headers);
+
+Answers a WebSocket handshake with 101. The engine never agrees to an
+extension: permessage-deflate offers are declined by leaving the header
+out. The engine then reads up to 16 messages ahead of the app; each
+L</ws_credit> allows more.
+
+=head2 ws_send_text, ws_send_bytes
+
+    my $buffered = $engine->ws_send_text($id, $characters);   # sent UTF-8 encoded
+    my $buffered = $engine->ws_send_bytes($id, $bytes);
+
+Like L</http_body>: returns the bytes buffered, -1 if the connection is gone.
+
+=head2 ws_close
+
+    $engine->ws_close($id, $code, $reason);
+
+Closes with a code a server may send. Before L</ws_accept> it refuses the
+handshake with a bare 403.
+
+=head2 ws_credit
+
+    $engine->ws_credit($id, $n);
+
+Lets the engine read C<$n> more messages.
+
+=head2 ws_keepalive
+
+    $engine->ws_keepalive($id, $interval, $timeout);
+
+Pings every C<$interval> seconds (0 stops); with a C<$timeout>, a peer that
+does not answer is dropped (C<EV_WS_DISCONNECT> 1006, C<keepalive_timeout>).
 
 =head2 want_body
 

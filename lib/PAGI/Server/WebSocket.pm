@@ -1,0 +1,314 @@
+package PAGI::Server::WebSocket;
+use strict;
+use warnings;
+
+our $VERSION = '0.01';
+
+use Future;
+use Scalar::Util qw(blessed);
+
+=head1 NAME
+
+PAGI::Server::WebSocket - one websocket scope: PAGI events to engine commands
+
+=head1 DESCRIPTION
+
+Internal to L<PAGI::Server>, the WebSocket twin of L<PAGI::Server::HTTP>.
+The engine does the framing (tungstenite: masking, fragmentation, UTF-8,
+ping/pong, close codes); this object turns C<websocket.*> events into
+engine commands and engine events into what C<$receive> returns
+(PAGI-SPEC 3.2).
+
+Inbound messages are read from the socket only as fast as the app takes
+them: the engine reads ahead at most a small window of messages and gets
+one more credit each time C<$receive> hands a message to the app.
+
+States: 0 handshake pending, 1 accepted, 2 closed, 3 denying (an HTTP
+response instead of the handshake).
+
+=cut
+
+my $DONE = Future->done;
+
+sub new {
+    my ($class, $server, $id, $scope) = @_;
+    my @offered = map { split /,/ } map { $_->[1] } grep { $_->[0] eq 'sec-websocket-protocol' } @{ $scope->{headers} };
+    $scope->{subprotocols} = [ grep { length } map { s/\A\s+|\s+\z//gr } @offered ];
+    $scope->{extensions}{'websocket.http.response'} = {};
+    return bless {
+        server => $server,
+        engine => $server->{engine},
+        id     => $id,
+        scope  => $scope,
+        queue  => [ { type => 'websocket.connect' } ],
+        state  => 0,
+    }, $class;
+}
+
+sub _fail { Future->fail("$_[0]\n", 'pagi') }
+
+sub _engine_error {
+    my ($type, $error) = @_;
+    $error =~ s/\APAGI::Server::Native::\w+: //;
+    $error =~ s/ at \S+ line \d+\.?\n\z//;
+    chomp $error;
+    return _fail("$type: $error");
+}
+
+sub _new_future {
+    my ($self) = @_;
+    my $loop = $self->{server}->loop;
+    return $loop ? $loop->new_future : Future->new;
+}
+
+=head1 METHODS
+
+=head2 receive
+
+C<websocket.connect> first, then C<websocket.receive> messages (C<text> as
+characters, C<bytes> as bytes), then C<websocket.disconnect> with C<code>
+and C<reason>.
+
+=cut
+
+sub receive {
+    my ($self) = @_;
+    return Future->done($self->_take) if @{ $self->{queue} };
+    return Future->done({ %{ $self->{gone} } }) if $self->{gone};
+    return $self->{receive_f} //= $self->_new_future;
+}
+
+# Hands the next queued event to the app; a message taken earns the engine
+# one more message of credit.
+sub _take {
+    my ($self) = @_;
+    my $event = shift @{ $self->{queue} };
+    if ($event->{type} eq 'websocket.receive' && !$self->{gone}) {
+        $self->{engine}->ws_credit($self->{id}, 1);
+        $self->{server}->_flush_soon;
+    }
+    return $event;
+}
+
+=head2 send
+
+Accepts C<websocket.accept>, C<websocket.send>, C<websocket.close>,
+C<websocket.keepalive> and the denial extension
+C<websocket.http.response.start> / C<websocket.http.response.body>.
+
+=cut
+
+sub send {
+    my ($self, $event) = @_;
+    return _fail('send: event must be a hash reference') unless ref $event eq 'HASH';
+    my $type = $event->{type};
+    return _fail("send: event has no 'type' field") unless defined $type;
+    my $method = {
+        'websocket.send'               => '_send_message',
+        'websocket.accept'             => '_accept',
+        'websocket.close'              => '_close',
+        'websocket.keepalive'          => '_keepalive',
+        'websocket.http.response.start' => '_deny_start',
+        'websocket.http.response.body'  => '_deny_body',
+    }->{$type} or return _fail("Unrecognized event type '$type' for websocket protocol");
+    return $self->$method($event);
+}
+
+sub _accept {
+    my ($self, $event) = @_;
+    my $subprotocol = $event->{subprotocol};
+    return _fail("websocket.accept: 'subprotocol' must be a token")
+        if defined $subprotocol && (ref $subprotocol || $subprotocol !~ /\A[\w\-.!#\$%&'*+^`|~]+\z/);
+    my $headers = $event->{headers};
+    return _fail("websocket.accept: 'headers' must be an array reference")
+        if defined $headers && ref $headers ne 'ARRAY';
+    return $DONE if $self->{gone};
+    return _fail('websocket.accept: the handshake was already answered') if $self->{state};
+    my $ok = eval { $self->{engine}->ws_accept($self->{id}, $subprotocol, $headers // []); 1 };
+    return _engine_error('websocket.accept', $@) unless $ok;
+    $self->{state}  = 1;
+    $self->{status} = 101;
+    $self->{server}->_flush_soon;
+    return $DONE;
+}
+
+sub _send_message {
+    my ($self, $event) = @_;
+    my ($text, $bytes) = @$event{qw(text bytes)};
+    return _fail("websocket.send: exactly one of 'text' and 'bytes' is required")
+        if defined $text == defined $bytes;
+    return _fail("websocket.send: '" . (defined $text ? 'text' : 'bytes') . "' must be a string, not a reference")
+        if ref($text // $bytes);
+    return $DONE if $self->{gone} || $self->{state} == 2;
+    return _fail('websocket.send: sent before websocket.accept') unless $self->{state} == 1;
+    my $engine = $self->{engine};
+    my $buffered = defined $text
+        ? eval { $engine->ws_send_text($self->{id}, $text) }
+        : eval { $engine->ws_send_bytes($self->{id}, $bytes) };
+    return _engine_error('websocket.send', $@) unless defined $buffered;
+    $self->{server}->_flush_soon;
+    if ($buffered >= $self->{server}{high_watermark} && $engine->wait_writable($self->{id})) {
+        return $self->{drain_f} //= $self->_new_future;
+    }
+    return $DONE;
+}
+
+sub _close {
+    my ($self, $event) = @_;
+    my $code = $event->{code} // 1000;
+    my $reason = $event->{reason} // '';
+    return _fail("websocket.close: 'code' must be an integer") if ref $code || $code !~ /\A\d+\z/;
+    return _fail("websocket.close: 'reason' must be a string") if ref $reason;
+    return $DONE if $self->{gone} || $self->{state} == 2;
+    return _fail('websocket.close: a denial response is in progress') if $self->{state} == 3;
+    my $ok = eval { $self->{engine}->ws_close($self->{id}, $code, $reason); 1 };
+    return _engine_error('websocket.close', $@) unless $ok;
+    $self->{status} //= 403;
+    $self->{state} = 2;
+    $self->{server}->_flush_soon;
+    return $DONE;
+}
+
+sub _keepalive {
+    my ($self, $event) = @_;
+    my ($interval, $timeout) = @$event{qw(interval timeout)};
+    for ([ interval => $interval ], [ timeout => $timeout ]) {
+        my ($name, $v) = @$_;
+        next if !defined $v && $name eq 'timeout';
+        return _fail("websocket.keepalive: '$name' must be a non-negative number")
+            unless defined $v && !ref $v && $v =~ /\A(?:\d+(?:\.\d*)?|\.\d+)\z/;
+    }
+    return $DONE if $self->{gone} || $self->{state} != 1;    # [ref] ignored before accept
+    my $ok = eval { $self->{engine}->ws_keepalive($self->{id}, $interval, $timeout // 0); 1 };
+    return _engine_error('websocket.keepalive', $@) unless $ok;
+    $self->{server}->_flush_soon;
+    return $DONE;
+}
+
+sub _deny_start {
+    my ($self, $event) = @_;
+    my $status = $event->{status} // 403;
+    return _fail("websocket.http.response.start: 'status' must be an integer from 100 to 999")
+        unless !ref $status && $status =~ /\A[1-9][0-9][0-9]\z/;
+    my $headers = $event->{headers};
+    return _fail("websocket.http.response.start: 'headers' must be an array reference")
+        if defined $headers && ref $headers ne 'ARRAY';
+    return $DONE if $self->{gone} || $self->{state} == 1 || $self->{state} == 2;   # ignored after accept
+    return _fail('websocket.http.response.start: the denial response was already started') if $self->{state} == 3;
+    my $ok = eval { $self->{engine}->http_start($self->{id}, $status, $headers // [], 0); 1 };
+    return _engine_error('websocket.http.response.start', $@) unless $ok;
+    $self->{state}  = 3;
+    $self->{status} = $status;
+    $self->{server}->_flush_soon;
+    return $DONE;
+}
+
+sub _deny_body {
+    my ($self, $event) = @_;
+    my $body = $event->{body} // '';
+    return _fail("websocket.http.response.body: 'body' must be a byte string") if ref $body;
+    return $DONE if $self->{gone} || $self->{state} == 1 || $self->{state} == 2;
+    return _fail('websocket.http.response.body: sent before websocket.http.response.start') unless $self->{state} == 3;
+    my $more = $event->{more} ? 1 : 0;
+    my $ok = eval { $self->{engine}->http_body($self->{id}, $body, $more); 1 };
+    return _engine_error('websocket.http.response.body', $@) unless $ok;
+    $self->{bytes_sent} += length $body;
+    $self->{state} = 2 unless $more;
+    $self->{server}->_flush_soon;
+    return $DONE;
+}
+
+=head2 app_finished
+
+The server's part when the app's Future is ready: an exception before the
+handshake was answered gives HTTP 500; after accept, close code 1011. An
+app that returns leaves nothing open: a pending handshake is refused (403),
+an open connection closed with 1000, a denial response finished.
+
+=cut
+
+sub app_finished {
+    my ($self, $f) = @_;
+    my $engine = $self->{engine};
+    my $failed = blessed $f && ($f->is_failed || $f->is_cancelled);
+    if ($failed) {
+        my $error = $f->is_failed ? ($f->failure)[0] : 'app future was cancelled';
+        $error =~ s/\s+\z//;
+        $self->{server}->_log(error => "app error on websocket $self->{scope}{path}: $error");
+    }
+    unless ($self->{gone}) {
+        if ($self->{state} == 0 && $failed) {
+            $self->{status} = 500;
+            $engine->respond_full($self->{id}, 500, [ [ 'content-type', 'text/plain' ], [ 'connection', 'close' ] ], "Internal Server Error\n");
+            $engine->abort($self->{id});
+        }
+        elsif ($self->{state} == 0) {
+            $self->{status} = 403;
+            $engine->ws_close($self->{id}, 1000, '');
+        }
+        elsif ($self->{state} == 1) {
+            $engine->ws_close($self->{id}, $failed ? 1011 : 1000, '');
+        }
+        elsif ($self->{state} == 3) {
+            $engine->http_body($self->{id}, '', 0);
+        }
+        $self->{state} = 2;
+        $self->{server}->_flush_soon;
+    }
+    $self->{app_done} = 1;
+    delete $self->{scope} if $self->{ended};
+}
+
+# Engine events (called by PAGI::Server).
+
+sub _ev_message {
+    my ($self, $data, $is_text) = @_;
+    push @{ $self->{queue} }, { type => 'websocket.receive', ($is_text ? (text => $data) : (bytes => $data)) };
+    if (my $f = delete $self->{receive_f}) {
+        $f->done($self->_take);
+    }
+}
+
+sub _ev_ws_disconnect {
+    my ($self, $code, $reason) = @_;
+    $self->_gone({ type => 'websocket.disconnect', code => $code, reason => $reason });
+}
+
+# Before the handshake completed: the client left (1006) or the engine
+# aborted. A finished denial response (EV_DONE) ends the scope the same way.
+sub _ev_disconnect {
+    my ($self, $reason) = @_;
+    $self->_gone({ type => 'websocket.disconnect', code => 1006, reason => $reason // 'client_closed' });
+}
+
+sub _ev_done {
+    my ($self) = @_;
+    $self->_gone({ type => 'websocket.disconnect', code => 1006, reason => '' });
+}
+
+sub _gone {
+    my ($self, $event) = @_;
+    return if $self->{gone};
+    $self->{gone} = $event;
+    $self->{state} = 2;
+    if (my $f = delete $self->{receive_f}) {
+        $f->done(@{ $self->{queue} } ? $self->_take : { %$event });
+    }
+    $self->_ev_writable;
+}
+
+sub _ev_writable {
+    my ($self) = @_;
+    my $f = delete $self->{drain_f} or return;
+    $f->done;
+}
+
+sub _ev_shutdown { }
+
+sub _ended {
+    my ($self) = @_;
+    $self->{ended} = 1;
+    delete $self->{scope} if $self->{app_done};
+}
+
+1;

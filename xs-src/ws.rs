@@ -1,0 +1,296 @@
+//! WebSocket sessions. The opening handshake is answered here once the app
+//! sent `websocket.accept`; from then on tungstenite frames the connection
+//! (masking, fragmentation, UTF-8, control frames, close codes) and this
+//! module moves whole messages between it and Perl.
+//!
+//! Inbound flow control is by credit: the engine reads a message only while
+//! Perl holds credit for one. Perl starts with [`WINDOW`] and returns one
+//! credit per message the app takes, so a flooding client meets TCP
+//! backpressure instead of growing a queue.
+
+use crate::event::{Action, ConnCounters, Event, Headers, Id};
+use crate::io::{IoCtx, Phase};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+/// Messages the engine may read ahead of the app.
+pub const WINDOW: u32 = 16;
+/// How long a closing handshake may take before the connection is dropped.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// `Sec-WebSocket-Accept` for a client key (RFC 6455 4.2.2).
+pub fn accept_key(key: &[u8]) -> String {
+    use base64::Engine as _;
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key);
+    sha.update(GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
+}
+
+/// The 101 response. Headers the handshake owns are not taken from the app,
+/// and no extension is ever agreed (permessage-deflate is declined).
+pub fn switching_protocols(key: &[u8], subprotocol: Option<&str>, headers: &Headers) -> Bytes {
+    let mut out = BytesMut::with_capacity(256);
+    out.put_slice(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ");
+    out.put_slice(accept_key(key).as_bytes());
+    out.put_slice(b"\r\n");
+    if let Some(p) = subprotocol {
+        out.put_slice(b"sec-websocket-protocol: ");
+        out.put_slice(p.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    for (name, value) in headers {
+        let owned = [&b"upgrade"[..], b"connection", b"sec-websocket-accept", b"sec-websocket-protocol", b"sec-websocket-extensions", b"content-length", b"transfer-encoding"];
+        if owned.iter().any(|o| name.eq_ignore_ascii_case(o)) {
+            continue;
+        }
+        out.put_slice(name);
+        out.put_slice(b": ");
+        out.put_slice(value);
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
+
+/// Why a session ended, as PAGI's `websocket.disconnect` reports it.
+struct End {
+    code: u16,
+    reason: String,
+}
+
+impl End {
+    fn new(code: u16, reason: &str) -> Self {
+        End { code, reason: reason.to_string() }
+    }
+}
+
+/// Pings the peer on a schedule and notices when pongs stop coming.
+struct Keepalive {
+    interval: Duration,
+    timeout: Duration,
+    next_ping: Option<Instant>,
+    pong_due: Option<Instant>,
+}
+
+impl Keepalive {
+    fn new(interval: Duration, timeout: Duration) -> Self {
+        let next_ping = (!interval.is_zero()).then(|| Instant::now() + interval);
+        Keepalive { interval, timeout, next_ping, pong_due: None }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        match (self.next_ping, self.pong_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// One accepted WebSocket connection.
+pub struct Session<'a> {
+    pub ctx: &'a Rc<IoCtx>,
+    pub id: Id,
+    pub counters: &'a Arc<ConnCounters>,
+    pub rx: &'a mut mpsc::UnboundedReceiver<(Id, Action)>,
+    pub phase: &'a mut watch::Receiver<Phase>,
+}
+
+impl Session<'_> {
+    /// Runs the session to its end and reports it to Perl exactly once.
+    pub async fn run(self, stream: &mut TcpStream, leftover: Vec<u8>) {
+        let cfg = &self.ctx.shared.config;
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(cfg.max_ws_frame_size))
+            .max_frame_size(Some(cfg.max_ws_frame_size))
+            .read_buffer_size(16 * 1024)
+            .write_buffer_size(0);
+        let keepalive = Keepalive::new(cfg.ws_ping_interval, cfg.ws_ping_timeout);
+        let mut ws = WebSocketStream::from_partially_read(&mut *stream, leftover, Role::Server, Some(config)).await;
+        let (id, ctx) = (self.id, self.ctx);
+        let end = self.serve(&mut ws, keepalive).await;
+        if let Some(end) = end {
+            ctx.shared.events.push(Event::WsDisconnect { id, code: end.code, reason: end.reason });
+        }
+        let _ = stream.shutdown().await;
+    }
+
+    /// The message loop; `None` when the app was already told the session ended.
+    async fn serve(self, ws: &mut WebSocketStream<&mut TcpStream>, mut keepalive: Keepalive) -> Option<End> {
+        let Session { ctx, id, counters, rx, phase } = self;
+        let low = ctx.shared.config.write_low_watermark;
+        let mut credit = WINDOW;
+        let mut closing: Option<(Instant, u16)> = None;
+        let mut told_app = false;
+        let far = Instant::now() + Duration::from_secs(86400 * 365);
+        loop {
+            let deadline = [keepalive.next_deadline(), closing.map(|c| c.0)].into_iter().flatten().min();
+            let reading = credit > 0 || closing.is_some();
+            tokio::select! {
+                biased;
+                cmd = rx.recv() => {
+                    let mut next = cmd;
+                    let mut written = 0usize;
+                    while let Some((cid, action)) = next.take() {
+                        if cid == id {
+                            match action {
+                                Action::WsSend { data, text } => {
+                                    written += data.len();
+                                    if closing.is_none() {
+                                        let msg = if text {
+                                            Message::Text(Utf8Bytes::try_from(data).unwrap_or_else(|_| Utf8Bytes::from("")))
+                                        } else {
+                                            Message::Binary(data)
+                                        };
+                                        if ws.feed(msg).await.is_err() {
+                                            return finish(told_app, End::new(1006, "write_error"));
+                                        }
+                                    }
+                                }
+                                Action::WsClose { code, reason } => {
+                                    if closing.is_none() {
+                                        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+                                        let _ = ws.feed(Message::Close(Some(frame))).await;
+                                        closing = Some((Instant::now() + CLOSE_WAIT, code));
+                                    }
+                                }
+                                Action::WsCredit(n) => credit = credit.saturating_add(n),
+                                Action::WsKeepalive { interval, timeout } => {
+                                    keepalive = Keepalive::new(interval, timeout.unwrap_or(Duration::ZERO));
+                                }
+                                Action::Abort => return finish(told_app, End::new(1006, "server_error")),
+                                _ => {}
+                            }
+                        }
+                        next = rx.try_recv().ok();
+                    }
+                    if ws.flush().await.is_err() {
+                        return finish(told_app, End::new(1006, "write_error"));
+                    }
+                    if written > 0 && counters.sub_buffered(written, low) {
+                        ctx.shared.events.push(Event::Writable { id });
+                    }
+                }
+                msg = ws.next(), if reading => {
+                    match msg {
+                        Some(Ok(Message::Text(t))) => {
+                            credit = credit.saturating_sub(1);
+                            if closing.is_none() {
+                                ctx.shared.events.push(Event::WsMessage { id, data: Bytes::from(t), text: true });
+                            }
+                        }
+                        Some(Ok(Message::Binary(b))) => {
+                            credit = credit.saturating_sub(1);
+                            if closing.is_none() {
+                                ctx.shared.events.push(Event::WsMessage { id, data: b, text: false });
+                            }
+                        }
+                        Some(Ok(Message::Ping(_))) => {
+                            // tungstenite queued the pong; send it now even if no read follows.
+                            if ws.flush().await.is_err() {
+                                return finish(told_app, End::new(1006, "write_error"));
+                            }
+                        }
+                        Some(Ok(Message::Pong(_))) => keepalive.pong_due = None,
+                        Some(Ok(Message::Close(frame))) => {
+                            let end = match frame {
+                                Some(f) => End { code: u16::from(f.code), reason: f.reason.to_string() },
+                                None => End::new(1005, ""),
+                            };
+                            // Sends the echo tungstenite queued (an empty payload when the peer's had none).
+                            let _ = tokio::time::timeout(CLOSE_WAIT, ws.flush()).await;
+                            return finish(told_app, end);
+                        }
+                        Some(Ok(Message::Frame(_))) => {}
+                        Some(Err(e)) => {
+                            let (code, reason) = match &e {
+                                WsError::Protocol(_) => (1002, "protocol_error"),
+                                WsError::Utf8(_) => (1007, "protocol_error"),
+                                WsError::Capacity(_) => (1009, "protocol_error"),
+                                WsError::ConnectionClosed | WsError::AlreadyClosed => {
+                                    let code = closing.map_or(1006, |c| c.1);
+                                    return finish(told_app, End::new(code, if closing.is_some() { "" } else { "client_closed" }));
+                                }
+                                _ => return finish(told_app, End::new(1006, "client_closed")),
+                            };
+                            let frame = CloseFrame { code: CloseCode::from(code), reason: "".into() };
+                            let _ = tokio::time::timeout(Duration::from_secs(1), ws.send(Message::Close(Some(frame)))).await;
+                            return finish(told_app, End::new(code, reason));
+                        }
+                        None => {
+                            let end = match closing {
+                                Some((_, code)) => End::new(code, ""),
+                                None => End::new(1006, "client_closed"),
+                            };
+                            return finish(told_app, end);
+                        }
+                    }
+                }
+                _ = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => {
+                    let now = Instant::now();
+                    if closing.is_some_and(|c| c.0 <= now) {
+                        return finish(told_app, End::new(1006, "client_closed"));
+                    }
+                    if keepalive.pong_due.is_some_and(|d| d <= now) {
+                        return finish(told_app, End::new(1006, "keepalive_timeout"));
+                    }
+                    if keepalive.next_ping.is_some_and(|d| d <= now) {
+                        keepalive.next_ping = Some(now + keepalive.interval);
+                        if keepalive.pong_due.is_none() && !keepalive.timeout.is_zero() {
+                            keepalive.pong_due = Some(now + keepalive.timeout);
+                        }
+                        if ws.send(Message::Ping(Bytes::new())).await.is_err() {
+                            return finish(told_app, End::new(1006, "write_error"));
+                        }
+                    }
+                }
+                p = phase.wait_for(|p| *p != Phase::Running), if !told_app => {
+                    let _ = p;
+                    // Tell the app first, then close with 1001 (going away).
+                    told_app = true;
+                    ctx.shared.events.push(Event::WsDisconnect { id, code: 1001, reason: "server_shutdown".into() });
+                    if closing.is_none() {
+                        let frame = CloseFrame { code: CloseCode::Away, reason: "".into() };
+                        let _ = ws.send(Message::Close(Some(frame))).await;
+                        closing = Some((Instant::now() + Duration::from_secs(1), 1001));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn finish(told_app: bool, end: End) -> Option<End> {
+    (!told_app).then_some(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn handshake_response_keeps_its_own_headers() {
+        let h: Headers = vec![(Bytes::from_static(b"x-a"), Bytes::from_static(b"1")), (Bytes::from_static(b"Upgrade"), Bytes::from_static(b"nope"))];
+        let r = switching_protocols(b"dGhlIHNhbXBsZSBub25jZQ==", Some("chat"), &h);
+        let t = std::str::from_utf8(&r).unwrap();
+        assert!(t.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(t.contains("sec-websocket-protocol: chat\r\n") && t.contains("x-a: 1\r\n") && !t.contains("nope"));
+    }
+}
