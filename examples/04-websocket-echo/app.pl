@@ -1,7 +1,7 @@
 # WebSocket echo: every text or binary message comes back unchanged.
-# Run:  perl -Mblib bin/pagi-server examples/04-websocket-echo/app.pl --port 5000
-# Try:  python3 -m websockets ws://127.0.0.1:5000/   (then type a line)
-# Plain HTTP requests get a short hint instead.
+# Run: perl -Mblib bin/pagi-server examples/04-websocket-echo/app.pl --port 5000
+# Try: python3 -m websockets ws://127.0.0.1:5000/   (then type a line)
+#      curl http://127.0.0.1:5000/   (plain HTTP gets a short hint instead)
 use strict;
 use warnings;
 use Future::AsyncAwait;
