@@ -509,6 +509,24 @@ string for none.
 Grace period for requests in flight at shutdown, and bound on lifespan
 shutdown.
 
+=item max_ws_frame_size [16 MiB]
+
+Largest WebSocket message (whole message, not just one frame); a bigger
+one closes the connection with 1009.
+
+=item ws_ping_interval [20], ws_ping_timeout [20]
+
+Server pings on every WebSocket, and how long a pong may take before the
+peer is dropped (C<websocket.disconnect> 1006, C<keepalive_timeout>). 0
+turns either off. An app's C<websocket.keepalive> event overrides them for
+its connection.
+
+=item max_receive_queue [1000]
+
+Accepted for compatibility: the engine reads WebSocket messages only as
+the app takes them (at most 16 ahead), so no queue builds up to this bound
+and 1008 is never needed.
+
 =item extensions [{}]
 
 Extra extensions to advertise; only C<< { fullflush => {} } >> is
@@ -563,6 +581,20 @@ The bound TCP port.
 =head2 connection_count
 
 Open client connections.
+
+=head1 WEBSOCKETS
+
+A GET request with C<Upgrade: websocket>, C<Connection: upgrade>, a valid
+C<Sec-WebSocket-Key> and C<Sec-WebSocket-Version: 13> opens a C<websocket>
+scope (PAGI-SPEC 3.2); another version gets 426, a POST or a bad key 400.
+The engine (tokio-tungstenite) handles masking, fragmentation, UTF-8
+validation (1007), control frames, ping/pong and the close handshake, and
+closes with 1002 on protocol violations and 1009 on oversized messages.
+permessage-deflate is not implemented: an offer is declined by answering
+without the extension. The C<websocket.http.response> extension (an HTTP
+denial response instead of the handshake) is always advertised.
+Graceful shutdown tells the app (C<websocket.disconnect> 1001,
+C<server_shutdown>) and then closes with 1001.
 
 =head1 SHUTDOWN
 

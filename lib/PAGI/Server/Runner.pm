@@ -30,14 +30,14 @@ my %VALUE_OPTIONS = map { my $o = $_; ($o =~ tr/_/-/r) => $o } qw(
     max_body_size max_header_size max_header_count max_request_line_size
     timeout header_timeout body_timeout request_timeout shutdown_timeout lifespan_startup_timeout
     write_high_watermark write_low_watermark listener_backlog log_level
-    server_header access_log_format
+    server_header access_log_format ws_ping_interval ws_ping_timeout
     workers max_connections max_requests max_receive_queue max_ws_frame_size
     ws_idle_timeout sse_idle_timeout heartbeat_timeout
     sync_file_threshold socket socket_mode
 );
 
 # Documented aliases borrowed from uvicorn.
-my %ALIASES = ('timeout-keep-alive' => 'timeout', 'limit-concurrency' => 'max_connections');
+my %ALIASES = ('timeout-keep-alive' => 'timeout', 'limit-concurrency' => 'max_connections', 'ws-max-size' => 'max_ws_frame_size');
 
 sub usage {
     return <<'USAGE';
@@ -72,6 +72,12 @@ Usage: pagi-server [options] [APP_FILE]
       --shutdown-timeout N  grace for requests in flight at shutdown (default 30)
       --write-high-watermark N, --write-low-watermark N
                             response buffering bounds (default 65536 / 16384)
+      --max-ws-frame-size N largest WebSocket message in bytes (default 16 MiB;
+                            alias --ws-max-size); bigger ones close with 1009
+      --ws-ping-interval N  seconds between server pings on WebSockets (default 20;
+                            0 = off)
+      --ws-ping-timeout N   drop a WebSocket that does not answer a ping within N
+                            seconds (default 20; 0 = never)
       --lifespan MODE       auto, on or off (default auto)
       --lifespan-startup-timeout N  (default 30)
       --access-log-format F clf (default), common, combined, tiny, json, or atoms
