@@ -2,18 +2,25 @@
 # Install what PAGI-Server-Native needs to build and test on a fresh machine.
 #
 #   ./setup.sh           build + test dependencies
-#   ./setup.sh --bench   also Starman, Plack and wrk for bench/compare-starman.pl
+#   ./setup.sh --bench   also Starman, Plack, wrk and Mojolicious for bench/
+#   ./setup.sh --websocket-clients   also the real WebSocket clients the tests
+#                        use: Python's websockets and Autobahn|Testsuite (a
+#                        Python 2.7 venv in ~/.cache/pagi-server-native)
 #
+# Under CI=true the WebSocket clients are always prepared.
 # Idempotent: silent when everything is present, one line when it installs.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 bench=0
+ws_clients=0
+[ "${CI:-}" = true ] && ws_clients=1
 for arg in "$@"; do
     case "$arg" in
         --bench) bench=1 ;;
-        -h|--help) sed -n '2,7s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        --websocket-clients) ws_clients=1 ;;
+        -h|--help) sed -n '2,11s/^# \{0,1\}//p' "$0"; exit 0 ;;
         *) echo "setup.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -41,7 +48,7 @@ if command -v apt-get >/dev/null 2>&1; then
     # Test::More is core perl, so no libtest-simple-perl here.
     want=(build-essential curl libio-async-perl libio-async-loop-epoll-perl
           libfuture-perl libfuture-asyncawait-perl libnet-async-http-perl)
-    [ "$bench" = 1 ] && want+=(starman wrk libplack-perl)
+    [ "$bench" = 1 ] && want+=(starman wrk libplack-perl libmojolicious-perl)
 
     missing=()
     for pkg in "${want[@]}"; do
@@ -73,7 +80,7 @@ else
     need_cpanm=0
     perl_modules_ok || need_cpanm=1
     if [ "$bench" = 1 ]; then
-        perl -MPlack -MStarman -e1 >/dev/null 2>&1 || need_cpanm=1
+        perl -MPlack -MStarman -MMojolicious -e1 >/dev/null 2>&1 || need_cpanm=1
         command -v wrk >/dev/null 2>&1 \
             || echo "setup.sh: wrk not found; install it with your package manager for bench/." >&2
     fi
@@ -81,7 +88,7 @@ else
         command -v cpanm >/dev/null 2>&1 \
             || die "Perl dependencies missing and cpanm not found. Install App::cpanminus (https://metacpan.org/pod/App::cpanminus), then rerun."
         extra=()
-        [ "$bench" = 1 ] && extra=(Plack Starman)
+        [ "$bench" = 1 ] && extra=(Plack Starman Mojolicious)
         log=$(mktemp)
         trap 'rm -f "$log"' EXIT
         if ! { cpanm --quiet --notest --installdeps . \
@@ -96,3 +103,70 @@ fi
 
 # Catches a perl other than the system one (perlbrew, plenv) that apt cannot serve.
 perl_modules_ok || die "perl ($(command -v perl)) still cannot load IO::Async::Loop, Future::AsyncAwait and Net::Async::HTTP; for a non-system perl run: cpanm --installdeps ."
+
+[ "$ws_clients" = 1 ] || exit 0
+
+# --- Real WebSocket clients: t/ws-python.t and t/ws-autobahn.t use them. ------
+
+# Runs a command with its output kept in a log that is shown only if it fails.
+run_logged() {
+    local what=$1; shift
+    local wlog
+    wlog=$(mktemp)
+    if ! "$@" >"$wlog" 2>&1; then
+        cat "$wlog" >&2
+        rm -f "$wlog"
+        die "$what failed: $*"
+    fi
+    rm -f "$wlog"
+}
+
+# Python 3 websockets, for t/ws-python.t.
+command -v python3 >/dev/null 2>&1 \
+    || die "python3 not found; t/ws-python.t needs it with the websockets library."
+if ! python3 -c 'import websockets' >/dev/null 2>&1; then
+    if python3 -m pip --version >/dev/null 2>&1 \
+       && python3 -c 'import os, sys, sysconfig; sys.exit(sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'
+    then
+        # A python3 that pip may install into (not a distribution-managed one).
+        run_logged "installing websockets" python3 -m pip install --quiet websockets
+    elif command -v apt-get >/dev/null 2>&1; then
+        sudo=()
+        [ "$(id -u)" -ne 0 ] && sudo=(sudo)
+        run_logged "apt-get update" "${sudo[@]}" apt-get update -qq
+        run_logged "installing python3-websockets" "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends python3-websockets
+    else
+        die "python3 cannot import websockets; install it (python3 -m pip install websockets)."
+    fi
+    python3 -c 'import websockets' >/dev/null 2>&1 \
+        || die "python3 ($(command -v python3)) still cannot import websockets."
+    echo "setup.sh: installed Python websockets"
+fi
+
+# Autobahn|Testsuite 0.8.2 (Python 2.7 only) in its own virtualenv, for
+# t/autobahn/run.pl and t/ws-autobahn.t.
+venv="$HOME/.cache/pagi-server-native/autobahn-venv"
+if ! [ -x "$venv/bin/wstest" ] || ! "$venv/bin/python" -c 'import autobahntestsuite' >/dev/null 2>&1; then
+    is_py27() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (2, 7))' >/dev/null 2>&1; }
+    py27=""
+    # A pyenv shim is on PATH even when it cannot run, hence the check.
+    if cand=$(command -v python2.7 2>/dev/null) && is_py27 "$cand"; then
+        py27=$cand
+    else
+        for cand in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/2.7*/bin/python "$HOME"/.pyenv/versions/2.7*/bin/python; do
+            if [ -x "$cand" ] && is_py27 "$cand"; then py27=$cand; break; fi
+        done
+    fi
+    [ -n "$py27" ] || die "Autobahn|Testsuite needs Python 2.7 and none was found (tried python2.7 and \$PYENV_ROOT or ~/.pyenv: versions/2.7*/bin/python). Install it, e.g. 'pyenv install 2.7.18', then rerun."
+    if ! "$py27" -m virtualenv --version >/dev/null 2>&1; then
+        run_logged "installing virtualenv for $py27" "$py27" -m pip install --quiet virtualenv
+    fi
+    rm -rf "$venv"    # a half-made venv from an interrupted run
+    mkdir -p "$(dirname "$venv")"
+    run_logged "creating $venv" "$py27" -m virtualenv "$venv"
+    run_logged "installing autobahntestsuite" "$venv/bin/pip" install --quiet 'autobahntestsuite==0.8.2'
+    "$venv/bin/python" -c 'import autobahntestsuite' >/dev/null 2>&1 \
+        || die "$venv: autobahntestsuite installed but cannot be imported."
+    echo "setup.sh: installed Autobahn|Testsuite 0.8.2 in $venv"
+fi

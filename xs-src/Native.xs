@@ -116,7 +116,7 @@ static SV *pn_scope(pTHX_ const pn_request *r) {
         (void)hv_stores(hv, "type", newSVpvs("websocket"));
         (void)hv_stores(hv, "scheme", newSVpvs("ws"));
     } else {
-        (void)hv_stores(hv, "type", newSVpvs("http"));
+        (void)hv_stores(hv, "type", r->scope_kind == PN_SCOPE_SSE ? newSVpvs("sse") : newSVpvs("http"));
         (void)hv_stores(hv, "method", pn_sv(aTHX_ r->method));
         (void)hv_stores(hv, "scheme", pn_sv(aTHX_ r->scheme));
     }
@@ -395,6 +395,61 @@ IV
 ws_keepalive(pn_engine *e, UV id, NV interval, NV timeout = 0)
   CODE:
     RETVAL = pn_sent(aTHX_ pagi_native_ws_keepalive(e, id, interval, timeout), "ws_keepalive");
+  OUTPUT:
+    RETVAL
+
+IV
+sse_start(pn_engine *e, UV id, IV status, SV *headers)
+  CODE:
+    {
+        size_t nh = pn_headers_in(aTHX_ headers, "sse_start");
+        RETVAL = pn_sent(aTHX_ pagi_native_sse_start(e, id, status, pn_scratch, nh), "sse_start");
+    }
+  OUTPUT:
+    RETVAL
+
+IV
+sse_send(pn_engine *e, UV id, SV *data, SV *event = NULL, SV *event_id = NULL, SV *retry = NULL)
+  CODE:
+    {
+        /* Text fields are characters; the engine gets them UTF-8 encoded. */
+        STRLEN dl = 0, el = 0, il = 0;
+        const char *d = SvOK(data) ? SvPVutf8(data, dl) : "";
+        const char *ev = (event && SvOK(event)) ? SvPVutf8(event, el) : NULL;
+        const char *iv = (event_id && SvOK(event_id)) ? SvPVutf8(event_id, il) : NULL;
+        IV r = (retry && SvOK(retry)) ? SvIV(retry) : -1;
+        size_t buffered = 0;
+        int rc = pagi_native_sse_send(e, id, ev, el, d, dl, iv, il, r, &buffered);
+        if (rc == PN_ERROR)
+            pn_croak_last(aTHX_ "sse_send");
+        RETVAL = rc == PN_OK ? (IV)buffered : -1;
+    }
+  OUTPUT:
+    RETVAL
+
+IV
+sse_comment(pn_engine *e, UV id, SV *comment)
+  CODE:
+    {
+        STRLEN cl = 0;
+        const char *c = SvOK(comment) ? SvPVutf8(comment, cl) : "";
+        size_t buffered = 0;
+        int rc = pagi_native_sse_comment(e, id, c, cl, &buffered);
+        if (rc == PN_ERROR)
+            pn_croak_last(aTHX_ "sse_comment");
+        RETVAL = rc == PN_OK ? (IV)buffered : -1;
+    }
+  OUTPUT:
+    RETVAL
+
+IV
+sse_keepalive(pn_engine *e, UV id, NV interval, SV *comment = NULL)
+  CODE:
+    {
+        STRLEN cl = 0;
+        const char *c = (comment && SvOK(comment)) ? SvPVutf8(comment, cl) : "";
+        RETVAL = pn_sent(aTHX_ pagi_native_sse_keepalive(e, id, interval, c, cl), "sse_keepalive");
+    }
   OUTPUT:
     RETVAL
 

@@ -46,6 +46,7 @@ enum Woke {
     Draining,
     Closing,
     Stalled,
+    Keepalive,
 }
 
 /// How one request ended.
@@ -80,6 +81,8 @@ struct Exchange {
     ws_key: Option<Bytes>,
     /// Set by `websocket.accept`: the subprotocol and headers of the 101.
     upgrade: Option<(Option<String>, Headers)>,
+    /// `sse.keepalive`: the interval, the framed comment and the next tick.
+    sse_keepalive: Option<(std::time::Duration, Bytes, Instant)>,
 }
 
 /// One piece of output: bytes, or a byte range of a file sent with sendfile(2).
@@ -275,8 +278,8 @@ impl Conn {
         let info = RequestInfo {
             http10: head.http_version == "1.0",
             is_head: head.is_head_method,
-            // A refused WebSocket handshake ends the connection.
-            keep_alive: head.keep_alive && !draining && ws_key.is_none(),
+            // A refused WebSocket handshake or an event stream ends the connection.
+            keep_alive: head.keep_alive && !draining && ws_key.is_none() && !head.event_stream,
         };
         let mut ex = Exchange {
             id,
@@ -294,11 +297,16 @@ impl Conn {
             aborted: false,
             ws_key: ws_key.clone(),
             upgrade: None,
+            sse_keepalive: None,
         };
         self.ctx.registry.borrow_mut().insert(id, self.tx.clone());
         shared.events.push(Event::Request(Box::new(RequestEvent {
             id,
-            kind: if ws_key.is_some() { ScopeKind::WebSocket } else { ScopeKind::Http },
+            kind: match (&ws_key, head.event_stream) {
+                (Some(_), _) => ScopeKind::WebSocket,
+                (None, true) => ScopeKind::Sse,
+                (None, false) => ScopeKind::Http,
+            },
             method: head.method,
             path: head.path,
             path_is_utf8: head.path_is_utf8,
@@ -388,6 +396,7 @@ impl Conn {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            let tick = ex.sse_keepalive.as_ref().map(|k| k.2);
             let woke = tokio::select! {
                 biased;
                 cmd = self.rx.recv() => Woke::Command(cmd.expect("a connection holds its own sender")),
@@ -399,6 +408,7 @@ impl Conn {
                     }
                 }
                 _ = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => Woke::Stalled,
+                _ = sleep_until(tick.unwrap_or(far)), if tick.is_some() => Woke::Keepalive,
             };
             let step = match woke {
                 Woke::Command((cid, action)) => {
@@ -436,6 +446,17 @@ impl Conn {
                 }
                 Woke::Closing => Err(Reason::ServerShutdown),
                 Woke::Stalled => Err(self.refuse_mid_request(ex, 408, Reason::ClientTimeout)),
+                Woke::Keepalive => {
+                    if let Some((interval, comment, next)) = ex.sse_keepalive.as_mut() {
+                        *next = Instant::now() + *interval;
+                        let comment = comment.clone();
+                        if ex.resp == Resp::Started && ex.pending_head.is_none() {
+                            let framing = ex.framing;
+                            self.write_body(ex, comment, true, 0, framing);
+                        }
+                    }
+                    Ok(())
+                }
             };
             if !self.out.is_empty() {
                 let write = self.flush_out(ex.id);
@@ -477,6 +498,9 @@ impl Conn {
                 let enc = self.encode(ex, status, &headers, Some(body.len()));
                 self.write_body(ex, body, false, 0, enc.framing);
                 ex.resp = Resp::Done;
+            }
+            Action::SseKeepalive { interval, comment } => {
+                ex.sse_keepalive = (!interval.is_zero()).then(|| (interval, comment, Instant::now() + interval));
             }
             Action::WsAccept { subprotocol, headers } if ex.ws_key.is_some() && ex.resp == Resp::Idle => {
                 ex.upgrade = Some((subprotocol, headers));

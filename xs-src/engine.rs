@@ -310,6 +310,47 @@ impl Engine {
         self.queue(id, Action::WsKeepalive { interval, timeout }, 0)
     }
 
+    /// Starts an event stream: `content-type: text/event-stream` and
+    /// `cache-control: no-cache` unless the app set them; the head is written
+    /// at once so the client's EventSource opens.
+    pub fn sse_start(&mut self, id: Id, status: i64, mut headers: Headers) -> Result<Sent> {
+        let status = check_status(status)?;
+        response::check_headers(&headers)?;
+        let has = |h: &Headers, n: &[u8]| h.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
+        if !has(&headers, b"content-type") {
+            headers.push((Bytes::from_static(b"content-type"), Bytes::from_static(b"text/event-stream")));
+        }
+        if !has(&headers, b"cache-control") {
+            headers.push((Bytes::from_static(b"cache-control"), Bytes::from_static(b"no-cache")));
+        }
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case(b"content-length"));
+        let sent = self.queue(id, Action::Start { status, headers, trailers: false }, 0)?;
+        if sent == Sent::Gone {
+            return Ok(sent);
+        }
+        self.queue(id, Action::Body { data: Bytes::new(), more: true }, 0)
+    }
+
+    /// Frames and queues one event; reports the bytes now buffered.
+    pub fn sse_send(&mut self, id: Id, event: Option<&str>, data: &str, event_id: Option<&str>, retry: Option<u64>) -> Result<Sent> {
+        let framed = crate::sse::frame_event(event, data, event_id, retry)?;
+        self.http_body(id, framed, true)
+    }
+
+    /// Frames and queues a comment.
+    pub fn sse_comment(&mut self, id: Id, comment: &str) -> Result<Sent> {
+        self.http_body(id, crate::sse::frame_comment(comment), true)
+    }
+
+    /// Has the engine write `comment` every `interval` seconds (0 stops).
+    pub fn sse_keepalive(&mut self, id: Id, interval: f64, comment: &str) -> Result<Sent> {
+        if !interval.is_finite() || interval < 0.0 {
+            return Err(format!("interval must be a non-negative number of seconds, got {interval}"));
+        }
+        let comment = crate::sse::frame_comment(comment);
+        self.queue(id, Action::SseKeepalive { interval: Duration::from_secs_f64(interval), comment }, 0)
+    }
+
     pub fn want_body(&mut self, id: Id) -> Result<Sent> {
         self.queue(id, Action::WantBody, 0)
     }

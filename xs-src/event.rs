@@ -49,6 +49,7 @@ impl ConnCounters {
 pub enum ScopeKind {
     Http = 0,
     WebSocket = 1,
+    Sse = 2,
 }
 
 /// The decoded request head as the app's scope needs it.
@@ -154,6 +155,8 @@ pub enum Action {
     WsCredit(u32),
     /// Ping every `interval` (zero stops); no pong within `timeout` closes.
     WsKeepalive { interval: std::time::Duration, timeout: Option<std::time::Duration> },
+    /// Write an SSE comment every `interval` (zero stops) without waking Perl.
+    SseKeepalive { interval: std::time::Duration, comment: Bytes },
     /// Read the next request-body chunk.
     WantBody,
     /// Close the connection once what is queued is written.

@@ -472,6 +472,71 @@ pub unsafe extern "C" fn pagi_native_ws_keepalive(e: *mut Handle, id: u64, inter
     guard("ws_keepalive", || handle(e)?.engine.ws_keepalive(id, interval, timeout).map(sent_code))
 }
 
+/// SAFETY: `ptr` null (None) or readable for `len` bytes of UTF-8.
+unsafe fn opt_str<'a>(ptr: *const c_char, len: usize, what: &str) -> Result<Option<&'a str>, String> {
+    if ptr.is_null() {
+        return Ok(None);
+    }
+    let bytes: &'a [u8] = if len == 0 { &[] } else { std::slice::from_raw_parts(ptr as *const u8, len) };
+    std::str::from_utf8(bytes).map(Some).map_err(|_| format!("{what} is not UTF-8"))
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`; headers readable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_sse_start(e: *mut Handle, id: u64, status: i64, headers: *const PnHeader, n_headers: usize) -> c_int {
+    guard("sse_start", || handle(e)?.engine.sse_start(id, status, headers_from(headers, n_headers)).map(sent_code))
+}
+
+/// Null `event` or `event_id` means absent; `retry` < 0 means absent.
+///
+/// # Safety
+/// `e` from `pagi_native_new`; strings readable; `buffered` writable or null.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_sse_send(
+    e: *mut Handle, id: u64, event: *const c_char, event_len: usize, data: *const c_char, data_len: usize,
+    event_id: *const c_char, event_id_len: usize, retry: i64, buffered: *mut usize,
+) -> c_int {
+    guard("sse_send", || {
+        let h = handle(e)?;
+        let event = opt_str(event, event_len, "event")?;
+        let data = opt_str(data, data_len, "data")?.unwrap_or("");
+        let event_id = opt_str(event_id, event_id_len, "id")?;
+        let retry = (retry >= 0).then_some(retry as u64);
+        let sent = h.engine.sse_send(id, event, data, event_id, retry)?;
+        if let (Some(out), Sent::Queued(n)) = (buffered.as_mut(), &sent) {
+            *out = *n;
+        }
+        Ok(sent_code(sent))
+    })
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`; comment readable; `buffered` writable or null.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_sse_comment(e: *mut Handle, id: u64, comment: *const c_char, len: usize, buffered: *mut usize) -> c_int {
+    guard("sse_comment", || {
+        let h = handle(e)?;
+        let comment = opt_str(comment, len, "comment")?.unwrap_or("");
+        let sent = h.engine.sse_comment(id, comment)?;
+        if let (Some(out), Sent::Queued(n)) = (buffered.as_mut(), &sent) {
+            *out = *n;
+        }
+        Ok(sent_code(sent))
+    })
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`; comment readable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_sse_keepalive(e: *mut Handle, id: u64, interval: f64, comment: *const c_char, len: usize) -> c_int {
+    guard("sse_keepalive", || {
+        let h = handle(e)?;
+        let comment = opt_str(comment, len, "comment")?.unwrap_or("");
+        h.engine.sse_keepalive(id, interval, comment).map(sent_code)
+    })
+}
+
 /// # Safety
 /// `e` from `pagi_native_new`.
 #[no_mangle]

@@ -33,6 +33,8 @@ pub struct Head {
     pub is_head_method: bool,
     /// `Sec-WebSocket-Key` of a valid WebSocket upgrade request (PAGI-SPEC 2.4).
     pub websocket_key: Option<Bytes>,
+    /// `Accept` asks for `text/event-stream`: an sse scope (PAGI-SPEC 2.4).
+    pub event_stream: bool,
 }
 
 /// A refused head: the status to answer with, then close.
@@ -151,6 +153,7 @@ impl RawHead {
             keep_alive,
             expect_continue: self.minor == 1 && f.expect_continue,
             te_trailers: f.te_trailers,
+            event_stream: f.event_stream && websocket_key.is_none(),
             websocket_key,
         })
     }
@@ -171,6 +174,7 @@ struct Flags {
     conn_upgrade: bool,
     ws_key: Option<Bytes>,
     ws_version: Option<Bytes>,
+    event_stream: bool,
 }
 
 impl Flags {
@@ -214,6 +218,9 @@ impl Flags {
             }
             b"upgrade" => {
                 self.upgrade_websocket |= value.split(|&b| b == b',').any(|t| trim(t).eq_ignore_ascii_case(b"websocket"))
+            }
+            b"accept" => {
+                self.event_stream |= value.windows(17).any(|w| w.eq_ignore_ascii_case(b"text/event-stream"))
             }
             b"sec-websocket-key" => self.ws_key = Some(Bytes::copy_from_slice(trim(value))),
             b"sec-websocket-version" => self.ws_version = Some(Bytes::copy_from_slice(trim(value))),

@@ -17,6 +17,7 @@
 //! - [`response`]: response-head encoding and body framing.
 //! - [`event`]: the messages that cross the seam in both directions.
 //! - [`queue`]: the event queue with its coalesced eventfd wake.
+//! - [`sse`]: Server-Sent Events framing.
 //! - [`ws`]: WebSocket sessions after the handshake (tungstenite).
 //! - [`config`]: engine options, one name per option shared with Perl and the CLI.
 
@@ -30,4 +31,5 @@ pub mod head;
 pub mod io;
 pub mod queue;
 pub mod response;
+pub mod sse;
 pub mod ws;

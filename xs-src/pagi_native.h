@@ -38,6 +38,7 @@ typedef struct { pn_str name; pn_str value; } pn_header;
 
 #define PN_SCOPE_HTTP      0
 #define PN_SCOPE_WEBSOCKET 1
+#define PN_SCOPE_SSE       2
 
 typedef struct {
     pn_str method, path, raw_path, query_string, http_version, scheme;
@@ -84,6 +85,10 @@ int pagi_native_ws_send(pn_engine *e, uint64_t id, const char *data, size_t len,
 int pagi_native_ws_close(pn_engine *e, uint64_t id, int64_t code, const char *reason, size_t reason_len);
 int pagi_native_ws_credit(pn_engine *e, uint64_t id, uint32_t n);
 int pagi_native_ws_keepalive(pn_engine *e, uint64_t id, double interval, double timeout);
+int pagi_native_sse_start(pn_engine *e, uint64_t id, int64_t status, const pn_header *headers, size_t n_headers);
+int pagi_native_sse_send(pn_engine *e, uint64_t id, const char *event, size_t event_len, const char *data, size_t data_len, const char *event_id, size_t event_id_len, int64_t retry, size_t *buffered);
+int pagi_native_sse_comment(pn_engine *e, uint64_t id, const char *comment, size_t len, size_t *buffered);
+int pagi_native_sse_keepalive(pn_engine *e, uint64_t id, double interval, const char *comment, size_t len);
 int pagi_native_want_body(pn_engine *e, uint64_t id);
 int pagi_native_abort(pn_engine *e, uint64_t id);
 int pagi_native_wait_writable(pn_engine *e, uint64_t id, int *must_wait);

@@ -18,6 +18,7 @@ use Time::HiRes ();
 use PAGI::Server::Config;
 use PAGI::Server::HTTP;
 use PAGI::Server::WebSocket;
+use PAGI::Server::SSE;
 use PAGI::Server::Lifespan;
 use PAGI::Server::Native qw(:events);
 
@@ -199,6 +200,9 @@ sub _dispatch_request {
         $req = PAGI::Server::HTTP->new($self, $id, $scope, $body);
         # One object is both: its methods are the two interfaces of PAGI-SPEC 3.1.5/3.1.6.
         $scope->{'pagi.connection'} = $scope->{'pagi.transport'} = $req;
+    }
+    elsif ($scope->{type} eq 'sse') {
+        $req = PAGI::Server::SSE->new($self, $id, $scope, $body);
     }
     else {
         delete $scope->{extensions}{fullflush};    # an http/sse extension
