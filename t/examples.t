@@ -82,6 +82,54 @@ my %CHECK = (
         $res = post($child->{port}, '/empty', '');
         is($res && $res->{body}, "POST /empty: received 0 bytes\n", 'an empty body');
     },
+    '04-websocket-echo' => sub {
+        my ($child) = @_;
+        my $res = http_get_cli($child->{port}, '/');
+        is($res && $res->{status}, 200, 'plain GET: status 200');
+        is($res && $res->{body}, "Connect with a WebSocket client.\n", 'with the hint');
+
+        # A minimal raw client: the handshake, one masked text frame, a close.
+        my $sock = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $child->{port}, Timeout => 5)
+            or return fail("connect: $@");
+        $sock->autoflush(1);
+        my $sel = IO::Select->new($sock);
+        my $buf = '';
+        my $read_until = sub {    # reads into $buf until $cond holds, EOF or 5 s
+            my ($cond) = @_;
+            my $deadline = time + 5;
+            until ($cond->()) {
+                my $left = $deadline - time;
+                last if $left <= 0 || !$sel->can_read($left);
+                sysread($sock, $buf, 65536, length $buf) or last;
+            }
+        };
+        my $frame = sub {    # client frames are masked; payloads here stay under 126 bytes
+            my ($opcode, $data) = @_;
+            my $mask = "\x37\xfa\x21\x3d";
+            return chr(0x80 | $opcode) . chr(0x80 | length $data) . $mask
+                . ($data ^ substr($mask x 32, 0, length $data));
+        };
+        print {$sock} "GET / HTTP/1.1\r\nHost: 127.0.0.1:$child->{port}\r\nUpgrade: websocket\r\n"
+            . "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        $read_until->(sub { $buf =~ /\r\n\r\n/ });
+        my ($head) = $buf =~ /\A(.*?\r\n)\r\n/s;
+        $buf =~ s/\A.*?\r\n\r\n//s;
+        like($head // '', qr{\AHTTP/1\.1 101 }, 'the upgrade is answered with 101') or diag($head // $buf);
+        like($head // '', qr{^sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK\+xOo=\r$}mi,
+            'with the Sec-WebSocket-Accept of RFC 6455 section 1.3');
+
+        my $text = "h\xc3\xa9llo, echo";    # UTF-8 bytes
+        print {$sock} $frame->(0x1, $text);
+        $read_until->(sub { length $buf >= 2 + length $text });
+        is(substr($buf, 0, 2 + length $text, ''), "\x81" . chr(length $text) . $text,
+            'the text frame comes back unmasked and unchanged');
+
+        print {$sock} $frame->(0x8, pack('n', 1000));
+        $read_until->(sub { length $buf >= 4 });
+        is(substr($buf, 0, 4), "\x88\x02\x03\xe8", 'a close 1000 is answered with close 1000');
+        $read_until->(sub { 0 });
+        is(length $buf, 4, 'then the server closes the connection');
+    },
     '06-lifespan-state' => sub {
         my ($child) = @_;
         my @bodies = map { my $r = http_get_cli($child->{port}, '/'); $r && $r->{status} == 200 ? $r->{body} : '' } 1 .. 2;

@@ -11,6 +11,7 @@ use Future::AsyncAwait;
 # requests become a websocket scope, what the scope holds, how the app's
 # answer (accept, close, denial response, return, die) reaches the wire.
 
+binmode Test::More->builder->$_, ":encoding(UTF-8)" for qw(output failure_output todo_output);
 my $loop = loop();
 
 # Each subtest installs its own handler; the app records every call.

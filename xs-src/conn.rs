@@ -414,7 +414,8 @@ impl Conn {
                 Woke::Command((cid, action)) => {
                     last_activity = Instant::now();
                     let mut r = self.apply(ex, cid, action);
-                    while r.is_ok() {
+                    // After websocket.accept the rest stays queued for the session.
+                    while r.is_ok() && ex.upgrade.is_none() {
                         match self.rx.try_recv() {
                             Ok((cid, action)) => r = self.apply(ex, cid, action),
                             Err(_) => break,

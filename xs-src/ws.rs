@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
@@ -118,7 +119,8 @@ impl Session<'_> {
             .read_buffer_size(16 * 1024)
             .write_buffer_size(0);
         let keepalive = Keepalive::new(cfg.ws_ping_interval, cfg.ws_ping_timeout);
-        let mut ws = WebSocketStream::from_partially_read(&mut *stream, leftover, Role::Server, Some(config)).await;
+        let counted = Counted { inner: &mut *stream, counters: self.counters.clone() };
+        let mut ws = WebSocketStream::from_partially_read(counted, leftover, Role::Server, Some(config)).await;
         let (id, ctx) = (self.id, self.ctx);
         let end = self.serve(&mut ws, keepalive).await;
         if let Some(end) = end {
@@ -128,7 +130,7 @@ impl Session<'_> {
     }
 
     /// The message loop; `None` when the app was already told the session ended.
-    async fn serve(self, ws: &mut WebSocketStream<&mut TcpStream>, mut keepalive: Keepalive) -> Option<End> {
+    async fn serve(self, ws: &mut WebSocketStream<Counted<'_>>, mut keepalive: Keepalive) -> Option<End> {
         let Session { ctx, id, counters, rx, phase } = self;
         let low = ctx.shared.config.write_low_watermark;
         let mut credit = WINDOW;
@@ -206,6 +208,11 @@ impl Session<'_> {
                         Some(Ok(Message::Pong(_))) => keepalive.pong_due = None,
                         Some(Ok(Message::Close(frame))) => {
                             let end = match frame {
+                                // tungstenite puts this in place of a Close with an invalid
+                                // code and answers 1002: the peer broke the protocol.
+                                Some(f) if u16::from(f.code) == 1002 && f.reason.as_str() == "Protocol violation" => {
+                                    End::new(1002, "protocol_error")
+                                }
                                 Some(f) => End { code: u16::from(f.code), reason: f.reason.to_string() },
                                 None => End::new(1005, ""),
                             };
@@ -216,6 +223,10 @@ impl Session<'_> {
                         Some(Ok(Message::Frame(_))) => {}
                         Some(Err(e)) => {
                             let (code, reason) = match &e {
+                                // A peer that vanished without a Close is a drop, not a violation.
+                                WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                                    return finish(told_app, End::new(1006, "client_closed"));
+                                }
                                 WsError::Protocol(_) => (1002, "protocol_error"),
                                 WsError::Utf8(_) => (1007, "protocol_error"),
                                 WsError::Capacity(_) => (1009, "protocol_error"),
@@ -269,6 +280,41 @@ impl Session<'_> {
                 }
             }
         }
+    }
+}
+
+/// The socket as tungstenite sees it, counting bytes read for `stats`.
+pub struct Counted<'a> {
+    inner: &'a mut TcpStream,
+    counters: Arc<ConnCounters>,
+}
+
+impl tokio::io::AsyncRead for Counted<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut *this.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        this.counters.bytes_read.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted<'_> {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, data: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut *self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
 }
 

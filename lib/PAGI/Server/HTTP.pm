@@ -4,6 +4,8 @@ use warnings;
 
 our $VERSION = '0.01';
 
+use parent 'PAGI::Server::Scope';
+
 use Future;
 use Scalar::Util qw(blessed openhandle);
 use PAGI::Server::Validate;
@@ -25,8 +27,7 @@ Response states: 0 nothing sent, 1 started, 2 complete.
 
 =cut
 
-# One shared, already-done Future for every $send that need not wait.
-my $DONE = Future->done;
+my $DONE = $PAGI::Server::Scope::DONE;
 my $DISCONNECT = { type => 'http.disconnect' };
 
 sub new {
@@ -41,25 +42,8 @@ sub new {
     }, $class;
 }
 
-sub _new_future {
-    my ($self) = @_;
-    my $loop = $self->{server}->loop;
-    return $loop ? $loop->new_future : Future->new;
-}
-
-sub _fail {
-    my ($message) = @_;
-    return Future->fail("$message\n", 'pagi');
-}
-
-# Engine croaks name their method; the app wants the event's problem.
-sub _engine_error {
-    my ($event_type, $error) = @_;
-    $error =~ s/\APAGI::Server::Native::\w+: //;
-    $error =~ s/ at \S+ line \d+\.?\n\z//;
-    chomp $error;
-    return _fail("$event_type: $error");
-}
+*_fail         = \&PAGI::Server::Scope::_fail;
+*_engine_error = \&PAGI::Server::Scope::_engine_error;
 
 =head1 METHODS
 
@@ -97,9 +81,8 @@ accepted, pending while the response buffer is above the high watermark.
 
 sub send {
     my ($self, $event) = @_;
-    return _fail('send: event must be a hash reference') unless ref $event eq 'HASH';
-    my $type = $event->{type};
-    return _fail("send: event has no 'type' field") unless defined $type;
+    my ($type, $failed) = PAGI::Server::Scope::_event_type($event);
+    return $failed if $failed;
     if ($self->{server}{validate_events}) {
         my $problem = PAGI::Server::Validate->http_event($event);
         return _fail($problem) if defined $problem;
@@ -160,13 +143,7 @@ sub _body {
         if   ($self->{trailers}) { $self->{body_ended} = 1 }
         else                     { $self->{state} = 2 }
     }
-    $self->{server}->_flush_soon;
-    if ($buffered >= $self->{server}{high_watermark}) {
-        $self->_high_water unless $self->{above_high};
-        return $self->{drain_f} //= $self->_new_future if $engine->wait_writable($self->{id});
-        $self->_drained;
-    }
-    return $DONE;
+    return $self->_after_send($buffered);
 }
 
 # `file` / `fh` bodies complete the response; the engine sends them with
@@ -284,13 +261,6 @@ sub _ev_body {
     $self->{body_done} = 1 unless $more;
     my $f = delete $self->{receive_f} or return;
     $f->done({ type => 'http.request', body => $bytes, more => $more });
-}
-
-sub _ev_writable {
-    my ($self) = @_;
-    $self->_drained if $self->{above_high};
-    my $f = delete $self->{drain_f} or return;
-    $f->done;
 }
 
 sub _ev_done {

@@ -50,7 +50,8 @@ States: 0 nothing sent, 1 streaming, 2 ended, 3 declining.
 
 =cut
 
-my $DONE = Future->done;
+my $DONE = $PAGI::Server::Scope::DONE;
+*_fail = \&PAGI::Server::Scope::_fail;
 
 sub new {
     my ($class, $server, $id, $scope, $body) = @_;
@@ -58,8 +59,6 @@ sub new {
     $scope->{'pagi.transport'} = $self;
     return $self;
 }
-
-sub _fail { Future->fail("$_[0]\n", 'pagi') }
 
 sub receive {
     my ($self) = @_;
@@ -75,9 +74,8 @@ sub receive {
 
 sub send {
     my ($self, $event) = @_;
-    return _fail('send: event must be a hash reference') unless ref $event eq 'HASH';
-    my $type = $event->{type};
-    return _fail("send: event has no 'type' field") unless defined $type;
+    my ($type, $failed) = PAGI::Server::Scope::_event_type($event);
+    return $failed if $failed;
     my $method = {
         'sse.start'              => '_sse_start',
         'sse.send'               => '_sse_send',
@@ -99,14 +97,6 @@ sub send {
     return $self->$method($event);
 }
 
-sub _engine_err {
-    my ($type, $error) = @_;
-    $error =~ s/\APAGI::Server::Native::\w+: //;
-    $error =~ s/ at \S+ line \d+\.?\n\z//;
-    chomp $error;
-    return _fail("$type: $error");
-}
-
 sub _sse_start {
     my ($self, $event) = @_;
     my $status = $event->{status} // 200;
@@ -117,7 +107,7 @@ sub _sse_start {
     return _fail('sse.start: the stream was already started') if $self->{state} == 1 || $self->{state} == 2;
     return _fail('sse.start: a decline response (sse.http.response.start) was already sent') if $self->{state} == 3;
     my $ok = eval { $self->{engine}->sse_start($self->{id}, $status, $headers // []); 1 };
-    return _engine_err('sse.start', $@) unless $ok;
+    return PAGI::Server::Scope::_engine_error('sse.start', $@) unless $ok;
     $self->{state}  = 1;
     $self->{status} = $status;
     $self->{server}->_flush_soon;
@@ -142,8 +132,8 @@ sub _sse_send {
         if defined $retry && (ref $retry || $retry !~ /\A\d+\z/);
     if (my $problem = $self->_streaming('sse.send')) { return _fail($problem) }
     my $buffered = eval { $self->{engine}->sse_send($self->{id}, $data, $name, $id, $retry) };
-    return _engine_err('sse.send', $@) unless defined $buffered;
-    return $self->_sent($buffered);
+    return PAGI::Server::Scope::_engine_error('sse.send', $@) unless defined $buffered;
+    return $self->_after_send($buffered);
 }
 
 sub _sse_comment {
@@ -153,21 +143,8 @@ sub _sse_comment {
     return _fail("sse.comment: 'comment' must be a string") if ref $comment;
     if (my $problem = $self->_streaming('sse.comment')) { return _fail($problem) }
     my $buffered = eval { $self->{engine}->sse_comment($self->{id}, $comment) };
-    return _engine_err('sse.comment', $@) unless defined $buffered;
-    return $self->_sent($buffered);
-}
-
-# Backpressure as for http.response.body.
-sub _sent {
-    my ($self, $buffered) = @_;
-    $self->{bytes_sent} += 0;
-    $self->{server}->_flush_soon;
-    if ($buffered >= $self->{server}{high_watermark}) {
-        $self->_high_water unless $self->{above_high};
-        return $self->{drain_f} //= $self->_new_future if $self->{engine}->wait_writable($self->{id});
-        $self->_drained;
-    }
-    return $DONE;
+    return PAGI::Server::Scope::_engine_error('sse.comment', $@) unless defined $buffered;
+    return $self->_after_send($buffered);
 }
 
 sub _sse_keepalive {
@@ -177,7 +154,7 @@ sub _sse_keepalive {
         unless defined $interval && !ref $interval && $interval =~ /\A(?:\d+(?:\.\d*)?|\.\d+)\z/;
     return _fail("sse.keepalive: 'comment' must be a string") if ref $comment;
     my $ok = eval { $self->{engine}->sse_keepalive($self->{id}, $interval, $comment // ''); 1 };
-    return _engine_err('sse.keepalive', $@) unless $ok;
+    return PAGI::Server::Scope::_engine_error('sse.keepalive', $@) unless $ok;
     $self->{server}->_flush_soon;
     return $DONE;
 }
@@ -216,7 +193,7 @@ sub _decline_start {
     my $headers = $event->{headers};
     return _fail("sse.http.response.start: 'headers' must be an array reference") if defined $headers && ref $headers ne 'ARRAY';
     my $ok = eval { $self->{engine}->http_start($self->{id}, $status, $headers // [], 0); 1 };
-    return _engine_err('sse.http.response.start', $@) unless $ok;
+    return PAGI::Server::Scope::_engine_error('sse.http.response.start', $@) unless $ok;
     $self->{state}  = 3;
     $self->{status} = $status;
     return $DONE;
@@ -227,12 +204,14 @@ sub _decline_body {
     return _fail('sse.http.response.body: sent before sse.http.response.start') unless $self->{state} == 3;
     my $body = $event->{body} // '';
     return _fail("sse.http.response.body: 'body' must be a byte string") if ref $body;
-    my $more = $event->{more} ? 1 : 0;
-    my $ok = eval { $self->{engine}->http_body($self->{id}, $body, $more); 1 };
-    return _engine_err('sse.http.response.body', $@) unless $ok;
-    $self->{bytes_sent} += length $body;
-    $self->{state} = 2 unless $more;
-    $self->{declined} = 1 unless $more;
+    # The decline goes out in one piece with a Content-Length (PAGI-SPEC 3.3.2).
+    $self->{decline_body} .= $body;
+    return $DONE if $event->{more};
+    my $whole = delete $self->{decline_body};
+    my $ok = eval { $self->{engine}->http_body($self->{id}, $whole, 0); 1 };
+    return PAGI::Server::Scope::_engine_error('sse.http.response.body', $@) unless $ok;
+    $self->{bytes_sent} += length $whole;
+    $self->{state} = 2;
     $self->{server}->_flush_soon;
     return $DONE;
 }

@@ -4,6 +4,8 @@ use warnings;
 
 our $VERSION = '0.01';
 
+use parent 'PAGI::Server::Scope';
+
 use Future;
 use Scalar::Util qw(blessed);
 
@@ -28,7 +30,9 @@ response instead of the handshake).
 
 =cut
 
-my $DONE = Future->done;
+my $DONE = $PAGI::Server::Scope::DONE;
+*_fail         = \&PAGI::Server::Scope::_fail;
+*_engine_error = \&PAGI::Server::Scope::_engine_error;
 
 sub new {
     my ($class, $server, $id, $scope) = @_;
@@ -43,22 +47,6 @@ sub new {
         queue  => [ { type => 'websocket.connect' } ],
         state  => 0,
     }, $class;
-}
-
-sub _fail { Future->fail("$_[0]\n", 'pagi') }
-
-sub _engine_error {
-    my ($type, $error) = @_;
-    $error =~ s/\APAGI::Server::Native::\w+: //;
-    $error =~ s/ at \S+ line \d+\.?\n\z//;
-    chomp $error;
-    return _fail("$type: $error");
-}
-
-sub _new_future {
-    my ($self) = @_;
-    my $loop = $self->{server}->loop;
-    return $loop ? $loop->new_future : Future->new;
 }
 
 =head1 METHODS
@@ -100,9 +88,8 @@ C<websocket.http.response.start> / C<websocket.http.response.body>.
 
 sub send {
     my ($self, $event) = @_;
-    return _fail('send: event must be a hash reference') unless ref $event eq 'HASH';
-    my $type = $event->{type};
-    return _fail("send: event has no 'type' field") unless defined $type;
+    my ($type, $failed) = PAGI::Server::Scope::_event_type($event);
+    return $failed if $failed;
     my $method = {
         'websocket.send'               => '_send_message',
         'websocket.accept'             => '_accept',
@@ -146,11 +133,7 @@ sub _send_message {
         ? eval { $engine->ws_send_text($self->{id}, $text) }
         : eval { $engine->ws_send_bytes($self->{id}, $bytes) };
     return _engine_error('websocket.send', $@) unless defined $buffered;
-    $self->{server}->_flush_soon;
-    if ($buffered >= $self->{server}{high_watermark} && $engine->wait_writable($self->{id})) {
-        return $self->{drain_f} //= $self->_new_future;
-    }
-    return $DONE;
+    return $self->_after_send($buffered);
 }
 
 sub _close {
@@ -209,11 +192,14 @@ sub _deny_body {
     return _fail("websocket.http.response.body: 'body' must be a byte string") if ref $body;
     return $DONE if $self->{gone} || $self->{state} == 1 || $self->{state} == 2;
     return _fail('websocket.http.response.body: sent before websocket.http.response.start') unless $self->{state} == 3;
-    my $more = $event->{more} ? 1 : 0;
-    my $ok = eval { $self->{engine}->http_body($self->{id}, $body, $more); 1 };
+    # The denial goes out in one piece with a Content-Length (PAGI-SPEC 3.2.2).
+    $self->{denial_body} .= $body;
+    return $DONE if $event->{more};
+    my $whole = delete $self->{denial_body};
+    my $ok = eval { $self->{engine}->http_body($self->{id}, $whole, 0); 1 };
     return _engine_error('websocket.http.response.body', $@) unless $ok;
-    $self->{bytes_sent} += length $body;
-    $self->{state} = 2 unless $more;
+    $self->{bytes_sent} += length $whole;
+    $self->{state} = 2;
     $self->{server}->_flush_soon;
     return $DONE;
 }
@@ -250,7 +236,7 @@ sub app_finished {
             $engine->ws_close($self->{id}, $failed ? 1011 : 1000, '');
         }
         elsif ($self->{state} == 3) {
-            $engine->http_body($self->{id}, '', 0);
+            $engine->http_body($self->{id}, delete $self->{denial_body} // '', 0);
         }
         $self->{state} = 2;
         $self->{server}->_flush_soon;
@@ -295,12 +281,6 @@ sub _gone {
         $f->done(@{ $self->{queue} } ? $self->_take : { %$event });
     }
     $self->_ev_writable;
-}
-
-sub _ev_writable {
-    my ($self) = @_;
-    my $f = delete $self->{drain_f} or return;
-    $f->done;
 }
 
 sub _ev_shutdown { }

@@ -1,0 +1,79 @@
+package PAGI::Server::Scope;
+use strict;
+use warnings;
+
+our $VERSION = '0.01';
+
+use Future;
+
+=head1 NAME
+
+PAGI::Server::Scope - what the per-scope glue classes share
+
+=head1 DESCRIPTION
+
+Internal to L<PAGI::Server>: the base of L<PAGI::Server::HTTP> (and so
+L<PAGI::Server::SSE>) and L<PAGI::Server::WebSocket>. It holds the checks
+every C<$send> starts with, the way engine errors become failed Futures
+naming the event, and write backpressure.
+
+=cut
+
+# One shared, already-done Future for every $send that need not wait.
+our $DONE = Future->done;
+
+sub _new_future {
+    my ($self) = @_;
+    my $loop = $self->{server}->loop;
+    return $loop ? $loop->new_future : Future->new;
+}
+
+# A failed $send: the message names the event and the problem; no location.
+sub _fail {
+    my ($message) = @_;
+    return Future->fail("$message\n", 'pagi');
+}
+
+# Engine croaks name their method; the app wants the event's problem.
+sub _engine_error {
+    my ($event_type, $error) = @_;
+    $error =~ s/\APAGI::Server::Native::\w+: //;
+    $error =~ s/ at \S+ line \d+\.?\n\z//;
+    chomp $error;
+    return _fail("$event_type: $error");
+}
+
+# The type of a send event, or a failed Future when there is none.
+sub _event_type {
+    my ($event) = @_;
+    return (undef, _fail('send: event must be a hash reference')) unless ref $event eq 'HASH';
+    my $type = $event->{type};
+    return (undef, _fail("send: event has no 'type' field")) unless defined $type;
+    return ($type);
+}
+
+# After a body, message or event was queued: a done Future below the high
+# watermark, else one that resolves when the engine reports the drain.
+sub _after_send {
+    my ($self, $buffered) = @_;
+    $self->{server}->_flush_soon;
+    if ($buffered >= $self->{server}{high_watermark}) {
+        $self->_high_water unless $self->{above_high};
+        return $self->{drain_f} //= $self->_new_future if $self->{engine}->wait_writable($self->{id});
+        $self->_drained;
+    }
+    return $DONE;
+}
+
+sub _high_water { $_[0]{above_high} = 1 }
+
+sub _drained { $_[0]{above_high} = 0 }
+
+sub _ev_writable {
+    my ($self) = @_;
+    $self->_drained if $self->{above_high};
+    my $f = delete $self->{drain_f} or return;
+    $f->done;
+}
+
+1;
