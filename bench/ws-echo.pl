@@ -259,7 +259,7 @@ sub run_client {
     die "no echo completed against $s->{name}:\n$raw" unless $res->{messages};
     warn "warning: $s->{name}: $res->{errors} connection(s) failed: @{ $res->{error_samples} }\n"
         if $res->{errors};
-    $res->{raw} = JSON::PP->new->canonical->encode({ %$res, raw => undef });
+    $res->{raw} = JSON::PP->new->canonical->encode({%$res});
     return $res;
 }
 

@@ -117,7 +117,7 @@ sub _sse_start {
 sub _streaming {
     my ($self, $type) = @_;
     return "$type: sent before sse.start" if $self->{state} == 0;
-    return "$type: the stream was declined with sse.http.response.start" if $self->{state} == 3;
+    return "$type: the stream was declined with sse.http.response.start" if $self->{state} == 3 || $self->{declined};
     return undef;
 }
 
@@ -185,6 +185,7 @@ sub _end_stream {
 
 sub _decline_start {
     my ($self, $event) = @_;
+    return _fail('sse.http.response.start: the decline response was already sent') if $self->{declined};
     return _fail('sse.http.response.start: the stream was already started') if $self->{state} == 1 || $self->{state} == 2;
     return _fail('sse.http.response.start: the decline response was already started') if $self->{state} == 3;
     my $status = $event->{status};
@@ -194,8 +195,9 @@ sub _decline_start {
     return _fail("sse.http.response.start: 'headers' must be an array reference") if defined $headers && ref $headers ne 'ARRAY';
     my $ok = eval { $self->{engine}->http_start($self->{id}, $status, $headers // [], 0); 1 };
     return PAGI::Server::Scope::_engine_error('sse.http.response.start', $@) unless $ok;
-    $self->{state}  = 3;
-    $self->{status} = $status;
+    $self->{state}    = 3;
+    $self->{declined} = 1;
+    $self->{status}   = $status;
     return $DONE;
 }
 
