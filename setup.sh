@@ -6,8 +6,9 @@
 #   ./setup.sh --websocket-clients   also the real WebSocket clients the tests
 #                        use: Python's websockets and Autobahn|Testsuite (a
 #                        Python 2.7 venv in ~/.cache/pagi-server-native)
+#   ./setup.sh --browser also Debian's Chromium, for the SSE browser test
 #
-# Under CI=true the WebSocket clients are always prepared.
+# Under CI=true the WebSocket clients and the browser are always prepared.
 # Idempotent: silent when everything is present, one line when it installs.
 set -euo pipefail
 
@@ -15,12 +16,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 
 bench=0
 ws_clients=0
-[ "${CI:-}" = true ] && ws_clients=1
+browser=0
+[ "${CI:-}" = true ] && ws_clients=1 && browser=1
 for arg in "$@"; do
     case "$arg" in
         --bench) bench=1 ;;
         --websocket-clients) ws_clients=1 ;;
-        -h|--help) sed -n '2,11s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        --browser) browser=1 ;;
+        -h|--help) sed -n '2,12s/^# \{0,1\}//p' "$0"; exit 0 ;;
         *) echo "setup.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -49,6 +52,7 @@ if command -v apt-get >/dev/null 2>&1; then
     want=(build-essential curl libio-async-perl libio-async-loop-epoll-perl
           libfuture-perl libfuture-asyncawait-perl libnet-async-http-perl)
     [ "$bench" = 1 ] && want+=(starman wrk libplack-perl libmojolicious-perl)
+    [ "$browser" = 1 ] && want+=(chromium)
 
     missing=()
     for pkg in "${want[@]}"; do

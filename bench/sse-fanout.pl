@@ -79,6 +79,7 @@ END {
 }
 $SIG{INT} = $SIG{TERM} = $SIG{HUP} = sub { warn "\ninterrupted, stopping servers\n"; exit 130 };
 $SIG{PIPE} = 'IGNORE';
+$| = 1;    # progress lines in order with errors, also when piped
 
 for my $s (@servers) {
     $s->{port} = free_port();
@@ -415,7 +416,7 @@ sub summary {
     $text .= "nproc: $nproc\n";
     $text .= "perl: $perl_v\n";
     $text .= "loops: pagi " . one_line('use IO::Async::Loop; print ref IO::Async::Loop->new')
-        . ", mojo " . one_line('use Mojo::IOLoop; print ref(Mojo::IOLoop->singleton->reactor), " ", Mojolicious->VERSION') . "\n";
+        . ", mojo " . one_line('use Mojolicious; use Mojo::IOLoop; print ref(Mojo::IOLoop->singleton->reactor), " (Mojolicious ", Mojolicious->VERSION, ")"') . "\n";
     $text .= "load: $opt{clients} SSE clients, batches of $opt{batch} events (64-byte data), "
         . "$opt{duration}s windows, $opt{rounds} interleaved rounds, medians below\n";
     $text .= "$_->{name}: $_->{cmdline}\n" for @servers;

@@ -127,8 +127,10 @@ static SV *pn_scope(pTHX_ const pn_request *r) {
     (void)hv_stores(hv, "query_string", pn_sv(aTHX_ r->query_string));
     (void)hv_stores(hv, "root_path", newSVpvs(""));
     (void)hv_stores(hv, "headers", newRV_noinc((SV *)headers));
-    (void)hv_stores(hv, "client", pn_pair(aTHX_ pn_sv(aTHX_ r->client_host), newSVuv(r->client_port)));
-    (void)hv_stores(hv, "server", pn_pair(aTHX_ pn_sv(aTHX_ r->server_host), newSVuv(r->server_port)));
+    if (r->has_client)
+        (void)hv_stores(hv, "client", pn_pair(aTHX_ pn_sv(aTHX_ r->client_host), newSVuv(r->client_port)));
+    (void)hv_stores(hv, "server", pn_pair(aTHX_ pn_sv(aTHX_ r->server_host),
+                                          r->has_server_port ? newSVuv(r->server_port) : newSV(0)));
     return newRV_noinc((SV *)hv);
 }
 

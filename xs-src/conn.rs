@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use crate::transport::Transport;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
@@ -130,9 +130,9 @@ impl Out {
 }
 
 /// A served connection.
-pub struct Conn {
+pub struct Conn<S: Transport> {
     ctx: Rc<IoCtx>,
-    stream: TcpStream,
+    stream: S,
     rx: mpsc::UnboundedReceiver<(Id, Action)>,
     tx: ActionSender,
     phase: watch::Receiver<Phase>,
@@ -140,14 +140,16 @@ pub struct Conn {
     out: Out,
     eof: bool,
     counters: Arc<ConnCounters>,
-    client: (String, u16),
-    server: (String, u16),
+    /// `None` on Unix-domain sockets (the scope then has no `client`).
+    client: Option<(String, u16)>,
+    /// `(path, None)` on Unix-domain sockets.
+    server: (String, Option<u16>),
     /// The request in progress, for the panic guard in `io`.
     pub current: Rc<std::cell::Cell<Id>>,
 }
 
-impl Conn {
-    pub fn new(ctx: Rc<IoCtx>, stream: TcpStream, client: (String, u16), server: (String, u16)) -> Self {
+impl<S: Transport> Conn<S> {
+    pub fn new(ctx: Rc<IoCtx>, stream: S, client: Option<(String, u16)>, server: (String, Option<u16>)) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let phase = ctx.phase.clone();
         Conn {
@@ -702,7 +704,16 @@ impl Conn {
                 result = match segment {
                     Segment::Bytes(bytes) if bytes.is_empty() => Ok(()),
                     Segment::Bytes(bytes) => self.stream.write_all(&bytes).await,
-                    Segment::File { file, offset, len } => send_file(&self.stream, &file, offset, len).await,
+                    Segment::File { file, offset, len } => {
+                        let zero_copy = match self.stream.send_file(&file, offset, len) {
+                            Some(sending) => Some(sending.await),
+                            None => None,
+                        };
+                        match zero_copy {
+                            Some(result) => result,
+                            None => crate::transport::copy_file(&mut self.stream, &file, offset, len).await,
+                        }
+                    }
                 };
             }
             if counted > 0 && self.counters.sub_buffered(counted, low) {
@@ -718,35 +729,10 @@ impl Conn {
 }
 
 /// Reads at most `limit` bytes into `buf`; the cap is what bounds read-ahead.
-async fn read_some(stream: &mut TcpStream, buf: &mut BytesMut, limit: usize) -> std::io::Result<usize> {
+async fn read_some<S: Transport>(stream: &mut S, buf: &mut BytesMut, limit: usize) -> std::io::Result<usize> {
     buf.reserve(limit.min(BODY_CHUNK));
     let mut capped = (&mut *stream).take(limit as u64);
     capped.read_buf(buf).await
-}
-
-/// Sends `len` bytes of `file` from `offset` with sendfile(2), waiting for
-/// socket writability in between, so file bytes never pass through Perl or
-/// a user-space buffer. A file that shrank meanwhile ends the response early.
-async fn send_file(stream: &TcpStream, file: &std::fs::File, offset: u64, len: u64) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut off = offset as libc::off_t;
-    let end = offset + len;
-    while (off as u64) < end {
-        stream.writable().await?;
-        let want = ((end - off as u64) as usize).min(1 << 20);
-        let sent = stream.try_io(tokio::io::Interest::WRITABLE, || {
-            // SAFETY: both fds are open for the duration of the call; `off` is a valid pointer.
-            let n = unsafe { libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut off, want) };
-            if n < 0 { Err(std::io::Error::last_os_error()) } else { Ok(n as usize) }
-        });
-        match sent {
-            Ok(0) => return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file ended before its length")),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Decodes a chunked body that is complete in `buf`, consuming it; `None`

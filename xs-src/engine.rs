@@ -46,7 +46,7 @@ pub struct Snapshot {
 /// See the module docs.
 pub struct Engine {
     config: Config,
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<io::StdListener>,
     shared: Option<Arc<Shared>>,
     thread: Option<JoinHandle<()>>,
     start_pid: Option<u32>,
@@ -121,9 +121,24 @@ impl Engine {
         if dup < 0 {
             return Err(format!("cannot dup fd {fd}: {}", std::io::Error::last_os_error()));
         }
-        // SAFETY: `dup` is a fresh fd owned by nobody else.
-        let listener = unsafe { std::net::TcpListener::from_raw_fd(dup) };
-        listener.set_nonblocking(true).map_err(|e| format!("cannot make fd {fd} non-blocking: {e}"))?;
+        // SAFETY: an all-zero sockaddr_storage is valid; getsockname fills at most `len` bytes.
+        let family = unsafe {
+            let mut addr: libc::sockaddr_storage = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            libc::getsockname(dup, &mut addr as *mut _ as *mut libc::sockaddr, &mut len);
+            addr.ss_family as libc::c_int
+        };
+        let listener = if family == libc::AF_UNIX {
+            // SAFETY: `dup` is a fresh fd owned by nobody else.
+            let l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(dup) };
+            l.set_nonblocking(true).map_err(|e| format!("cannot make fd {fd} non-blocking: {e}"))?;
+            io::StdListener::Unix(l)
+        } else {
+            // SAFETY: `dup` is a fresh fd owned by nobody else.
+            let l = unsafe { std::net::TcpListener::from_raw_fd(dup) };
+            l.set_nonblocking(true).map_err(|e| format!("cannot make fd {fd} non-blocking: {e}"))?;
+            io::StdListener::Tcp(l)
+        };
         self.listeners.push(listener);
         Ok(())
     }

@@ -66,8 +66,10 @@ pub struct RequestEvent {
     pub http_version: &'static str,
     pub scheme: &'static str,
     pub headers: Headers,
-    pub client: (String, u16),
-    pub server: (String, u16),
+    /// `None` on Unix-domain sockets.
+    pub client: Option<(String, u16)>,
+    /// `(path, None)` on Unix-domain sockets.
+    pub server: (String, Option<u16>),
     /// The whole body when it came with the head (small Content-Length, or none);
     /// `None` when the app must pull it with `want_body`.
     pub body: Option<Bytes>,

@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::conn::{ActionSender, Conn};
 use crate::event::{Command, Event, Id, Reason};
 use crate::queue::EventQueue;
+use crate::transport::Transport;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
@@ -58,11 +59,14 @@ pub struct IoCtx {
     pub registry: RefCell<HashMap<Id, ActionSender>>,
     pub phase: watch::Receiver<Phase>,
     live: Cell<usize>,
+    /// Accept loops still running; the drain waits for them to hand over
+    /// the connections queued before shutdown.
+    accepting: Cell<usize>,
     all_closed: Notify,
 }
 
 /// Runs the IO thread until shutdown completes; a panic becomes a `fatal` event.
-pub fn run_thread(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
+pub fn run_thread(shared: Arc<Shared>, listeners: Vec<StdListener>) {
     let result = catch_unwind(AssertUnwindSafe(|| {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
         let local = tokio::task::LocalSet::new();
@@ -85,7 +89,7 @@ pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-async fn io_main(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
+async fn io_main(shared: Arc<Shared>, listeners: Vec<StdListener>) {
     if shared.test_panic.as_deref() == Some("io_thread") {
         panic!("test panic in the IO thread (PAGI_NATIVE_TEST_PANIC=io_thread)");
     }
@@ -95,11 +99,13 @@ async fn io_main(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
         registry: RefCell::new(HashMap::new()),
         phase: phase_rx,
         live: Cell::new(0),
+        accepting: Cell::new(0),
         all_closed: Notify::new(),
     });
     for l in listeners {
-        match tokio::net::TcpListener::from_std(l) {
+        match l.into_tokio() {
             Ok(l) => {
+                ctx.accepting.set(ctx.accepting.get() + 1);
                 tokio::task::spawn_local(accept_loop(ctx.clone(), l));
             }
             Err(e) => shared.events.push(Event::Log { level: "error", message: format!("cannot watch listener: {e}") }),
@@ -113,7 +119,7 @@ async fn io_main(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
     let _ = deadline_rx.wait_for(|d| d.is_some()).await;
     let _ = phase_tx.send(Phase::Draining);
     loop {
-        if ctx.live.get() == 0 {
+        if ctx.live.get() == 0 && ctx.accepting.get() == 0 {
             return;
         }
         let deadline = deadline_rx.borrow().expect("set before draining");
@@ -124,7 +130,7 @@ async fn io_main(shared: Arc<Shared>, listeners: Vec<std::net::TcpListener>) {
         }
     }
     let _ = phase_tx.send(Phase::Closing);
-    while ctx.live.get() > 0 {
+    while ctx.live.get() > 0 || ctx.accepting.get() > 0 {
         ctx.all_closed.notified().await;
     }
 }
@@ -158,66 +164,123 @@ async fn dispatch(ctx: Rc<IoCtx>, deadline: watch::Sender<Option<tokio::time::In
     }
 }
 
-async fn accept_loop(ctx: Rc<IoCtx>, listener: tokio::net::TcpListener) {
+/// A listening socket handed over by Perl, before the runtime exists.
+pub enum StdListener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+/// The same, registered with the runtime.
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener, String),
+}
+
+impl StdListener {
+    fn into_tokio(self) -> std::io::Result<Listener> {
+        Ok(match self {
+            StdListener::Tcp(l) => Listener::Tcp(tokio::net::TcpListener::from_std(l)?),
+            StdListener::Unix(l) => {
+                let path = l.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.display().to_string())).unwrap_or_default();
+                Listener::Unix(tokio::net::UnixListener::from_std(l)?, path)
+            }
+        })
+    }
+}
+
+impl Listener {
+    /// Accepts one connection and hands it to [`admit`].
+    async fn accept_one(&self, ctx: &Rc<IoCtx>) -> std::io::Result<()> {
+        match self {
+            Listener::Tcp(l) => {
+                let (stream, peer) = l.accept().await?;
+                let _ = stream.set_nodelay(true);
+                let local = stream.local_addr().ok();
+                let server = addr_pair(local);
+                admit(ctx, stream, Some(addr_pair(Some(peer))), (server.0, Some(server.1)));
+            }
+            Listener::Unix(l, path) => {
+                let (stream, _) = l.accept().await?;
+                admit(ctx, stream, None, (path.clone(), None));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Listener {
+    /// Serves the connections already in the kernel's queue, and no others:
+    /// raw non-blocking accept4(2) until EAGAIN, since the reactor may not
+    /// have reported that backlog yet.
+    fn drain_backlog(&self, ctx: &Rc<IoCtx>) {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let fd = match self {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l, _) => l.as_raw_fd(),
+        };
+        loop {
+            // SAFETY: accept4 on our listening fd with null address pointers.
+            let conn = unsafe { libc::accept4(fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) };
+            if conn < 0 {
+                return;
+            }
+            match self {
+                Listener::Tcp(_) => {
+                    // SAFETY: `conn` is a fresh socket owned by nobody else.
+                    let std_stream = unsafe { std::net::TcpStream::from_raw_fd(conn) };
+                    let peer = std_stream.peer_addr().ok();
+                    let local = std_stream.local_addr().ok();
+                    if let Ok(stream) = tokio::net::TcpStream::from_std(std_stream) {
+                        let _ = stream.set_nodelay(true);
+                        let server = addr_pair(local);
+                        admit(ctx, stream, Some(addr_pair(peer)), (server.0, Some(server.1)));
+                    }
+                }
+                Listener::Unix(_, path) => {
+                    // SAFETY: `conn` is a fresh socket owned by nobody else.
+                    let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(conn) };
+                    if let Ok(stream) = tokio::net::UnixStream::from_std(std_stream) {
+                        admit(ctx, stream, None, (path.clone(), None));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn accept_loop(ctx: Rc<IoCtx>, listener: Listener) {
     let mut phase = ctx.phase.clone();
     loop {
         let accepted = tokio::select! {
-            a = listener.accept() => a,
+            a = listener.accept_one(&ctx) => a,
             _ = phase.wait_for(|p| *p != Phase::Running) => break,
         };
-        match accepted {
-            Ok((stream, peer)) => admit(&ctx, stream, peer),
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning on the error.
-                ctx.shared.events.push(Event::Log { level: "warn", message: format!("accept failed: {e}") });
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        if let Err(e) = accepted {
+            // EMFILE and friends: back off instead of spinning on the error.
+            ctx.shared.events.push(Event::Log { level: "warn", message: format!("accept failed: {e}") });
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     // Connections the kernel already completed are served, not reset: a
     // request sent before shutdown began is not lost.
-    while let Some(Ok((stream, peer))) = futures_now(listener.accept()) {
-        admit(&ctx, stream, peer);
-    }
-}
-
-/// Polls a future once; `Some` if it was ready.
-fn futures_now<F: Future>(fut: F) -> Option<F::Output> {
-    let waker = noop_waker();
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    match fut.as_mut().poll(&mut cx) {
-        Poll::Ready(v) => Some(v),
-        Poll::Pending => None,
-    }
-}
-
-fn noop_waker() -> std::task::Waker {
-    use std::task::{RawWaker, RawWakerVTable};
-    fn clone(_: *const ()) -> RawWaker {
-        RawWaker::new(std::ptr::null(), &VTABLE)
-    }
-    fn noop(_: *const ()) {}
-    static VTABLE: RawWakerVTable = RawWakerVTable::new(clone, noop, noop, noop);
-    // SAFETY: every vtable function ignores the (null) data pointer.
-    unsafe { std::task::Waker::from_raw(RawWaker::new(std::ptr::null(), &VTABLE)) }
+    listener.drain_backlog(&ctx);
+    ctx.accepting.set(ctx.accepting.get() - 1);
+    ctx.all_closed.notify_waiters();
 }
 
 /// Serves a new connection, or answers 503 when the process is at capacity.
-fn admit(ctx: &Rc<IoCtx>, stream: tokio::net::TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
+fn admit<S: Transport>(ctx: &Rc<IoCtx>, stream: S, client: Option<(String, u16)>, server: (String, Option<u16>)) {
     if ctx.live.get() >= ctx.shared.config.effective_max_connections() {
         tokio::task::spawn_local(refuse_at_capacity(stream));
         return;
     }
-    let local = stream.local_addr().ok();
-    let conn = Conn::new(ctx.clone(), stream, addr_pair(Some(peer)), addr_pair(local));
+    let conn = Conn::new(ctx.clone(), stream, client, server);
     spawn_conn(ctx.clone(), conn);
 }
 
 /// The 503 of PAGI-SPEC 5.1; the request is read and dropped briefly first so
 /// closing does not turn into a reset that would hide the answer.
-async fn refuse_at_capacity(mut stream: tokio::net::TcpStream) {
+async fn refuse_at_capacity<S: Transport>(mut stream: S) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const BODY: &str = "503 Service Unavailable - Server at capacity\n";
     let answer = format!(
@@ -234,7 +297,7 @@ async fn refuse_at_capacity(mut stream: tokio::net::TcpStream) {
     .await;
 }
 
-fn spawn_conn(ctx: Rc<IoCtx>, conn: Conn) {
+fn spawn_conn<S: Transport>(ctx: Rc<IoCtx>, conn: Conn<S>) {
     ctx.live.set(ctx.live.get() + 1);
     ctx.shared.stats.connections_active.fetch_add(1, Ordering::Relaxed);
     ctx.shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);

@@ -44,6 +44,8 @@ typedef struct {
     pn_str method, path, raw_path, query_string, http_version, scheme;
     pn_str client_host, server_host;
     uint32_t client_port, server_port;
+    int32_t has_client;          /* 0 on Unix-domain sockets: no `client` in scope */
+    int32_t has_server_port;     /* 0 on Unix-domain sockets: server is [path, undef] */
     int32_t path_is_utf8;
     int32_t scope_kind;          /* PN_SCOPE_* */
     int32_t has_body;            /* body holds the complete request body */

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use crate::transport::Transport;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -111,7 +111,7 @@ pub struct Session<'a> {
 
 impl Session<'_> {
     /// Runs the session to its end and reports it to Perl exactly once.
-    pub async fn run(self, stream: &mut TcpStream, leftover: Vec<u8>) {
+    pub async fn run<S: Transport>(self, stream: &mut S, leftover: Vec<u8>) {
         let cfg = &self.ctx.shared.config;
         let config = WebSocketConfig::default()
             .max_message_size(Some(cfg.max_ws_frame_size))
@@ -130,7 +130,7 @@ impl Session<'_> {
     }
 
     /// The message loop; `None` when the app was already told the session ended.
-    async fn serve(self, ws: &mut WebSocketStream<Counted<'_>>, mut keepalive: Keepalive) -> Option<End> {
+    async fn serve<S: Transport>(self, ws: &mut WebSocketStream<Counted<'_, S>>, mut keepalive: Keepalive) -> Option<End> {
         let Session { ctx, id, counters, rx, phase } = self;
         let low = ctx.shared.config.write_low_watermark;
         let mut credit = WINDOW;
@@ -284,12 +284,12 @@ impl Session<'_> {
 }
 
 /// The socket as tungstenite sees it, counting bytes read for `stats`.
-pub struct Counted<'a> {
-    inner: &'a mut TcpStream,
+pub struct Counted<'a, S> {
+    inner: &'a mut S,
     counters: Arc<ConnCounters>,
 }
 
-impl tokio::io::AsyncRead for Counted<'_> {
+impl<S: Transport> tokio::io::AsyncRead for Counted<'_, S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -304,7 +304,7 @@ impl tokio::io::AsyncRead for Counted<'_> {
     }
 }
 
-impl tokio::io::AsyncWrite for Counted<'_> {
+impl<S: Transport> tokio::io::AsyncWrite for Counted<'_, S> {
     fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, data: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
         std::pin::Pin::new(&mut *self.inner).poll_write(cx, data)
     }
