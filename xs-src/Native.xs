@@ -114,7 +114,7 @@ static SV *pn_scope(pTHX_ const pn_request *r) {
     hv_ksplit(hv, 16);
     if (r->scope_kind == PN_SCOPE_WEBSOCKET) {
         (void)hv_stores(hv, "type", newSVpvs("websocket"));
-        (void)hv_stores(hv, "scheme", newSVpvs("ws"));
+        (void)hv_stores(hv, "scheme", r->tls ? newSVpvs("wss") : newSVpvs("ws"));
     } else {
         (void)hv_stores(hv, "type", r->scope_kind == PN_SCOPE_SSE ? newSVpvs("sse") : newSVpvs("http"));
         (void)hv_stores(hv, "method", pn_sv(aTHX_ r->method));
@@ -127,6 +127,22 @@ static SV *pn_scope(pTHX_ const pn_request *r) {
     (void)hv_stores(hv, "query_string", pn_sv(aTHX_ r->query_string));
     (void)hv_stores(hv, "root_path", newSVpvs(""));
     (void)hv_stores(hv, "headers", newRV_noinc((SV *)headers));
+    if (r->tls) {
+        /* The tls extension (PAGI-SPEC 4); PAGI::Server adds its own extensions beside it. */
+        HV *ext = newHV(), *tls = newHV();
+        AV *chain = newAV();
+        size_t c;
+        for (c = 0; c < r->tls->n_client_chain; c++)
+            av_push(chain, pn_sv(aTHX_ r->tls->client_chain[c]));
+        (void)hv_stores(tls, "server_cert", pn_sv(aTHX_ r->tls->server_cert));
+        (void)hv_stores(tls, "client_cert_chain", newRV_noinc((SV *)chain));
+        (void)hv_stores(tls, "client_cert_name", r->tls->client_cert_name.ptr ? pn_sv(aTHX_ r->tls->client_cert_name) : newSV(0));
+        (void)hv_stores(tls, "client_cert_error", newSV(0));
+        (void)hv_stores(tls, "tls_version", newSVuv(r->tls->version));
+        (void)hv_stores(tls, "cipher_suite", newSVuv(r->tls->cipher_suite));
+        (void)hv_stores(ext, "tls", newRV_noinc((SV *)tls));
+        (void)hv_stores(hv, "extensions", newRV_noinc((SV *)ext));
+    }
     if (r->has_client)
         (void)hv_stores(hv, "client", pn_pair(aTHX_ pn_sv(aTHX_ r->client_host), newSVuv(r->client_port)));
     (void)hv_stores(hv, "server", pn_pair(aTHX_ pn_sv(aTHX_ r->server_host),
@@ -220,9 +236,9 @@ _set_option(pn_engine *e, SV *name, SV *value)
     }
 
 void
-_listen_fd(pn_engine *e, int fd)
+_listen_fd(pn_engine *e, int fd, int tls = 0)
   CODE:
-    if (pagi_native_listen_fd(e, fd) != PN_OK)
+    if (pagi_native_listen_fd(e, fd, tls) != PN_OK)
         pn_croak_last(aTHX_ "listen_fd");
 
 void

@@ -34,6 +34,18 @@ pub struct Config {
     pub ws_ping_interval: Duration,
     /// Pong deadline after a server ping; zero waits forever.
     pub ws_ping_timeout: Duration,
+    /// PEM certificate chain for TLS listeners.
+    pub ssl_cert_file: Option<String>,
+    /// PEM private key for TLS listeners.
+    pub ssl_key_file: Option<String>,
+    /// PEM CA certificates that client certificates must chain to.
+    pub ssl_ca_file: Option<String>,
+    /// `none`, `optional` or `require` a client certificate.
+    pub ssl_verify_client: String,
+    /// `TLSv1_2` (default) or `TLSv1_3`.
+    pub ssl_min_version: String,
+    /// Colon-separated rustls suite names; empty = the provider's defaults.
+    pub ssl_cipher_list: Option<String>,
     /// Value of the `server` response header; empty = do not add one.
     pub server_header: String,
 }
@@ -55,6 +67,12 @@ impl Default for Config {
             max_ws_frame_size: 16 * 1024 * 1024,
             ws_ping_interval: Duration::from_secs(20),
             ws_ping_timeout: Duration::from_secs(20),
+            ssl_cert_file: None,
+            ssl_key_file: None,
+            ssl_ca_file: None,
+            ssl_verify_client: "none".into(),
+            ssl_min_version: "TLSv1_2".into(),
+            ssl_cipher_list: None,
             server_header: concat!("PAGI-Server-Native/", env!("CARGO_PKG_VERSION")).to_string(),
         }
     }
@@ -78,6 +96,12 @@ impl Config {
             "max_ws_frame_size" => self.max_ws_frame_size = parse_size(name, value, 16)?,
             "ws_ping_interval" => self.ws_ping_interval = parse_seconds(name, value)?,
             "ws_ping_timeout" => self.ws_ping_timeout = parse_seconds(name, value)?,
+            "ssl_cert_file" => self.ssl_cert_file = Some(value.to_string()),
+            "ssl_key_file" => self.ssl_key_file = Some(value.to_string()),
+            "ssl_ca_file" => self.ssl_ca_file = Some(value.to_string()),
+            "ssl_verify_client" => self.ssl_verify_client = value.to_string(),
+            "ssl_min_version" => self.ssl_min_version = value.to_string(),
+            "ssl_cipher_list" => self.ssl_cipher_list = Some(value.to_string()),
             "server_header" => {
                 if value.bytes().any(|b| b < 0x20 || b == 0x7f) {
                     return Err("server_header: contains control characters".into());

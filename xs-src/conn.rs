@@ -144,12 +144,14 @@ pub struct Conn<S: Transport> {
     client: Option<(String, u16)>,
     /// `(path, None)` on Unix-domain sockets.
     server: (String, Option<u16>),
+    /// Set on TLS connections.
+    tls: Option<Arc<crate::tls::TlsInfo>>,
     /// The request in progress, for the panic guard in `io`.
     pub current: Rc<std::cell::Cell<Id>>,
 }
 
 impl<S: Transport> Conn<S> {
-    pub fn new(ctx: Rc<IoCtx>, stream: S, client: Option<(String, u16)>, server: (String, Option<u16>)) -> Self {
+    pub fn new(ctx: Rc<IoCtx>, stream: S, client: Option<(String, u16)>, server: (String, Option<u16>), tls: Option<Arc<crate::tls::TlsInfo>>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let phase = ctx.phase.clone();
         Conn {
@@ -164,6 +166,7 @@ impl<S: Transport> Conn<S> {
             counters: Arc::new(ConnCounters::default()),
             client,
             server,
+            tls,
             current: Rc::new(std::cell::Cell::new(0)),
         }
     }
@@ -315,7 +318,8 @@ impl<S: Transport> Conn<S> {
             raw_path: head.raw_path,
             query_string: head.query_string,
             http_version: head.http_version,
-            scheme: "http",
+            scheme: if self.tls.is_some() { "https" } else { "http" },
+            tls: self.tls.clone(),
             headers: head.headers,
             client: self.client.clone(),
             server: self.server.clone(),

@@ -103,7 +103,7 @@ impl Engine {
     }
 
     /// Adopts a listening socket: the engine keeps its own close-on-exec dup.
-    pub fn listen_fd(&mut self, fd: RawFd) -> Result<()> {
+    pub fn listen_fd(&mut self, fd: RawFd, tls: bool) -> Result<()> {
         if self.shared.is_some() {
             return Err("listen_fd must be called before start".into());
         }
@@ -128,6 +128,9 @@ impl Engine {
             libc::getsockname(dup, &mut addr as *mut _ as *mut libc::sockaddr, &mut len);
             addr.ss_family as libc::c_int
         };
+        if tls && family == libc::AF_UNIX {
+            return Err(format!("fd {fd}: TLS is for TCP listeners, not Unix-domain sockets"));
+        }
         let listener = if family == libc::AF_UNIX {
             // SAFETY: `dup` is a fresh fd owned by nobody else.
             let l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(dup) };
@@ -137,7 +140,7 @@ impl Engine {
             // SAFETY: `dup` is a fresh fd owned by nobody else.
             let l = unsafe { std::net::TcpListener::from_raw_fd(dup) };
             l.set_nonblocking(true).map_err(|e| format!("cannot make fd {fd} non-blocking: {e}"))?;
-            io::StdListener::Tcp(l)
+            io::StdListener::Tcp(l, tls)
         };
         self.listeners.push(listener);
         Ok(())
@@ -149,6 +152,8 @@ impl Engine {
             return Err("engine already started".into());
         }
         self.config.validate()?;
+        let wants_tls = self.listeners.iter().any(|l| matches!(l, io::StdListener::Tcp(_, true)));
+        let tls = if wants_tls { Some(crate::tls::build(&self.config)?) } else { None };
         let shared = Arc::new(Shared {
             config: self.config.clone(),
             events: EventQueue::new().map_err(|e| format!("eventfd: {e}"))?,
@@ -157,6 +162,7 @@ impl Engine {
             next_id: AtomicU64::new(1),
             stats: Stats::default(),
             test_panic: self.test_panic.clone(),
+            tls,
         });
         let listeners = std::mem::take(&mut self.listeners);
         let thread_shared = shared.clone();

@@ -71,6 +71,18 @@ pub struct PnRequest {
     pub body: PnStr,
     pub headers: *const PnHeader,
     pub n_headers: usize,
+    pub tls: *const PnTls,
+}
+
+/// `pn_tls`.
+#[repr(C)]
+pub struct PnTls {
+    pub version: u32,
+    pub cipher_suite: u32,
+    pub server_cert: PnStr,
+    pub client_cert_name: PnStr,
+    pub client_chain: *const PnStr,
+    pub n_client_chain: usize,
 }
 
 /// `pn_event`.
@@ -100,6 +112,8 @@ pub struct Handle {
     events: Vec<PnEvent>,
     requests: Vec<PnRequest>,
     headers: Vec<PnHeader>,
+    tls: Vec<PnTls>,
+    chains: Vec<PnStr>,
 }
 
 thread_local! {
@@ -160,6 +174,8 @@ pub extern "C" fn pagi_native_new() -> *mut Handle {
             events: Vec::new(),
             requests: Vec::new(),
             headers: Vec::new(),
+            tls: Vec::new(),
+            chains: Vec::new(),
         }))
     });
     made.unwrap_or(ptr::null_mut())
@@ -199,8 +215,8 @@ pub unsafe extern "C" fn pagi_native_set_option(e: *mut Handle, name: *const c_c
 /// # Safety
 /// `e` from `pagi_native_new`.
 #[no_mangle]
-pub unsafe extern "C" fn pagi_native_listen_fd(e: *mut Handle, fd: c_int) -> c_int {
-    guard("listen_fd", || handle(e)?.engine.listen_fd(fd).map(|_| PN_OK))
+pub unsafe extern "C" fn pagi_native_listen_fd(e: *mut Handle, fd: c_int, tls: c_int) -> c_int {
+    guard("listen_fd", || handle(e)?.engine.listen_fd(fd, tls != 0).map(|_| PN_OK))
 }
 
 /// # Safety
@@ -242,19 +258,47 @@ impl Handle {
         self.events.clear();
         self.requests.clear();
         self.headers.clear();
+        self.tls.clear();
+        self.chains.clear();
         let batch = &self.engine.batch;
         for ev in batch {
             if let Event::Request(r) = ev {
                 self.headers.extend(r.headers.iter().map(|(n, v)| PnHeader { name: PnStr::of(n), value: PnStr::of(v) }));
+                if let Some(t) = &r.tls {
+                    self.chains.extend(t.client_chain.iter().map(|c| PnStr::of(c.as_bytes())));
+                }
             }
         }
-        let mut header_at = 0;
+        let mut chain_at = 0;
+        for ev in batch {
+            if let Event::Request(r) = ev {
+                if let Some(t) = &r.tls {
+                    let n = t.client_chain.len();
+                    self.tls.push(PnTls {
+                        version: t.version as u32,
+                        cipher_suite: t.cipher_suite as u32,
+                        server_cert: PnStr::of(t.server_cert.as_bytes()),
+                        client_cert_name: t.client_name.as_deref().map_or(PnStr::EMPTY, |n| PnStr::of(n.as_bytes())),
+                        client_chain: if n == 0 { ptr::null() } else { self.chains[chain_at..].as_ptr() },
+                        n_client_chain: n,
+                    });
+                    chain_at += n;
+                }
+            }
+        }
+        let (mut header_at, mut tls_at) = (0, 0);
         for ev in batch {
             if let Event::Request(r) = ev {
                 let n = r.headers.len();
                 let hp = if n == 0 { ptr::null() } else { self.headers[header_at..].as_ptr() };
                 header_at += n;
-                self.requests.push(request_record(r, hp, n));
+                let tp = if r.tls.is_some() {
+                    tls_at += 1;
+                    &self.tls[tls_at - 1] as *const PnTls
+                } else {
+                    ptr::null()
+                };
+                self.requests.push(request_record(r, hp, n, tp));
             }
         }
         let mut request_at = 0;
@@ -318,7 +362,7 @@ impl Handle {
     }
 }
 
-fn request_record(r: &RequestEvent, headers: *const PnHeader, n_headers: usize) -> PnRequest {
+fn request_record(r: &RequestEvent, headers: *const PnHeader, n_headers: usize, tls: *const PnTls) -> PnRequest {
     PnRequest {
         method: PnStr::of(&r.method),
         path: PnStr::of(&r.path),
@@ -338,6 +382,7 @@ fn request_record(r: &RequestEvent, headers: *const PnHeader, n_headers: usize) 
         body: r.body.as_deref().map_or(PnStr::EMPTY, PnStr::of),
         headers,
         n_headers,
+        tls,
     }
 }
 

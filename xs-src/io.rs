@@ -40,6 +40,8 @@ pub struct Shared {
     pub stats: Stats,
     /// Test-only switch (`PAGI_NATIVE_TEST_PANIC`), read once at `new`.
     pub test_panic: Option<String>,
+    /// TLS configuration, built at `start` when a listener asked for TLS.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 /// Where the engine is in its life.
@@ -166,20 +168,21 @@ async fn dispatch(ctx: Rc<IoCtx>, deadline: watch::Sender<Option<tokio::time::In
 
 /// A listening socket handed over by Perl, before the runtime exists.
 pub enum StdListener {
-    Tcp(std::net::TcpListener),
+    /// A TCP listener; `true` when its connections speak TLS.
+    Tcp(std::net::TcpListener, bool),
     Unix(std::os::unix::net::UnixListener),
 }
 
 /// The same, registered with the runtime.
 enum Listener {
-    Tcp(tokio::net::TcpListener),
+    Tcp(tokio::net::TcpListener, bool),
     Unix(tokio::net::UnixListener, String),
 }
 
 impl StdListener {
     fn into_tokio(self) -> std::io::Result<Listener> {
         Ok(match self {
-            StdListener::Tcp(l) => Listener::Tcp(tokio::net::TcpListener::from_std(l)?),
+            StdListener::Tcp(l, tls) => Listener::Tcp(tokio::net::TcpListener::from_std(l)?, tls),
             StdListener::Unix(l) => {
                 let path = l.local_addr().ok().and_then(|a| a.as_pathname().map(|p| p.display().to_string())).unwrap_or_default();
                 Listener::Unix(tokio::net::UnixListener::from_std(l)?, path)
@@ -192,16 +195,13 @@ impl Listener {
     /// Accepts one connection and hands it to [`admit`].
     async fn accept_one(&self, ctx: &Rc<IoCtx>) -> std::io::Result<()> {
         match self {
-            Listener::Tcp(l) => {
-                let (stream, peer) = l.accept().await?;
-                let _ = stream.set_nodelay(true);
-                let local = stream.local_addr().ok();
-                let server = addr_pair(local);
-                admit(ctx, stream, Some(addr_pair(Some(peer))), (server.0, Some(server.1)));
+            Listener::Tcp(l, tls) => {
+                let (stream, _) = l.accept().await?;
+                admit_tcp(ctx, stream, *tls);
             }
             Listener::Unix(l, path) => {
                 let (stream, _) = l.accept().await?;
-                admit(ctx, stream, None, (path.clone(), None));
+                admit(ctx, stream, None, (path.clone(), None), None);
             }
         }
         Ok(())
@@ -215,7 +215,7 @@ impl Listener {
     fn drain_backlog(&self, ctx: &Rc<IoCtx>) {
         use std::os::fd::{AsRawFd, FromRawFd};
         let fd = match self {
-            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Tcp(l, _) => l.as_raw_fd(),
             Listener::Unix(l, _) => l.as_raw_fd(),
         };
         loop {
@@ -225,22 +225,18 @@ impl Listener {
                 return;
             }
             match self {
-                Listener::Tcp(_) => {
+                Listener::Tcp(_, tls) => {
                     // SAFETY: `conn` is a fresh socket owned by nobody else.
                     let std_stream = unsafe { std::net::TcpStream::from_raw_fd(conn) };
-                    let peer = std_stream.peer_addr().ok();
-                    let local = std_stream.local_addr().ok();
                     if let Ok(stream) = tokio::net::TcpStream::from_std(std_stream) {
-                        let _ = stream.set_nodelay(true);
-                        let server = addr_pair(local);
-                        admit(ctx, stream, Some(addr_pair(peer)), (server.0, Some(server.1)));
+                        admit_tcp(ctx, stream, *tls);
                     }
                 }
                 Listener::Unix(_, path) => {
                     // SAFETY: `conn` is a fresh socket owned by nobody else.
                     let std_stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(conn) };
                     if let Ok(stream) = tokio::net::UnixStream::from_std(std_stream) {
-                        admit(ctx, stream, None, (path.clone(), None));
+                        admit(ctx, stream, None, (path.clone(), None), None);
                     }
                 }
             }
@@ -268,13 +264,47 @@ async fn accept_loop(ctx: Rc<IoCtx>, listener: Listener) {
     ctx.all_closed.notify_waiters();
 }
 
+/// A TCP connection: served as is, or after a TLS handshake bounded by
+/// `header_timeout` (a client that never finishes it is dropped).
+fn admit_tcp(ctx: &Rc<IoCtx>, stream: tokio::net::TcpStream, tls: bool) {
+    let _ = stream.set_nodelay(true);
+    let client = stream.peer_addr().ok().map(|a| addr_pair(Some(a)));
+    let local = addr_pair(stream.local_addr().ok());
+    let server = (local.0, Some(local.1));
+    let Some(settings) = ctx.shared.tls.as_ref().filter(|_| tls) else {
+        admit(ctx, stream, client, server, None);
+        return;
+    };
+    if ctx.live.get() >= ctx.shared.config.effective_max_connections() {
+        return; // a plain-text 503 would be garbage inside TLS: just close
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(settings.config.clone());
+    let server_cert = settings.server_cert_pem.clone();
+    let ctx = ctx.clone();
+    let limit = ctx.shared.config.header_timeout;
+    tokio::task::spawn_local(async move {
+        let handshake = acceptor.accept(stream);
+        let done = if limit.is_zero() { Ok(handshake.await) } else { tokio::time::timeout(limit, handshake).await };
+        if let Ok(Ok(tls_stream)) = done {
+            let info = crate::tls::info(tls_stream.get_ref().1, &server_cert);
+            admit(&ctx, tls_stream, client, server, Some(Arc::new(info)));
+        }
+    });
+}
+
 /// Serves a new connection, or answers 503 when the process is at capacity.
-fn admit<S: Transport>(ctx: &Rc<IoCtx>, stream: S, client: Option<(String, u16)>, server: (String, Option<u16>)) {
+fn admit<S: Transport>(
+    ctx: &Rc<IoCtx>,
+    stream: S,
+    client: Option<(String, u16)>,
+    server: (String, Option<u16>),
+    tls: Option<Arc<crate::tls::TlsInfo>>,
+) {
     if ctx.live.get() >= ctx.shared.config.effective_max_connections() {
         tokio::task::spawn_local(refuse_at_capacity(stream));
         return;
     }
-    let conn = Conn::new(ctx.clone(), stream, client, server);
+    let conn = Conn::new(ctx.clone(), stream, client, server, tls);
     spawn_conn(ctx.clone(), conn);
 }
 

@@ -17,6 +17,7 @@
 //! - [`response`]: response-head encoding and body framing.
 //! - [`event`]: the messages that cross the seam in both directions.
 //! - [`queue`]: the event queue with its coalesced eventfd wake.
+//! - [`tls`]: rustls server configuration and the `tls` scope extension.
 //! - [`transport`]: the streams connections run over (TCP, Unix, TLS).
 //! - [`sse`]: Server-Sent Events framing.
 //! - [`ws`]: WebSocket sessions after the handshake (tungstenite).
@@ -33,5 +34,6 @@ pub mod io;
 pub mod queue;
 pub mod response;
 pub mod sse;
+pub mod tls;
 pub mod transport;
 pub mod ws;

@@ -41,6 +41,15 @@ typedef struct { pn_str name; pn_str value; } pn_header;
 #define PN_SCOPE_SSE       2
 
 typedef struct {
+    uint32_t version;            /* 0x0303 TLS 1.2, 0x0304 TLS 1.3 */
+    uint32_t cipher_suite;       /* IANA id */
+    pn_str server_cert;          /* PEM */
+    pn_str client_cert_name;     /* RFC 4514; ptr NULL when none */
+    const pn_str *client_chain;  /* PEM, leaf first */
+    size_t n_client_chain;
+} pn_tls;
+
+typedef struct {
     pn_str method, path, raw_path, query_string, http_version, scheme;
     pn_str client_host, server_host;
     uint32_t client_port, server_port;
@@ -52,6 +61,7 @@ typedef struct {
     pn_str body;
     const pn_header *headers;
     size_t n_headers;
+    const pn_tls *tls;           /* NULL on cleartext connections */
 } pn_request;
 
 typedef struct {
@@ -71,7 +81,7 @@ typedef struct {
 pn_engine *pagi_native_new(void);
 void pagi_native_free(pn_engine *e);
 int pagi_native_set_option(pn_engine *e, const char *name, size_t name_len, const char *value, size_t value_len);
-int pagi_native_listen_fd(pn_engine *e, int fd);
+int pagi_native_listen_fd(pn_engine *e, int fd, int tls);
 int pagi_native_start(pn_engine *e);
 int pagi_native_fd(pn_engine *e, int *fd);
 int pagi_native_drain(pn_engine *e, size_t max, const pn_event **events, size_t *count);

@@ -194,7 +194,9 @@ sub _dispatch_request {
     my ($self, $ev) = @_;
     my (undef, $id, $scope, $body) = @$ev;
     $scope->{state}      = { %{ $self->{state} } };
-    $scope->{extensions} = { %{ $self->{extensions} } };
+    # The engine puts the tls extension in place on TLS connections.
+    my $engine_ext = $scope->{extensions};
+    $scope->{extensions} = $engine_ext ? { %{ $self->{extensions} }, %$engine_ext } : { %{ $self->{extensions} } };
     my $req;
     if ($scope->{type} eq 'http') {
         $req = PAGI::Server::HTTP->new($self, $id, $scope, $body);

@@ -71,11 +71,12 @@ sub http_file {
 }
 
 sub listen_fd {
-    my ($self, $socket) = @_;
+    my ($self, $socket, %opts) = @_;
     my $fd = ref $socket ? fileno($socket) : $socket;
     Carp::croak("PAGI::Server::Native::listen_fd: not a file descriptor or handle")
         unless defined $fd && $fd =~ /\A\d+\z/;
-    $self->_listen_fd($fd);
+    for (keys %opts) { Carp::croak("PAGI::Server::Native::listen_fd: unknown option '$_'") unless $_ eq 'tls' }
+    $self->_listen_fd($fd, $opts{tls} ? 1 : 0);
     return $self;
 }
 
@@ -170,6 +171,8 @@ made before C<fork>. Options (unknown ones croak):
 
 =item max_ws_frame_size (16 MiB: largest WebSocket message; bigger closes with 1009)
 
+=item ssl_cert_file, ssl_key_file (PEM), ssl_ca_file, ssl_verify_client (none, optional, require), ssl_min_version (TLSv1_2, TLSv1_3), ssl_cipher_list (colon-separated rustls suite names such as TLS13_AES_128_GCM_SHA256)
+
 =item ws_ping_interval (20 s; 0 = off), ws_ping_timeout (20 s; 0 = wait forever)
 
 =back
@@ -177,10 +180,18 @@ made before C<fork>. Options (unknown ones croak):
 =head2 listen_fd
 
     $engine->listen_fd($socket_or_fd);
+    $engine->listen_fd($socket_or_fd, tls => 1);
 
-Adopts a bound, listening TCP socket. The engine keeps its own
-close-on-exec duplicate, so the caller may close its handle. Before
-L</start> only.
+Adopts a bound, listening TCP or Unix-domain socket (the engine tells them
+apart). The engine keeps its own close-on-exec duplicate, so the caller may
+close its handle. Before L</start> only. With C<< tls => 1 >> a TCP
+listener speaks TLS (rustls with the ring provider), configured by the
+C<ssl_*> options; L</start> croaks naming the file when a certificate or
+key cannot be read. Connections on Unix sockets have no C<client> in their
+scope and C<server> is C<[path, undef]>; TLS connections have scheme
+C<https>/C<wss> and C<< $scope->{extensions}{tls} >> (PAGI-SPEC 4;
+C<client_cert_error> is always undef: a client certificate that fails
+verification fails the handshake).
 
 =head2 start
 
