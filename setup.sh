@@ -50,7 +50,8 @@ perl_modules_ok() {
 if command -v apt-get >/dev/null 2>&1; then
     # Test::More is core perl, so no libtest-simple-perl here.
     want=(build-essential curl libio-async-perl libio-async-loop-epoll-perl
-          libfuture-perl libfuture-asyncawait-perl libnet-async-http-perl)
+          libfuture-perl libfuture-asyncawait-perl libnet-async-http-perl
+          openssl libio-socket-ssl-perl)
     [ "$bench" = 1 ] && want+=(starman wrk libplack-perl libmojolicious-perl)
     [ "$browser" = 1 ] && want+=(chromium)
 
