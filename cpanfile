@@ -24,4 +24,6 @@ on configure => sub {
 on test => sub {
     requires 'Test::More', '0.98';
     requires 'Net::Async::HTTP', '0.44';
+    # TLS tests; they skip without it outside CI.
+    recommends 'IO::Socket::SSL';
 };

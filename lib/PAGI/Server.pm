@@ -16,6 +16,7 @@ use Socket qw(SOMAXCONN);
 use Time::HiRes ();
 
 use PAGI::Server::Config;
+use PAGI::Server::Listen;
 use PAGI::Server::HTTP;
 use PAGI::Server::WebSocket;
 use PAGI::Server::SSE;
@@ -29,7 +30,15 @@ sub new {
     my ($class, %args) = @_;
     my $config = PAGI::Server::Config->new(%args);
     my $self = $class->SUPER::new;
+    # Prefork workers build their own server from the same arguments.
+    $self->{args}     = {%args};
     $self->{config}   = $config;
+    $self->{app}      = $config->{app};
+    if ($config->{proxy_headers}) {
+        require PAGI::Server::ProxyHeaders;
+        $self->{app} = PAGI::Server::ProxyHeaders->wrap($config->{app}, $config->{forwarded_allow_ips});
+    }
+    $self->{root_path} = $config->{root_path} if length $config->{root_path};
     $self->{state}    = {};
     $self->{requests} = {};
     $self->{running}  = 0;
@@ -45,7 +54,27 @@ sub new {
         $self->{log_format}  = PAGI::Server::AccessLog->compile($config->{access_log_format});
         $self->{log_pending} = '';
     }
+    $self->_check_tls;
     return $self;
+}
+
+# The engine parses certificates and keys when its options are set, before
+# any thread starts: a throw-away engine reports a bad file now, from new,
+# rather than at listen after lifespan startup.
+sub _check_tls {
+    my ($self) = @_;
+    my $config = $self->{config};
+    if ($config->{ssl} && $config->{disable_tls}) {
+        warn "PAGI::Server: disable_tls is set: the ssl option is ignored, serving plain HTTP\n"
+            unless $config->{quiet};
+        return;
+    }
+    return unless $config->tls;
+    my $ok = eval { PAGI::Server::Native->new($config->engine_options); 1 };
+    return if $ok;
+    (my $error = $@) =~ s/ at \S+ line \d+\.?\n\z//;
+    $error =~ s/\APAGI::Server::Native::new: //;
+    Carp::croak("PAGI::Server: option 'ssl': $error");
 }
 
 # IO::Async::Notifier calls configure from its constructor; our options were
@@ -61,7 +90,8 @@ sub _log {
     my $min = $self->{config}{quiet} ? 2 : $rank{ $self->{config}{log_level} };
     return if $rank{$level} < $min;
     chomp $message;
-    print STDERR "[pagi-server] $level: $message\n";
+    my $who = $self->{worker_num} ? "pagi-server worker $self->{worker_num}" : 'pagi-server';
+    print STDERR "[$who] $level: $message\n";
 }
 
 sub listen {
@@ -70,11 +100,18 @@ sub listen {
     return $self->{listen_f} if $self->{listen_f};
     my $config = $self->{config};
 
-    my $ok = eval { $self->_bind; 1 };
+    if ($config->{workers} && !$self->{worker_num}) {
+        require PAGI::Server::Workers;
+        $self->{master} = PAGI::Server::Workers->new(server => $self, loop => $loop);
+        return $self->{listen_f} = $self->{master}->start;
+    }
+
+    my $ok = eval { $self->bind_listeners; 1 };
     return $self->{listen_f} = Future->fail($@ =~ s/ at \S+ line \d+\.?\n\z/\n/r) unless $ok;
 
     $self->{lifespan} = PAGI::Server::Lifespan->new(
-        app              => $config->{app},
+        worker_num       => $self->{worker_num},
+        app              => $self->{app},
         loop             => $loop,
         state            => $self->{state},
         mode             => $config->{lifespan_mode},
@@ -93,25 +130,46 @@ sub listen {
     });
 }
 
-sub _bind {
+=for comment
+bind_listeners is public (POD below): pagi-server binds before daemonizing
+and dropping privileges, so a busy port is reported on the terminal.
+
+=cut
+
+sub bind_listeners {
     my ($self) = @_;
+    return $self if $self->{listeners};
     my $config = $self->{config};
-    my ($host, $port) = @$config{qw(host port)};
-    my $socket = IO::Socket::IP->new(
-        LocalHost => $host,
-        LocalPort => $port,
-        Listen    => $config->{listener_backlog} || SOMAXCONN,
-        ReuseAddr => 1,
-        Proto     => 'tcp',
-    ) or die "Cannot listen on $host:$port: " . ($@ || $!) . "\n";
-    $self->{listeners} = [$socket];
-    $self->{port} = $socket->sockport;
+    my @wanted = PAGI::Server::Listen->requested($config);
+    # A prefork master under reuseport leaves TCP to the workers: each binds
+    # its own SO_REUSEPORT socket and the kernel spreads connections.
+    my $defer = $config->{reuseport} && $config->{workers} && !$self->{worker_num};
+    my ($listeners, $deferred) = PAGI::Server::Listen->open_all(\@wanted,
+        backlog   => $config->{listener_backlog},
+        reuseport => $config->{reuseport},
+        defer_tcp => $defer,
+    );
+    die "No listening socket: nothing to listen on\n" unless @$listeners || @$deferred;
+    $self->{listeners} = $listeners;
+    $self->{reuseport_specs} = $deferred;
+    $self->_note_port;
+    return $self;
+}
+
+sub _note_port {
+    my ($self) = @_;
+    my ($tcp) = grep { $_->{type} eq 'tcp' } (map { $_->{spec} } @{ $self->{listeners} }), @{ $self->{reuseport_specs} || [] };
+    $self->{port} = $tcp->{port} if $tcp;
 }
 
 sub _start_engine {
     my ($self) = @_;
     my $engine = $self->{engine} = PAGI::Server::Native->new($self->{config}->engine_options);
-    $engine->listen_fd($_) for @{ $self->{listeners} };
+    my $tls = $self->{config}->tls;
+    for my $l (@{ $self->{listeners} }) {
+        # All TCP listeners are TLS when ssl is set; Unix sockets stay plain.
+        $engine->listen_fd($l->{handle}, ($tls && $l->{spec}{type} eq 'tcp') ? (tls => 1) : ());
+    }
     $engine->start;
     open my $wake, '<&', $engine->fd or die "Cannot dup the engine notifier: $!\n";
     weaken(my $weak = $self);
@@ -121,9 +179,25 @@ sub _start_engine {
     );
     $self->add_child($self->{wake});
     $self->{running} = 1;
-    my $where = $self->{listeners}[0]->sockhost;
-    $where = "[$where]" if $where =~ /:/;
-    $self->_log(info => "listening on http://$where:$self->{port}/");
+    if ($self->{worker_num}) {
+        $self->_log(info => "worker $self->{worker_num} ready (pid $$)");
+    }
+    else {
+        $self->_banner;
+    }
+}
+
+# Startup banner: what runs, and every address it answers on.
+sub _banner {
+    my ($self) = @_;
+    my $config = $self->{config};
+    my $tls = $config->tls ? 1 : 0;
+    my $mode = $config->{workers} ? "$config->{workers} worker" . ($config->{workers} == 1 ? '' : 's') : 'single process';
+    $self->_log(info => sprintf 'PAGI-Server-Native %s (engine %s, perl %s), pid %d, %s, TLS %s',
+        $VERSION, $PAGI::Server::Native::VERSION, sprintf('%vd', $^V), $$, $mode, $tls ? 'on' : 'off');
+    for my $spec (@{ $self->listeners }) {
+        $self->_log(info => 'listening on ' . PAGI::Server::Listen->describe($spec, $tls && $spec->{type} eq 'tcp'));
+    }
 }
 
 # The hot path: one drain per wake, events dispatched, commands flushed once.
@@ -193,6 +267,10 @@ sub _on_wake {
 sub _dispatch_request {
     my ($self, $ev) = @_;
     my (undef, $id, $scope, $body) = @$ev;
+    # max_requests in a prefork worker: this request is served, then the
+    # worker drains and exits so the master starts a fresh one.
+    $self->_recycle if defined $self->{requests_left} && --$self->{requests_left} == 0;
+    $scope->{root_path}  = $self->{root_path} if defined $self->{root_path};
     $scope->{state}      = { %{ $self->{state} } };
     # The engine puts the tls extension in place on TLS connections.
     my $engine_ext = $scope->{extensions};
@@ -212,7 +290,7 @@ sub _dispatch_request {
     }
     $req->{t0} = Time::HiRes::time() if $self->{access_log};
     $self->{requests}{$id} = $req;
-    my $f = eval { $self->{config}{app}->($scope, sub { $req->receive }, sub { $req->send(@_) }) };
+    my $f = eval { $self->{app}->($scope, sub { $req->receive }, sub { $req->send(@_) }) };
     if (!defined $f && $@) {
         $f = Future->fail($@);
     }
@@ -226,6 +304,14 @@ sub _dispatch_request {
         $req->{app_f} = $f;
         $f->on_ready(sub { delete $req->{app_f}; $req->app_finished($_[0]) });
     }
+}
+
+sub _recycle {
+    my ($self) = @_;
+    $self->_log(info => "served max_requests ($self->{config}{max_requests}); recycling worker (pid $$)");
+    weaken(my $weak = $self);
+    # Later, so the request that reached the limit is dispatched first.
+    $self->loop->later(sub { $weak->shutdown if $weak });
 }
 
 # Commands queued outside a drain (timers, other I/O) are flushed on the next tick.
@@ -274,6 +360,7 @@ sub _write_access_log {
 sub shutdown {
     my ($self) = @_;
     return $self->{shutdown_f} if $self->{shutdown_f};
+    return $self->{shutdown_f} = $self->{master}->shutdown if $self->{master};
     my $loop = $self->loop or return Future->done;
     $self->{running} = 0;
     my $engine_stopped = $self->{engine_stopped_f} //= $loop->new_future;
@@ -314,28 +401,18 @@ sub _engine_stopped {
 
 sub _close_listeners {
     my ($self) = @_;
-    close $_ for @{ delete $self->{listeners} // [] };
+    PAGI::Server::Listen->close_all(delete $self->{listeners});
+    close $_->{reserved} for grep { $_->{reserved} } @{ delete $self->{reuseport_specs} || [] };
 }
 
 sub run {
     my ($self) = @_;
     my $loop = $self->loop;
     unless ($loop) {
-        require IO::Async::Loop;
-        my $type = $self->{config}{loop_type};
-        if (defined $type) {
-            my $class = $type =~ /::/ ? $type : "IO::Async::Loop::$type";
-            (my $file = "$class.pm") =~ s{::}{/}g;
-            require $file;
-            $loop = $class->new;
-            # Apps reach the loop with IO::Async::Loop->new; make that return this one.
-            { no warnings "once"; $IO::Async::Loop::ONE_TRUE_LOOP ||= $loop; }
-        }
-        else {
-            $loop = IO::Async::Loop->new;
-        }
+        $loop = $self->_new_loop;
         $loop->add($self);
     }
+    return $self->_run_master($loop) if $self->{config}{workers};
     # Signals are handled from the start: a TERM during lifespan startup lets
     # startup finish (requests already sent are served), then shuts down.
     my $stop = sub {
@@ -344,12 +421,15 @@ sub run {
         if ($self->{engine}) { $self->shutdown }
         else                 { $self->{stop_after_listen} = 1 }
     };
-    my %ids = (
-        TERM => $loop->attach_signal(TERM => sub { $stop->('TERM') }),
-        INT  => $loop->attach_signal(INT  => sub { $stop->('INT') }),
-        HUP  => $loop->attach_signal(HUP  => sub { $self->_log(info => 'SIGHUP ignored in single-process mode') }),
+    my %handlers = (
+        (map { my $sig = $_; ($sig => sub { $stop->($sig) }) } qw(TERM INT QUIT)),
+        HUP  => sub { $self->_log(info => 'SIGHUP ignored in single-process mode (restart needs workers)') },
+        USR2 => sub { $self->_log(warn => 'SIGUSR2 ignored: hot restart needs workers') },
+        # Their default action would stop the process.
+        TTIN => sub { $self->_log(info => 'SIGTTIN ignored in single-process mode') },
+        TTOU => sub { $self->_log(info => 'SIGTTOU ignored in single-process mode') },
     );
-    my $detach = sub { $loop->detach_signal($_, $ids{$_}) for keys %ids };
+    my $detach = $self->_attach_signals($loop, \%handlers);
     unless (eval { $self->listen->get; 1 }) {
         my $error = $@;
         $detach->();
@@ -363,9 +443,63 @@ sub run {
     return $self->{fatal} ? 1 : 0;
 }
 
-sub port { $_[0]{port} // $_[0]{config}{port} }
+# The prefork master: no engine, no lifespan; it binds, forks, watches.
+sub _run_master {
+    my ($self, $loop) = @_;
+    my %handlers = (
+        (map { my $sig = $_; ($sig => sub {
+            $self->_log(info => "received SIG$sig, shutting down");
+            $self->shutdown;
+        }) } qw(TERM INT QUIT)),
+        HUP  => sub { $self->{master}->restart if $self->{master} },
+        TTIN => sub { $self->{master}->add_worker if $self->{master} },
+        TTOU => sub { $self->{master}->remove_worker if $self->{master} },
+        USR2 => sub { $self->{master}->hot_restart if $self->{master} },
+    );
+    my $detach = $self->_attach_signals($loop, \%handlers);
+    unless (eval { $self->listen->get; 1 }) {
+        my $error = $@;
+        $detach->();
+        die $error;
+    }
+    $self->{run_loop} = $loop;
+    $loop->run unless $self->{master}->finished;
+    delete $self->{run_loop};
+    $detach->();
+    return $self->{master}->exit_code;
+}
 
-sub is_running { $_[0]{running} ? 1 : 0 }
+sub _attach_signals {
+    my ($self, $loop, $handlers) = @_;
+    my %ids = map { ($_ => $loop->attach_signal($_ => $handlers->{$_})) } keys %$handlers;
+    return sub { $loop->detach_signal($_, $ids{$_}) for keys %ids };
+}
+
+# A loop of the configured class; apps calling IO::Async::Loop->new get it.
+sub _new_loop {
+    my ($self) = @_;
+    require IO::Async::Loop;
+    my $type = $self->{config}{loop_type};
+    return IO::Async::Loop->new unless defined $type;
+    my $class = $type =~ /::/ ? $type : "IO::Async::Loop::$type";
+    (my $file = "$class.pm") =~ s{::}{/}g;
+    require $file;
+    my $loop = $class->new;
+    { no warnings 'once'; $IO::Async::Loop::ONE_TRUE_LOOP ||= $loop; }
+    return $loop;
+}
+
+sub port {
+    my ($self) = @_;
+    return $self->{port} if defined $self->{port};
+    my ($tcp) = grep { $_->{type} eq 'tcp' } PAGI::Server::Listen->requested($self->{config});
+    return $tcp ? $tcp->{port} : undef;
+}
+
+sub is_running {
+    my ($self) = @_;
+    return $self->{master} ? ($self->{master}->running ? 1 : 0) : ($self->{running} ? 1 : 0);
+}
 
 sub connection_count {
     my ($self) = @_;
@@ -377,10 +511,24 @@ sub effective_max_connections { $_[0]{config}{max_connections} || 1000 }
 
 sub listeners {
     my ($self) = @_;
-    return [ { type => 'tcp', host => $self->{config}{host}, port => $self->port } ];
+    if ($self->{listeners}) {
+        return [
+            (map { +{ %{ $_->{spec} } } } @{ $self->{listeners} }),
+            (map { +{ type => 'tcp', host => $_->{host}, port => $_->{port} } } @{ $self->{reuseport_specs} || [] }),
+        ];
+    }
+    return [ map {
+        my %s = %$_;
+        delete @s{qw(explicit mode)};
+        $s{type} eq 'unix' ? { type => 'unix', path => $s{path} } : \%s;
+    } PAGI::Server::Listen->requested($self->{config}) ];
 }
 
-sub socket_path { undef }
+sub socket_path {
+    my ($self) = @_;
+    my ($unix) = grep { $_->{type} eq 'unix' } @{ $self->listeners };
+    return $unix ? $unix->{path} : undef;
+}
 
 sub engine { $_[0]{engine} }
 

@@ -5,6 +5,7 @@ use warnings;
 our $VERSION = '0.01';
 
 use Carp ();
+use PAGI::Server::Listen ();
 
 # Every option of PAGI::Server (PAGI-SPEC 7.1) with its default. `engine`
 # marks options handed to the Rust engine under the same name; `todo` marks
@@ -52,18 +53,29 @@ my %OPTIONS = (
     lifespan_startup_timeout => { default => 30, check => \&_seconds },
     extensions               => { default => {}, check => \&_extensions },
 
+    # Where to listen (PAGI::Server::Listen); exclusivity is checked in new.
+    socket                   => { default => undef, check => sub { ref $_[0] || $_[0] eq '' ? 'must be a path' : undef } },
+    socket_mode              => { default => undef, check => sub { PAGI::Server::Listen->check_mode($_[0]) } },
+    listen                   => { default => undef, check => sub { PAGI::Server::Listen->check_listen($_[0]) } },
+    fd                       => { default => undef, check => \&_non_negative },
+    reuseport                => { default => 0 },
+    ssl                      => { default => undef, check => \&_ssl },
+    disable_tls              => { default => 0 },
+    # Prefork (PAGI::Server::Workers).
+    workers                  => { default => 0, check => \&_non_negative },
+    max_requests             => { default => 0, check => \&_non_negative },
+    heartbeat_timeout        => { default => 50, check => \&_seconds },
+    # Scope rewriting in front of the app.
+    proxy_headers            => { default => 0 },
+    forwarded_allow_ips      => { default => '127.0.0.1,::1', check => sub {
+        require PAGI::Server::ProxyHeaders;
+        PAGI::Server::ProxyHeaders->check_trusted($_[0]);
+    } },
+    root_path                => { default => '', check => sub { ref $_[0] ? 'must be a string' : $_[0] =~ m{\A(?:/.*[^/])?\z}s ? undef : "must be empty or start with '/' and not end with '/'" } },
+
     # Known, not built yet.
-    socket                     => { todo => 1 },
-    socket_mode                => { todo => 1 },
-    listen                     => { todo => 1 },
-    ssl                        => { todo => 1 },
-    disable_tls                => { todo => 1, default => 0 },
-    workers                    => { todo => 1, default => 0 },
-    reuseport                  => { todo => 1, default => 0 },
-    max_requests               => { todo => 1, default => 0 },
     ws_idle_timeout            => { todo => 1, default => 0 },
     sse_idle_timeout           => { todo => 1, default => 0 },
-    heartbeat_timeout          => { todo => 1, default => 50 },
     http2                      => { todo => 1, default => 0 },
     h2_max_concurrent_streams  => { todo => 1, default => 100 },
     h2_initial_window_size     => { todo => 1, default => 65535 },
@@ -84,6 +96,50 @@ sub _extensions {
         return "value for '$name' must be a hash reference" unless ref $ext->{$name} eq 'HASH';
     }
     return undef;
+}
+
+# TLS (served by the engine with rustls): files are checked here so a bad
+# path is reported by new, naming the path, not at the first connection.
+my @SSL_KEYS = qw(ca_file cert_file cipher_list key_file min_version verify_client);
+my %SSL_KEYS = map { $_ => 1 } @SSL_KEYS;
+
+sub _ssl {
+    my ($ssl) = @_;
+    return 'must be a hash reference {cert_file, key_file, ...}' unless ref $ssl eq 'HASH';
+    my ($unknown) = grep { !$SSL_KEYS{$_} } sort keys %$ssl;
+    return "has an unknown key '$unknown' (known: @SSL_KEYS)" if defined $unknown;
+    for my $key (qw(cert_file key_file)) {
+        return "needs $key" unless defined $ssl->{$key} && length $ssl->{$key};
+    }
+    for my $key (qw(cert_file key_file ca_file)) {
+        my $path = $ssl->{$key} // next;
+        return "$key '$path' not found" unless -e $path;
+        return "$key '$path' is not a file" unless -f $path;
+        return "$key '$path' is not readable" unless -r $path;
+    }
+    my $verify = _verify_client($ssl->{verify_client});
+    return "verify_client must be none, optional or require (got '$ssl->{verify_client}')" unless defined $verify;
+    return "verify_client '$verify' needs ca_file (the CA that signs client certificates)"
+        if $verify ne 'none' && !defined $ssl->{ca_file};
+    return "min_version must be TLSv1_2 or TLSv1_3 (got '$ssl->{min_version}')"
+        if defined $ssl->{min_version} && !defined _min_version($ssl->{min_version});
+    return "cipher_list must be colon-separated cipher suite names (got '$ssl->{cipher_list}')"
+        if defined $ssl->{cipher_list} && $ssl->{cipher_list} !~ /\A[A-Za-z0-9_-]+(?::[A-Za-z0-9_-]+)*\z/;
+    return undef;
+}
+
+# 0/1 are accepted too: the reference server took verify_client as a boolean.
+sub _verify_client {
+    my ($v) = @_;
+    return 'none' if !defined $v || $v eq '' || $v eq '0' || $v eq 'none';
+    return 'require' if $v eq '1' || $v eq 'require';
+    return 'optional' if $v eq 'optional';
+    return undef;
+}
+
+sub _min_version {
+    my ($v) = @_;
+    return $v =~ /\ATLSv?1[._]([23])\z/i ? "TLSv1_$1" : undef;
 }
 
 sub _port { $_[0] =~ /\A\d+\z/ && $_[0] <= 65535 ? undef : 'must be a port number from 0 to 65535' }
@@ -131,7 +187,8 @@ sub new {
         }
         if (defined $value && $spec->{check}) {
             my $problem = $spec->{check}->($value);
-            Carp::croak("PAGI::Server: option '$name' $problem (got '$value')") if defined $problem;
+            Carp::croak("PAGI::Server: option '$name' $problem" . (ref $value ? '' : " (got '$value')"))
+                if defined $problem;
         }
         $config{$name} = $value;
     }
@@ -145,8 +202,22 @@ sub new {
         unless ref $config{app} && (ref $config{app} eq 'CODE' || overload::Method($config{app}, '&{}'));
     Carp::croak("PAGI::Server: write_low_watermark must not exceed write_high_watermark")
         if $config{write_low_watermark} > $config{write_high_watermark};
+    _check_listeners(\%args);
     $config{_explicit} = { map { $_ => 1 } keys %args };
     return bless \%config, $class;
+}
+
+# listen, socket and fd each name every listener; host and port only the default one.
+sub _check_listeners {
+    my ($args) = @_;
+    my %exclusive = (listen => [qw(socket socket_mode fd host port)], socket => [qw(fd host port)], fd => [qw(host port)]);
+    for my $name (qw(listen socket fd)) {
+        next unless defined $args->{$name};
+        my ($clash) = grep { defined $args->{$_} } @{ $exclusive{$name} };
+        Carp::croak("PAGI::Server: options '$name' and '$clash' are exclusive") if $clash;
+    }
+    Carp::croak("PAGI::Server: option 'socket_mode' needs 'socket' (or socket_mode inside a listen entry)")
+        if defined $args->{socket_mode} && !defined $args->{socket};
 }
 
 sub _same {
@@ -164,7 +235,27 @@ Returns the (name, value) pairs handed to L<PAGI::Server::Native/new>.
 
 sub engine_options {
     my ($self) = @_;
-    return map { ($_ => $self->{$_}) } grep { $OPTIONS{$_}{engine} } sort keys %OPTIONS;
+    my @pairs = map { ($_ => $self->{$_}) } grep { $OPTIONS{$_}{engine} } sort keys %OPTIONS;
+    if (my $ssl = $self->tls) {
+        push @pairs, ssl_cert_file => $ssl->{cert_file}, ssl_key_file => $ssl->{key_file};
+        push @pairs, ssl_ca_file => $ssl->{ca_file} if defined $ssl->{ca_file};
+        push @pairs, ssl_verify_client => _verify_client($ssl->{verify_client}) if defined $ssl->{verify_client};
+        push @pairs, ssl_min_version => _min_version($ssl->{min_version}) if defined $ssl->{min_version};
+        push @pairs, ssl_cipher_list => $ssl->{cipher_list} if defined $ssl->{cipher_list};
+    }
+    return @pairs;
+}
+
+=head2 tls
+
+The C<ssl> hash when TLS is on (C<ssl> given and C<disable_tls> false),
+else undef.
+
+=cut
+
+sub tls {
+    my ($self) = @_;
+    return $self->{ssl} && !$self->{disable_tls} ? $self->{ssl} : undef;
 }
 
 =head2 is_explicit

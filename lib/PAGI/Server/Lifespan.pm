@@ -39,7 +39,9 @@ C<lifespan.startup.failed> or the startup timeout stop the server.
 
 Options: C<app>, C<loop>, C<state> (hashref), C<mode> (auto, on, off),
 C<startup_timeout> and C<shutdown_timeout> (seconds, 0 = wait forever),
-C<log> (callback taking a level and a message).
+C<log> (callback taking a level and a message), C<worker_num> (1..N in a
+prefork worker: the scope then has C<< pagi => { is_worker => 1,
+worker_num => N } >>).
 
 =cut
 
@@ -66,7 +68,12 @@ sub startup {
 
     my $scope = {
         type  => 'lifespan',
-        pagi  => { version => '0.3', spec_version => '0.3', is_worker => 0 },
+        pagi  => {
+            version => '0.3', spec_version => '0.3',
+            # PAGI-SPEC 2.6: set in each prefork worker, 1..N.
+            is_worker => $self->{worker_num} ? 1 : 0,
+            ($self->{worker_num} ? (worker_num => $self->{worker_num}) : ()),
+        },
         state => $self->{state},
     };
     my $receive = sub { $self->_receive };
