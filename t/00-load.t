@@ -11,6 +11,15 @@ my @modules = qw(
     PAGI::Server::HTTP
     PAGI::Server
     PAGI::Server::Runner
+    PAGI::Server::AccessLog
+    PAGI::Server::Validate
+    PAGI::Server::Scope
+    PAGI::Server::WebSocket
+    PAGI::Server::SSE
+    PAGI::Server::Listen
+    PAGI::Server::Workers
+    PAGI::Server::ProxyHeaders
+    PAGI::Server::Reload
     PAGI::Test::Server
 );
 use_ok($_) for @modules;

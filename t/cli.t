@@ -161,7 +161,7 @@ PERL
     ($res) = serve_once([ '--lib', "$libdir", $needs_lib ]);
     is($res && $res->{body}, 'hello from TestCLIGreeting', '--lib DIR too');
     my $without = run_cli([ '--port', free_port(), $needs_lib ]);
-    is($without->{exit}, 1, 'without -I the app fails to load (exit 1)');
+    is($without->{exit}, 2, 'without -I the app fails to load (exit 2)');
     like($without->{stderr}, qr/Error loading/, 'with "Error loading"');
 
     # The app only works if the module was loaded (and imported) before it.
@@ -175,10 +175,10 @@ PERL
     ($res) = serve_once([ '-I', "$libdir", '-M', 'TestCLIGreeting=greeting', $needs_preload ]);
     is($res && $res->{body}, 'hello from TestCLIGreeting (preloaded)', '-M MODULE=imports loads and imports before the app');
     my $no_m = run_cli([ '-I', "$libdir", '--port', free_port(), $needs_preload ]);
-    is($no_m->{exit}, 1, 'without -M the same app fails');
+    is($no_m->{exit}, 2, 'without -M the same app fails');
     like($no_m->{stderr}, qr/was not loaded before the app/, 'for the reason the app gives');
     my $bad_m = run_cli([ '-M', 'No::Such::Module::Here', $HELLO ]);
-    is($bad_m->{exit}, 1, '-M of a missing module exits 1');
+    is($bad_m->{exit}, 2, '-M of a missing module exits 2');
     like($bad_m->{stderr}, qr/cannot load module No::Such::Module::Here/, 'naming the module');
 };
 
@@ -199,30 +199,30 @@ subtest 'SIGTERM: graceful exit with status 0' => sub {
 
 subtest 'startup errors: exit code and a clear message' => sub {
     my $r = run_cli([ "$dir/does-not-exist.pl" ]);
-    is($r->{exit}, 1, 'missing app file: exit 1');
+    is($r->{exit}, 2, 'missing app file: exit 2');
     like($r->{stderr}, qr/not found: .*does-not-exist\.pl/, 'says "not found" with the file name');
 
     my $hash = write_file('hash.pl', "my \$h = { not => 'code' };\n\$h;\n");
     $r = run_cli([$hash]);
-    is($r->{exit}, 1, 'file returning a hashref: exit 1');
+    is($r->{exit}, 2, 'file returning a hashref: exit 2');
     like($r->{stderr}, qr/must return a coderef, got: HASH/, 'says it must return a coderef and what it got');
 
     my $broken = write_file('broken.pl', "use strict;\nmy \$app = sub { ;\n");
     $r = run_cli([$broken]);
-    is($r->{exit}, 1, 'syntax error: exit 1');
+    is($r->{exit}, 2, 'syntax error: exit 2');
     like($r->{stderr}, qr/Error loading .*broken\.pl/, 'says "Error loading" with the file name');
     like($r->{stderr}, qr/syntax error|Missing right curly/, 'and passes on perl\'s reason');
 
     my $busy = IO::Socket::IP->new(LocalHost => '127.0.0.1', LocalPort => 0, Listen => 5) or die "bind: $@";
     my $port = $busy->sockport;
     $r = run_cli([ '--host', '127.0.0.1', '--port', $port, $HELLO ]);
-    is($r->{exit}, 1, 'busy port: exit 1');
+    is($r->{exit}, 2, 'busy port: exit 2');
     like($r->{stderr}, qr/Cannot listen on 127\.0\.0\.1:$port/, 'says it cannot listen, with the address');
     close $busy;
 
-    $r = run_cli([ '--workers', 4, '--port', free_port(), $HELLO ]);
-    is($r->{exit}, 2, '--workers 4: exit 2');
-    like($r->{stderr}, qr/'workers' is not supported yet/, 'says the option is not supported yet');
+    $r = run_cli([ '--http2', '--port', free_port(), $HELLO ]);
+    is($r->{exit}, 2, '--http2 (not built yet): exit 2');
+    like($r->{stderr}, qr/'http2' is not supported yet/, 'says the option is not supported yet');
 
     $r = run_cli([ '--no-such-option', $HELLO ]);
     is($r->{exit}, 2, 'unknown option: exit 2');
@@ -249,7 +249,8 @@ subtest '--help and --version' => sub {
     for my $flag ('--version', '-v') {
         $r = run_cli([$flag]);
         is($r->{exit}, 0, "$flag exits 0");
-        is($r->{stdout}, "pagi-server (PAGI-Server-Native) $PAGI::Server::VERSION\n", "$flag prints the version");
+        like($r->{stdout}, qr/\Apagi-server \(PAGI-Server-Native\) \Q$PAGI::Server::VERSION\E\n/, "$flag prints the version");
+        like($r->{stdout}, qr/^engine: PAGI::Server::Native /m, "$flag names the engine");
     }
 };
 

@@ -104,8 +104,8 @@ subtest 'connection_count follows open keep-alive connections' => sub {
 
 subtest 'new checks its options' => sub {
     croaks_like({ app => $hello, bogus_option => 1 }, qr/bogus_option/, 'unknown option');
-    croaks_like({ app => $hello, workers => 4 }, qr/workers.*not supported yet/, 'workers => 4');
-    croaks_like({ app => $hello, ssl => { cert_file => 'c.pem', key_file => 'k.pem' } }, qr/ssl.*not supported yet/, 'ssl');
+    croaks_like({ app => $hello, http2 => 1 }, qr/http2.*not supported yet/, 'http2 => 1 (not built yet)');
+    croaks_like({ app => $hello, ssl => { cert_file => 'c.pem', key_file => 'k.pem' } }, qr/c\.pem.*not found/, 'ssl with a missing certificate names the file');
     ok(eval { PAGI::Server->new(app => $hello, workers => 0); 1 }, 'workers => 0 (the default) is accepted') or diag($@);
     ok(eval { PAGI::Server->new(app => $hello, max_connections => 0, reuseport => 0); 1 },
         'other unbuilt options at their defaults are accepted') or diag($@);

@@ -121,8 +121,12 @@ sub listen {
     );
     weaken(my $weak = $self);
     return $self->{listen_f} = $self->{lifespan}->startup->then(sub {
-        $weak->_start_engine;
-        Future->done($weak);
+        return Future->done($weak) if eval { $weak->_start_engine; 1 };
+        # The engine refused to start (a TLS key that does not match its
+        # certificate is only found now): the app started, so it gets its
+        # lifespan shutdown before the failure is reported.
+        my $error = $@ =~ s/\APAGI::Server::Native::\w+: //r;
+        return $weak->{lifespan}->shutdown->then(sub { Future->fail($error) });
     })->else(sub {
         my ($error) = @_;
         $weak->_close_listeners if $weak;
@@ -130,12 +134,8 @@ sub listen {
     });
 }
 
-=for comment
-bind_listeners is public (POD below): pagi-server binds before daemonizing
-and dropping privileges, so a busy port is reported on the terminal.
-
-=cut
-
+# Public (POD below): pagi-server binds before daemonizing and dropping
+# privileges, so a busy port is reported on the terminal.
 sub bind_listeners {
     my ($self) = @_;
     return $self if $self->{listeners};
@@ -269,7 +269,7 @@ sub _dispatch_request {
     my (undef, $id, $scope, $body) = @$ev;
     # max_requests in a prefork worker: this request is served, then the
     # worker drains and exits so the master starts a fresh one.
-    $self->_recycle if defined $self->{requests_left} && --$self->{requests_left} == 0;
+    my $last = defined $self->{requests_left} && --$self->{requests_left} == 0;
     $scope->{root_path}  = $self->{root_path} if defined $self->{root_path};
     $scope->{state}      = { %{ $self->{state} } };
     # The engine puts the tls extension in place on TLS connections.
@@ -304,14 +304,15 @@ sub _dispatch_request {
         $req->{app_f} = $f;
         $f->on_ready(sub { delete $req->{app_f}; $req->app_finished($_[0]) });
     }
+    $self->_recycle if $last;
 }
 
+# Stops accepting at once (the request that reached the limit and any in
+# flight still finish), so no new connection lands on this worker.
 sub _recycle {
     my ($self) = @_;
     $self->_log(info => "served max_requests ($self->{config}{max_requests}); recycling worker (pid $$)");
-    weaken(my $weak = $self);
-    # Later, so the request that reached the limit is dispatched first.
-    $self->loop->later(sub { $weak->shutdown if $weak });
+    $self->shutdown;
 }
 
 # Commands queued outside a drain (timers, other I/O) are flushed on the next tick.
@@ -578,7 +579,8 @@ PAGI::Server, so apps and tests written for it work unchanged.
 =head1 OPTIONS
 
 Given to C<new>. Unknown options croak naming the option; options of
-features not built yet croak C<not supported yet> unless given their
+features not built yet (C<ws_idle_timeout>, C<sse_idle_timeout>, C<http2>
+and the C<h2_*> options) croak C<not supported yet> unless given their
 default. Defaults in brackets.
 
 =over 4
@@ -592,9 +594,89 @@ The PAGI application, a code reference returning a Future.
 Where to listen; C<port =E<gt> 0> picks a free port, read back with
 L</port>. IPv6 hosts such as C<::1> work too.
 
+=item socket, socket_mode
+
+    socket => '/run/app.sock', socket_mode => 0660
+
+Listen on a Unix-domain socket instead of TCP (exclusive with C<host>,
+C<port>, C<listen> and C<fd>). A stale socket file (one nobody accepts on)
+is removed before binding; a live socket or any other file is an error.
+C<socket_mode> is applied at bind time (the umask is narrowed, then the
+file chmod'ed). The file is removed at shutdown, unless the socket was
+inherited. Scopes from a Unix socket have no C<client> and C<server> is
+C<[path, undef]>.
+
+=item listen
+
+    listen => [ { host => '0.0.0.0', port => 8080 },
+                { socket => '/run/app.sock', socket_mode => 0660 },
+                { fd => 3 } ]
+
+Several listeners (exclusive with C<host>, C<port>, C<socket>,
+C<socket_mode> and C<fd>). All are served by the same engine.
+
+=item fd
+
+    fd => 3
+
+Serve on an inherited, already listening socket (TCP or Unix). Sockets
+passed by systemd socket activation (C<LISTEN_FDS>, C<LISTEN_PID> naming
+this process) are adopted without any option: they replace the default
+127.0.0.1:5000, and the variables are removed from the environment. A
+hot-restarting master passes its sockets in C<PAGI_REUSE>
+(C<host:port:fd> or C<unix:/path:fd>, comma-separated) and they are
+adopted the same way.
+
+=item reuseport [0]
+
+Sets C<SO_REUSEPORT>. With workers, each worker binds its own socket on
+the same port and the kernel spreads connections among them (TCP only;
+such sockets are not handed over by a hot restart).
+
 =item listener_backlog [2048]
 
 The listen() queue.
+
+=item ssl, disable_tls [0]
+
+    ssl => { cert_file => 'cert.pem', key_file => 'key.pem',
+             ca_file => 'clients-ca.pem', verify_client => 'require',
+             min_version => 'TLSv1_3', cipher_list => 'TLS13_AES_128_GCM_SHA256' }
+
+Serve HTTPS (and C<wss>) on every TCP listener, with rustls in the
+engine; Unix sockets stay plain. C<cert_file> and C<key_file> (PEM) are
+required. C<verify_client> is C<none> (the default), C<optional> or
+C<require> and needs C<ca_file>, the CAs that sign client certificates.
+C<min_version> is C<TLSv1_2> (default) or C<TLSv1_3>. C<cipher_list> is
+a colon-separated list of rustls suite names. C<new> croaks naming the
+path when a file is missing, unreadable or not PEM; a key that does not
+match its certificate is found when the engine starts, and L</listen>
+fails saying so. TLS connections have scheme C<https>/C<wss> and the
+C<tls> extension (PAGI-SPEC 4). C<disable_tls> ignores C<ssl>, with a
+warning.
+
+=item workers [0], max_requests [0], heartbeat_timeout [50]
+
+C<workers =E<gt> N> runs a prefork master and N worker processes; see
+L</WORKERS>. C<max_requests> recycles a worker after that many requests
+(plus up to 10% jitter), 0 never. C<heartbeat_timeout> kills and replaces
+a worker whose event loop has been blocked that many seconds (0 = off).
+
+=item proxy_headers [0], forwarded_allow_ips [127.0.0.1,::1]
+
+Behind a reverse proxy: take the client address, scheme and host from
+C<X-Forwarded-For>, C<X-Forwarded-Proto>, C<X-Forwarded-Host> or
+C<Forwarded>, only when the connection comes from a trusted peer:
+C<forwarded_allow_ips> lists addresses and CIDR networks (a string,
+comma-separated, or an array reference), or C<*>; connections over a Unix
+socket are trusted. The app then gets a shallow copy of the scope with
+C<client>, C<scheme> and C<server> rewritten; see
+L<PAGI::Server::ProxyHeaders>.
+
+=item root_path ['']
+
+The mount point of the app (PSGI's C<SCRIPT_NAME>), set as C<root_path>
+in every scope. C<path> is left as received.
 
 =item quiet [0]
 
@@ -710,9 +792,19 @@ C<off>: never send lifespan events.
 
     $server->listen->get;
 
-Binds the socket (so L</port> is known at once), runs lifespan startup,
+Binds the sockets (so L</port> is known at once), runs lifespan startup,
 then starts the engine. Returns a Future that fails with C<Lifespan startup
-failed: MESSAGE> or C<Cannot listen on HOST:PORT: REASON>.
+failed: MESSAGE> or C<Cannot listen on ADDRESS: REASON>. With C<workers>,
+it binds, forks the workers and returns at once (each worker runs its own
+lifespan).
+
+=head2 bind_listeners
+
+    $server->bind_listeners;
+
+Binds (or adopts) the listening sockets now, without starting anything;
+L</listen> and L</run> use them. pagi-server calls it before daemonizing
+and dropping privileges. Dies with C<Cannot listen on ADDRESS: REASON>.
 
 =head2 shutdown
 
@@ -721,12 +813,27 @@ C<shutdown_timeout>, runs lifespan shutdown.
 
 =head2 run
 
-Creates a loop if the server has none, listens, handles SIGTERM and SIGINT
-(graceful shutdown) and runs until shut down. Returns the exit code.
+Creates a loop if the server has none (of the class C<loop_type> names),
+listens, handles signals (see L</SIGNALS>) and runs until shut down.
+Returns the exit code: 0 after a clean shutdown; with workers, 2 when no
+worker could start.
 
 =head2 port
 
-The bound TCP port.
+The port of the first TCP listener (before binding: the configured one).
+
+=head2 socket_path
+
+The path of the first Unix-domain listener, or undef.
+
+=head2 listeners
+
+    my $specs = $server->listeners;
+    # [ { type => 'tcp', host => '127.0.0.1', port => 5000 },
+    #   { type => 'unix', path => '/run/app.sock' } ]
+
+The listeners, normalised; after binding, with the actual addresses
+(ports chosen by the kernel, inherited sockets described).
 
 =head2 is_running
 
@@ -735,6 +842,37 @@ The bound TCP port.
 =head2 connection_count
 
 Open client connections.
+
+=head1 WORKERS
+
+With C<workers =E<gt> N> the process that calls L</run> becomes a master:
+it binds the sockets (with C<reuseport>, each worker binds its own), forks
+N workers and supervises them; it never starts an engine and never runs
+the app. Each worker, after the fork, makes a fresh IO::Async loop,
+builds its own engine on the inherited sockets and runs its own lifespan,
+whose scope has C<< pagi => { is_worker => 1, worker_num => 1..N } >>. So
+state set at lifespan startup is per worker, and an app that keeps a loop
+it got at load time (before the fork) must fetch it again at startup.
+
+A worker that dies is replaced (with a growing delay if it keeps dying); one
+that fails to start (exit code 2: lifespan startup failed, cannot bind) is
+not, and when none is left the master exits 2. See
+L<PAGI::Server::Workers> for supervision, heartbeat and hot restart.
+
+=head1 SIGNALS
+
+Under L</run>:
+
+    signal        single process             workers (sent to the master)
+    TERM/INT/QUIT graceful shutdown          graceful shutdown of every worker
+    HUP           ignored (logged)           rolling restart, one worker at a time
+    TTIN/TTOU     ignored                    one more / one fewer worker (min 1)
+    USR2          ignored (logged)           hot restart: a new master takes over
+                                             the sockets; the old one drains
+
+Workers ignore INT (the master coordinates; Ctrl-C reaches the whole
+process group) and stop gracefully on TERM or QUIT. A worker still running
+C<shutdown_timeout> + 1 seconds after being told to stop is killed.
 
 =head1 WEBSOCKETS
 
@@ -775,6 +913,7 @@ the engine with sendfile(2): their bytes never pass through Perl.
 
 =head1 SEE ALSO
 
-L<pagi-server>, L<PAGI::Server::Native>.
+L<pagi-server>, L<PAGI::Server::Native>, L<PAGI::Server::Workers>,
+L<PAGI::Server::Listen>, L<PAGI::Server::ProxyHeaders>.
 
 =cut

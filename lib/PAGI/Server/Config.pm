@@ -116,6 +116,13 @@ sub _ssl {
         return "$key '$path' not found" unless -e $path;
         return "$key '$path' is not a file" unless -f $path;
         return "$key '$path' is not readable" unless -r $path;
+        # The engine parses the files only when it starts (in each worker):
+        # a file that is plainly not PEM is caught here, at construction.
+        my $want = $key eq 'key_file' ? qr/-----BEGIN [A-Z ]*PRIVATE KEY-----/ : qr/-----BEGIN CERTIFICATE-----/;
+        my $what = $key eq 'key_file' ? 'a PEM private key' : 'a PEM certificate';
+        open my $fh, '<', $path or return "$key '$path' cannot be read: $!";
+        read $fh, my $head, 1 << 20;
+        return "$key '$path' does not contain $what" unless ($head // '') =~ $want;
     }
     my $verify = _verify_client($ssl->{verify_client});
     return "verify_client must be none, optional or require (got '$ssl->{verify_client}')" unless defined $verify;
@@ -159,10 +166,14 @@ PAGI::Server::Config - the option registry of PAGI::Server
 
 =head1 DESCRIPTION
 
-One table of every option PAGI::Server knows (PAGI-SPEC section 7.1), with
-its default. C<new> fills in defaults, checks values, croaks naming an
+One table of every option PAGI::Server knows (PAGI-SPEC section 7.1, plus
+C<fd>, C<proxy_headers>, C<forwarded_allow_ips> and C<root_path>), with
+its default. C<new> fills in defaults, checks values (including that the
+C<ssl> files exist, are readable and look like PEM, and that C<listen>,
+C<socket>, C<fd> and C<host>/C<port> are not mixed), croaks naming an
 unknown option, and croaks C<not supported yet> for a known option whose
-feature is not built, unless it is given its default value.
+feature is not built, unless it is given its default value. The CLI
+(L<PAGI::Server::Runner>) takes its defaults from here.
 
 =head1 METHODS
 

@@ -5,8 +5,12 @@ use warnings;
 our $VERSION = '0.01';
 
 use Cwd ();
+use File::Basename ();
 use File::Spec;
 use Getopt::Long ();
+use POSIX ();
+
+use PAGI::Server::Config;
 
 =head1 NAME
 
@@ -18,80 +22,215 @@ PAGI::Server::Runner - the command line of pagi-server
 
 =head1 DESCRIPTION
 
-Parses C<pagi-server> options (PAGI-SPEC section 8), loads the app file,
-builds a L<PAGI::Server> and runs it. All logic of C<bin/pagi-server> is
-here so it can be tested. C<run> returns the process exit code: 0 after a
-clean shutdown, 1 for a failure to start, 2 for usage errors.
+Parses C<pagi-server> options (PAGI-SPEC section 8), loads the app, builds
+a L<PAGI::Server> and runs it. All logic of C<bin/pagi-server> is here so
+it can be tested. C<run> returns the process exit code: 0 after a clean
+shutdown, 2 for anything that stops the server from starting (a bad flag,
+a missing app file, a busy port, a failed lifespan startup), each reported
+as one line on STDERR, and 1 when the server failed while running.
+
+One table below lists every flag: it drives both the option parser and
+C<--help>, whose defaults come from the option registry
+(L<PAGI::Server::Config>), so neither can drift from the other.
 
 =cut
 
-# --long-name => server option; each takes a value.
-my %VALUE_OPTIONS = map { my $o = $_; ($o =~ tr/_/-/r) => $o } qw(
-    max_body_size max_header_size max_header_count max_request_line_size
-    timeout header_timeout body_timeout request_timeout shutdown_timeout lifespan_startup_timeout
-    write_high_watermark write_low_watermark listener_backlog log_level
-    server_header access_log_format ws_ping_interval ws_ping_timeout
-    workers max_connections max_requests max_receive_queue max_ws_frame_size
-    ws_idle_timeout sse_idle_timeout heartbeat_timeout
-    sync_file_threshold socket socket_mode
+# @INC and the script as this process started, for re-executing itself
+# (hot restart, --reload): the -I flags on perl's command line are replayed.
+my @BOOT_INC = grep { !ref } @INC;
+
+# [ Getopt spec, target, ARG label, help, default text ]
+# target: "opt:NAME" sets server option NAME; "run:KEY" is the runner's own;
+# "alias:FLAG" is a documented alias of the flag FLAG.
+# A missing default text for an option means: the registry's default.
+my @FLAGS = (
+    [ 'App' ],
+    [ 'a|app=s',       'run:app',    'FILE',   'the app: a file returning a code reference (or defining `async sub app`), or a Module::Name built with key=value arguments; also accepted as the first argument', 'none' ],
+    [ 'e=s',           'run:eval',   'CODE',   'inline app: Perl code returning the app code reference (-M modules are in scope)', 'none' ],
+    [ 'M=s@',          'run:module', 'MODULE[=imports]', 'load MODULE before the app (repeatable)', 'none' ],
+    [ 'I|lib=s@',      'run:lib',    'DIR',    'add DIR to @INC (repeatable)', 'none' ],
+    [ 's|server=s',    'run:server', 'CLASS',  'server class', 'PAGI::Server' ],
+    [ 'E|env=s',       'run:env',    'MODE',   'development, production or none; production turns the default access log off', 'PAGI_ENV, else development when STDIN is a terminal, else production' ],
+    [ 'default-middleware!', 'run:default_middleware', '', 'in development, wrap the app in PAGI::Middleware::Lint when it is installed', 'on' ],
+    [ 'future-xs',     'run:future_xs', '',    'use Future::XS (sets PAGI_FUTURE_XS=1 before modules load)', 'off' ],
+    [ 'reload',        'run:reload', '',       "development only: restart when a .pl, .pm or .psgi file under the app's directory changes (polled every 0.5 s; not with --workers)", 'off' ],
+
+    [ 'Listening' ],
+    [ 'o|host=s',      'opt:host',   'HOST',   'address to bind (:: for IPv6)' ],
+    [ 'p|port=i',      'opt:port',   'N',      'port to bind (0 picks a free one)' ],
+    [ 'socket=s',      'opt:socket', 'PATH',   'listen on a Unix-domain socket instead (a stale socket file is replaced; removed at exit)', 'none' ],
+    [ 'socket-mode=s', 'run:socket_mode', 'MODE', 'octal mode of the Unix socket(s), e.g. 0660', 'from the umask' ],
+    [ 'listen=s@',     'run:listen', 'SPEC',   'listen on host:port, [v6]:port or a Unix socket path (starting with / or . ; other bare words are paths too); repeatable; not with --host, --port or --socket', 'none' ],
+    [ 'fd=i@',         'run:fd',     'N',      'serve on the inherited listening socket N (repeatable); systemd socket activation (LISTEN_FDS) needs no flag', 'none' ],
+    [ 'reuseport',     'opt:reuseport', '',    'SO_REUSEPORT: each worker binds its own socket and the kernel spreads connections', 'off' ],
+    [ 'b|listener-backlog=s', 'opt:listener_backlog', 'N', 'listen() queue length' ],
+
+    [ 'TLS' ],
+    [ 'ssl-cert=s',    'run:ssl_cert', 'FILE', 'PEM certificate chain; with --ssl-key, serves HTTPS on every TCP listener', 'none' ],
+    [ 'ssl-key=s',     'run:ssl_key',  'FILE', 'PEM private key (with --ssl-cert)', 'none' ],
+    [ 'ssl-ca=s',      'run:ssl_ca',   'FILE', 'PEM CA certificates that sign client certificates', 'none' ],
+    [ 'ssl-verify-client=s', 'run:ssl_verify_client', 'MODE', 'client certificates: none, optional or require (needs --ssl-ca)', 'none' ],
+    [ 'ssl-min-version=s',   'run:ssl_min_version',   'VERSION', 'TLSv1_2 or TLSv1_3', 'TLSv1_2' ],
+    [ 'ssl-ciphers=s', 'run:ssl_ciphers', 'LIST', 'colon-separated cipher suite names (see PAGI::Server)', "the engine's defaults" ],
+
+    [ 'Processes' ],
+    [ 'w|workers=s',   'opt:workers', 'N',     'prefork N worker processes (N <= 1: a single process); signals: TERM/INT/QUIT stop, HUP rolling restart, TTIN/TTOU one more/fewer, USR2 hot restart', '1 (single process)' ],
+    [ 'max-requests=s', 'opt:max_requests', 'N', 'recycle a worker after N requests, plus up to 10% jitter (0 = never)' ],
+    [ 'limit-max-requests=s', 'alias:max-requests', 'N' ],
+    [ 'heartbeat-timeout=s', 'opt:heartbeat_timeout', 'N', 'kill and replace a worker whose loop is blocked for N seconds (0 = off)' ],
+    [ 'D|daemonize',   'run:daemonize', '',    'detach into the background; output goes to the --access-log FILE, else /dev/null', 'off' ],
+    [ 'pid=s',         'run:pid',    'FILE',   'write the pid (after daemonizing) to FILE; removed at exit', 'none' ],
+    [ 'user=s',        'run:user',   'USER',   'run as USER after binding (when started as root)', 'none' ],
+    [ 'group=s',       'run:group',  'GROUP',  "run as GROUP after binding (when started as root)", "USER's group" ],
+    [ 'l|loop=s',      'opt:loop_type', 'NAME', 'IO::Async loop class (Epoll, Poll, ...)', "IO::Async's choice" ],
+
+    [ 'Limits and timeouts' ],
+    [ 'max-connections=s', 'opt:max_connections', 'N', 'concurrent connections per process before 503 (0 = 1000)' ],
+    [ 'limit-concurrency=s', 'alias:max-connections', 'N' ],
+    [ 'max-body-size=s', 'opt:max_body_size', 'N', '413 above N bytes (0 = unlimited)' ],
+    [ 'max-header-size=s', 'opt:max_header_size', 'N', '431 above N bytes of headers' ],
+    [ 'max-header-count=s', 'opt:max_header_count', 'N', '431 above N headers' ],
+    [ 'max-request-line-size=s', 'opt:max_request_line_size', 'N', '414 above N bytes of request line' ],
+    [ 'max-ws-frame-size=s', 'opt:max_ws_frame_size', 'N', 'largest WebSocket message in bytes; bigger ones close with 1009' ],
+    [ 'ws-max-size=s', 'alias:max-ws-frame-size', 'N' ],
+    [ 'max-receive-queue=s', 'opt:max_receive_queue', 'N', 'WebSocket messages queued for the app (accepted; the engine reads only as the app takes them)' ],
+    [ 'timeout=s',     'opt:timeout', 'N',     'seconds a keep-alive connection may idle (0 = forever)' ],
+    [ 'timeout-keep-alive=s', 'alias:timeout', 'N' ],
+    [ 'header-timeout=s', 'opt:header_timeout', 'N', 'seconds to receive a request head (0 = forever)' ],
+    [ 'body-timeout=s', 'opt:body_timeout', 'N', 'seconds a client may stall a body the app is reading' ],
+    [ 'request-timeout=s', 'opt:request_timeout', 'N', 'close a request with no read or write for N seconds (0 = off)' ],
+    [ 'shutdown-timeout=s', 'opt:shutdown_timeout', 'N', 'grace for requests in flight at shutdown' ],
+    [ 'timeout-graceful-shutdown=s', 'alias:shutdown-timeout', 'N' ],
+    [ 'ws-idle-timeout=s', 'opt:ws_idle_timeout', 'N', 'close an idle WebSocket (not supported yet)' ],
+    [ 'sse-idle-timeout=s', 'opt:sse_idle_timeout', 'N', 'close an idle SSE stream (not supported yet)' ],
+    [ 'ws-ping-interval=s', 'opt:ws_ping_interval', 'N', 'seconds between server pings on WebSockets (0 = off)' ],
+    [ 'ws-ping-timeout=s', 'opt:ws_ping_timeout', 'N', 'drop a WebSocket that does not answer a ping within N seconds (0 = never)' ],
+    [ 'write-high-watermark=s', 'opt:write_high_watermark', 'N', 'buffered response bytes at which $send waits' ],
+    [ 'write-low-watermark=s', 'opt:write_low_watermark', 'N', 'buffered response bytes below which $send resumes' ],
+    [ 'sync-file-threshold=s', 'opt:sync_file_threshold', 'N', 'accepted for compatibility (files are sent with sendfile)' ],
+    [ 'lifespan=s',    'opt:lifespan_mode', 'MODE', 'auto, on or off' ],
+    [ 'lifespan-startup-timeout=s', 'opt:lifespan_startup_timeout', 'N', 'seconds lifespan startup may take (0 = forever)' ],
+    [ 'http2',         'opt:http2', '',        'HTTP/2 (not supported yet)', 'off' ],
+
+    [ 'Behind a proxy' ],
+    [ 'proxy-headers', 'opt:proxy_headers', '', 'take client, scheme and host from X-Forwarded-For/-Proto/-Host or Forwarded, from trusted peers only', 'off' ],
+    [ 'forwarded-allow-ips=s', 'opt:forwarded_allow_ips', 'LIST', "comma-separated addresses and CIDR networks of trusted proxies, or '*' (Unix-socket peers are always trusted)" ],
+    [ 'root-path=s',   'opt:root_path', 'PATH', 'the mount point of the app, set as root_path in every scope', 'empty' ],
+
+    [ 'Logging' ],
+    [ 'q|quiet',       'opt:quiet', '',        'no banner, no info logs, no default access log', 'off' ],
+    [ 'access-log=s',  'run:access_log', 'FILE', 'append the access log to FILE', 'STDERR in development, off in production' ],
+    [ 'no-access-log', 'run:no_access_log', '', 'no access log', 'off' ],
+    [ 'access-log-format=s', 'opt:access_log_format', 'F', "clf, common, combined, tiny, json, or atoms such as '%h %r %s %D'" ],
+    [ 'log-level=s',   'opt:log_level', 'LEVEL', 'debug, info, warn or error' ],
+    [ 'validate-events!', 'opt:validate_events', '', 'type-check every event the app sends', 'on in development, else off' ],
+    [ 'server-header=s', 'opt:server_header', 'TEXT', "value of the server response header ('' for none)" ],
+
+    [ 'Information' ],
+    [ 'v|version',     'run:version', '',      'print the versions and exit', '' ],
+    [ 'help',          'run:help', '',         'print this text and exit', '' ],
 );
 
-# Documented aliases borrowed from uvicorn.
-my %ALIASES = ('timeout-keep-alive' => 'timeout', 'limit-concurrency' => 'max_connections', 'ws-max-size' => 'max_ws_frame_size');
+=head1 METHODS
 
-sub usage {
-    return <<'USAGE';
-Usage: pagi-server [options] [APP_FILE]
+=head2 flags
 
-  -a, --app FILE            the app file (also accepted as the first argument);
-                            it returns a code reference or defines `async sub app`
-  -o, --host HOST           address to bind (default 127.0.0.1; :: for IPv6)
-  -p, --port N              port to bind (default 5000; 0 picks a free one)
-  -q, --quiet               no banner, no info logs, no default access log
-      --access-log FILE     append the access log to FILE (default: STDERR in
-                            development mode, off in production)
-      --no-access-log       no access log
-  -I, --lib DIR             add DIR to @INC (repeatable)
-  -M MODULE[=imports]       load MODULE before the app (repeatable)
-  -E, --env MODE            development, production or none (default: PAGI_ENV,
-                            else development when STDIN is a terminal)
-  -l, --loop NAME           IO::Async loop class (Epoll, Poll, ...)
-  -b, --listener-backlog N  listen() queue (default 2048)
-      --max-body-size N     413 above N bytes (default 10000000; 0 = unlimited)
-      --max-header-size N   431 above N bytes of headers (default 8192)
-      --max-header-count N  431 above N headers (default 100)
-      --timeout N           keep-alive idle seconds (default 60; alias
-                            --timeout-keep-alive)
-      --header-timeout N    seconds to receive a request head (default 30)
-      --body-timeout N      seconds a client may stall a body the app is reading
-                            (default 60)
-      --request-timeout N   close a request with no read or write for N seconds
-                            (default 0 = off)
-      --max-connections N   503 beyond N concurrent connections (default 1000;
-                            alias --limit-concurrency)
-      --shutdown-timeout N  grace for requests in flight at shutdown (default 30)
-      --write-high-watermark N, --write-low-watermark N
-                            response buffering bounds (default 65536 / 16384)
-      --max-ws-frame-size N largest WebSocket message in bytes (default 16 MiB;
-                            alias --ws-max-size); bigger ones close with 1009
-      --ws-ping-interval N  seconds between server pings on WebSockets (default 20;
-                            0 = off)
-      --ws-ping-timeout N   drop a WebSocket that does not answer a ping within N
-                            seconds (default 20; 0 = never)
-      --lifespan MODE       auto, on or off (default auto)
-      --lifespan-startup-timeout N  (default 30)
-      --access-log-format F clf (default), common, combined, tiny, json, or atoms
-                            such as '%h %r %s %D'
-      --[no-]validate-events  type-check every event the app sends (default: on
-                            in development mode)
-      --log-level LEVEL     debug, info, warn or error (default info)
-      --server-header TEXT  value of the server header ('' for none)
-  -v, --version             print the version and exit
-      --help                this text
-USAGE
+    my @flags = PAGI::Server::Runner->flags;
+
+Every flag as a hash: C<long> (name without dashes), C<names> (all
+spellings, with dashes), C<option> (the server option it sets, if any),
+C<alias_of> (the flag it is an alias of, if any), C<default> (as shown in
+C<--help>, undef for flags without one). For tests and documentation.
+
+=cut
+
+sub flags {
+    my @out;
+    for my $f (grep { @$_ > 1 } @FLAGS) {
+        my ($spec, $target) = @$f;
+        my ($names) = $spec =~ /\A([\w|-]+)/;
+        my @names = split /\|/, $names;
+        my ($long) = grep { length > 1 } @names;
+        $long //= $names[0];
+        my ($kind, $what) = split /:/, $target, 2;
+        push @out, {
+            long     => $long,
+            names    => [ map { (length > 1 ? '--' : '-') . $_ } @names ],
+            option   => $kind eq 'opt' ? $what : undef,
+            alias_of => $kind eq 'alias' ? $what : undef,
+            default  => $kind eq 'alias' ? undef : _default_text($f),
+        };
+    }
+    return @out;
 }
 
-=head1 METHODS
+sub _default_text {
+    my ($f) = @_;
+    my (undef, $target, undef, undef, $text) = @$f;
+    return $text if defined $text;
+    my ($kind, $name) = split /:/, $target, 2;
+    return undef unless $kind eq 'opt';
+    my $value = PAGI::Server::Config->default($name);
+    return 'none' unless defined $value;
+    return $value eq '' ? 'empty' : $value;
+}
+
+=head2 usage
+
+The C<--help> text.
+
+=cut
+
+sub usage {
+    my $text = "Usage: pagi-server [options] [APP] [key=value ...]\n";
+    for my $f (@FLAGS) {
+        if (@$f == 1) {
+            $text .= "\n$f->[0]:\n";
+            next;
+        }
+        my ($spec, $target, $arg, $help) = @$f;
+        my ($names, $type) = $spec =~ /\A([\w|-]+)(.*)\z/;
+        my @names = split /\|/, $names;
+        my $shown = join ', ', map {
+            length > 1 ? ($type eq '!' ? "--[no-]$_" : "--$_") : "-$_"
+        } @names;
+        $shown = "    $shown" unless length $names[0] == 1;
+        $shown .= " $arg" if length($arg // '');
+        my ($kind, $what) = split /:/, $target, 2;
+        if ($kind eq 'alias') {
+            $help = "alias of --$what";
+        }
+        else {
+            my $default = _default_text($f);
+            $help .= " (default: $default)" if defined $default && length $default;
+        }
+        $text .= _wrap("  $shown", $help);
+    }
+    return $text;
+}
+
+# "  --flag ARG" then the help text wrapped at 79 columns from column 32.
+sub _wrap {
+    my ($left, $help) = @_;
+    my $indent = 32;
+    my @words = split /\s+/, $help;
+    my @lines;
+    my $line = length $left < $indent - 1 ? $left . (' ' x ($indent - length $left)) : undef;
+    push @lines, $left unless defined $line;
+    $line //= ' ' x $indent;
+    my $empty = 1;
+    for my $word (@words) {
+        if (!$empty && length($line) + 1 + length($word) > 79) {
+            push @lines, $line;
+            $line = (' ' x $indent) . $word;
+            next;
+        }
+        $line .= ($empty ? '' : ' ') . $word;
+        $empty = 0;
+    }
+    push @lines, $line;
+    return join('', map { "$_\n" } @lines);
+}
 
 =head2 run
 
@@ -101,100 +240,257 @@ USAGE
 
 sub run {
     my ($class, @argv) = @_;
-    my %o = (lib => [], module => []);
-    my %server;
-    Getopt::Long::Configure(qw(no_ignore_case bundling no_auto_abbrev));
-    my $parsed = Getopt::Long::GetOptionsFromArray(\@argv,
-        'a|app=s'        => \$o{app},
-        'o|host=s'       => \$server{host},
-        'p|port=i'       => \$server{port},
-        'q|quiet'        => \$o{quiet},
-        'access-log=s'   => \$o{access_log},
-        'no-access-log'  => \$o{no_access_log},
-        'I|lib=s@'       => $o{lib},
-        'M=s@'           => $o{module},
-        'E|env=s'        => \$o{env},
-        'l|loop=s'       => \$server{loop_type},
-        'b|listener-backlog=i' => \$server{listener_backlog},
-        'lifespan=s'     => \$server{lifespan_mode},
-        'validate-events!' => \$server{validate_events},
-        'v|version'      => \$o{version},
-        'help'           => \$o{help},
-        (map { my $name = $_; ("$name=s" => \$server{ $VALUE_OPTIONS{$name} }) } keys %VALUE_OPTIONS),
-        (map { my $name = $_; ("$name=s" => \$server{ $ALIASES{$name} }) } keys %ALIASES),
-    );
-    unless ($parsed) {
-        print STDERR "Try 'pagi-server --help'.\n";
-        return 2;
-    }
-    if ($o{help}) { print usage(); return 0 }
-    if ($o{version}) {
-        require PAGI::Server;
-        print "pagi-server (PAGI-Server-Native) $PAGI::Server::VERSION\n";
-        return 0;
-    }
-    my @files = grep { !/=/ } @argv;
-    $o{app} //= shift @files;
-    print STDERR "pagi-server: ignoring extra argument '$_'\n" for @files;
-    unless (defined $o{app}) {
-        print STDERR "pagi-server: no app given (pagi-server --app FILE)\n" . usage();
-        return 2;
+    my @original = @argv;
+    my (%o, %server);
+    defined(my $error = $class->_parse(\@argv, \%o, \%server)) or return $class->_info(\%o);
+    return _fail(2, $error) if length $error;
+
+    # Re-executing this program (hot restart, --reload) needs the script
+    # that called us; a program embedding the runner has none to offer.
+    my $caller = (caller)[1] // '';
+    if ($caller ne '' && -f $caller && Cwd::abs_path($caller) eq (Cwd::abs_path($0) // '')) {
+        $o{exec} = [ $^X, (map {"-I$_"} @BOOT_INC), Cwd::abs_path($0), @original ];
     }
 
-    unshift @INC, map { File::Spec->rel2abs($_) } @{ $o{lib} };
-    for my $spec (@{ $o{module} }) {
-        my ($module, $imports) = split /=/, $spec, 2;
-        my $code = "package main; use $module" . (defined $imports ? ' qw(' . join(' ', split /,/, $imports) . ')' : '') . '; 1';
-        unless (eval $code) {
-            print STDERR "pagi-server: cannot load module $module: $@";
-            return 1;
-        }
-    }
+    $error = $class->_finish_options(\%o, \%server);
+    return _fail(2, $error) if $error;
+    my @positional = grep { !/=/ } @argv;
+    $o{app} //= shift @positional unless defined $o{eval};
+    $o{app_args} = [ map { [ split /=/, $_, 2 ] } grep {/=/} @argv ];
+    print STDERR "pagi-server: ignoring extra argument '$_'\n" for @positional;
+    return _fail(2, 'no app given (pagi-server APP_FILE, --app FILE or -e CODE; see pagi-server --help)')
+        unless defined $o{app} || defined $o{eval};
 
-    my $env = $o{env} // $ENV{PAGI_ENV} // (-t STDIN ? 'development' : 'production');
-    unless ($env =~ /\A(?:development|production|none)\z/) {
-        print STDERR "pagi-server: --env must be development, production or none\n";
-        return 2;
+    if ($o{reload} && !$ENV{PAGI_RELOAD_CHILD}) {
+        return _fail(2, '--reload and --workers are exclusive') if $server{workers};
+        return _fail(2, '--reload needs to re-execute pagi-server; run it from the command line') unless $o{exec};
+        require PAGI::Server::Reload;
+        # The supervisor is the process to signal: the pid file is its.
+        my $pid_file = defined $o{pid} ? File::Spec->rel2abs($o{pid}) : undef;
+        return _fail(2, $@) if $pid_file && !eval { _write_pid($pid_file); 1 };
+        my $code = PAGI::Server::Reload->supervise(
+            command => $o{exec},
+            dir     => $class->_app_dir(\%o),
+            quiet   => $server{quiet},
+            grace   => ($server{shutdown_timeout} // PAGI::Server::Config->default('shutdown_timeout')) + 2,
+        );
+        _remove_pid($pid_file);
+        return $code;
     }
+    return $class->_start(\%o, \%server);
+}
+
+# Everything after parsing: load, build, bind, detach, run.
+sub _start {
+    my ($class, $o, $server) = @_;
+    unshift @INC, map { File::Spec->rel2abs($_) } @{ $o->{lib} || [] };
+    if ($o->{future_xs}) {
+        $ENV{PAGI_FUTURE_XS} = 1;
+        return _fail(2, '--future-xs: Future::XS is not installed') unless eval { require Future::XS; 1 };
+    }
+    my $env = $o->{env} // $ENV{PAGI_ENV} // (-t STDIN ? 'development' : 'production');
+    return _fail(2, '--env must be development, production or none') unless $env =~ /\A(?:development|production|none)\z/;
     $ENV{PAGI_ENV} = $env;
 
-    my $app = eval { $class->load_app($o{app}) };
-    unless ($app) {
-        print STDERR "pagi-server: $@";
-        return 1;
-    }
+    my $app = eval { $class->_load(%$o) };
+    return _fail(2, $@) unless $app;
+    $app = _default_middleware($app) if $env eq 'development' && ($o->{default_middleware} // 1);
 
-    delete @server{ grep { !defined $server{$_} } keys %server };
-    $server{quiet} = 1 if $o{quiet};
-    if ($o{no_access_log}) {
-        $server{access_log} = undef;
+    if ($o->{no_access_log}) {
+        $server->{access_log} = undef;
     }
-    elsif (defined $o{access_log}) {
-        open my $fh, '>>', $o{access_log} or do {
-            print STDERR "pagi-server: cannot open access log $o{access_log}: $!\n";
-            return 1;
-        };
+    elsif (defined $o->{access_log}) {
+        open my $fh, '>>', $o->{access_log} or return _fail(2, "cannot open access log $o->{access_log}: $!");
         $fh->autoflush(1);
-        $server{access_log} = $fh;
+        $server->{access_log} = $fh;
     }
     elsif ($env eq 'production') {
-        $server{access_log} = undef;
+        $server->{access_log} = undef;
     }
 
-    require PAGI::Server;
-    my $server = eval { PAGI::Server->new(%server, app => $app) };
-    unless ($server) {
-        (my $error = $@) =~ s/ at \S+ line \d+\.?\n\z/\n/;
-        print STDERR "pagi-server: $error";
-        return 2;
+    my ($uid, $gid);
+    if (defined $o->{user} || defined $o->{group}) {
+        ($uid, $gid) = eval { _ids($o->{user}, $o->{group}) };
+        return _fail(2, $@) if $@;
     }
-    my $code = eval { $server->run };
-    unless (defined $code) {
-        (my $error = $@) =~ s/ at \S+ line \d+\.?\n\z/\n/;
-        print STDERR "pagi-server: $error";
-        return 1;
+
+    my $server_class = $o->{server} // 'PAGI::Server';
+    return _fail(2, "--server: '$server_class' is not a class name")
+        unless $server_class =~ /\A[A-Za-z_]\w*(?:::\w+)*\z/;
+    (my $file = "$server_class.pm") =~ s{::}{/}g;
+    return _fail(2, "cannot load server class $server_class: $@") unless eval { require $file; 1 };
+    my $obj = eval { $server_class->new(%$server, app => $app) };
+    return _fail(2, $@) unless $obj;
+    if ($o->{exec} && $server_class->isa('PAGI::Server')) {
+        require PAGI::Server::Workers;
+        PAGI::Server::Workers->exec_command($o->{exec});
     }
+    # Bind first: a busy port is reported here, on the terminal, before
+    # daemonizing and before privileges are dropped.
+    if ($obj->can('bind_listeners')) {
+        return _fail(2, $@) unless eval { $obj->bind_listeners; 1 };
+    }
+    if ($o->{daemonize} && !$ENV{PAGI_MASTER_PID}) {    # a hot-restarted master is detached already
+        my $ok = eval { _daemonize($o->{access_log}); 1 };
+        return _fail(2, $@) unless $ok;
+    }
+    my $pid_file;
+    if (defined $o->{pid} && !$ENV{PAGI_RELOAD_CHILD}) {
+        $pid_file = File::Spec->rel2abs($o->{pid});
+        return _fail(2, $@) unless eval { _write_pid($pid_file, $uid, $gid); 1 };
+    }
+    if (defined $uid || defined $gid) {
+        my $ok = eval { _drop_privileges($uid, $gid, $obj); 1 };
+        unless ($ok) { _remove_pid($pid_file); return _fail(2, $@) }
+    }
+    my $code = eval { $obj->run };
+    my $run_error = $@;
+    _remove_pid($pid_file);
+    # run dies only before serving (lifespan startup failed, no worker started).
+    return _fail(2, $run_error) unless defined $code;
     return $code;
+}
+
+# Prints one line: "pagi-server: MESSAGE" (multi-line messages are joined).
+sub _fail {
+    my ($code, $message) = @_;
+    $message =~ s/ at \S+ line \d+\.?\n?\z//;
+    $message =~ s/\s*\n\s*(?=\S)/; /g;
+    $message =~ s/\s+\z//;
+    $message =~ s/\APAGI::Server: //;
+    print STDERR "pagi-server: $message\n";
+    return $code;
+}
+
+# --help and --version: return 0 after printing.
+sub _info {
+    my ($class, $o) = @_;
+    if ($o->{help}) {
+        print usage();
+        return 0;
+    }
+    require PAGI::Server;
+    require PAGI::Server::Native;
+    my $engine = "PAGI::Server::Native $PAGI::Server::Native::VERSION";
+    # The engine may describe its Rust side (tokio, hyper, rustls versions).
+    if (my $info = PAGI::Server::Native->can('build_info')) {
+        my $b = eval { $info->('PAGI::Server::Native') };
+        $engine .= ref $b eq 'HASH' ? ' (' . join(', ', map {"$_ $b->{$_}"} sort keys %$b) . ')'
+                 : defined $b       ? " ($b)" : '';
+    }
+    require IO::Async::Loop;
+    printf "pagi-server (PAGI-Server-Native) %s\nengine: %s\nperl %vd, IO::Async %s\n",
+        $PAGI::Server::VERSION, $engine, $^V, $IO::Async::Loop::VERSION;
+    return 0;
+}
+
+# Parses @$argv (leaving positional arguments in it). Returns '' when fine,
+# an error line otherwise, or undef for --help/--version.
+sub _parse {
+    my ($class, $argv, $o, $server) = @_;
+    my @specs;
+    for my $f (grep { @$_ > 1 } @FLAGS) {
+        my ($spec, $target) = @$f;
+        my ($kind, $name) = split /:/, $target, 2;
+        if ($kind eq 'alias') {
+            my ($real) = grep { $_->[0] =~ /(?:\A|\|)\Q$name\E(?:[=!]|\z)/ } grep { @$_ > 1 } @FLAGS;
+            ($kind, $name) = split /:/, $real->[1], 2;
+        }
+        my $store = $kind eq 'opt' ? $server : $o;
+        if ($spec =~ /\@\z/) {
+            push @specs, $spec => sub { push @{ $store->{$name} }, $_[1] };
+        }
+        else {
+            push @specs, $spec => sub { $store->{$name} = $_[1] };
+        }
+    }
+    my @problems;
+    local $SIG{__WARN__} = sub { push @problems, $_[0] };
+    Getopt::Long::Configure(qw(no_ignore_case bundling no_auto_abbrev));
+    my $ok = Getopt::Long::GetOptionsFromArray($argv, @specs);
+    if (!$ok || @problems) {
+        my $problem = $problems[0] // 'invalid arguments';
+        chomp $problem;
+        return "$problem (see pagi-server --help)";
+    }
+    return undef if $o->{help} || $o->{version};
+    return '';
+}
+
+# Turns the runner's flags into server options; returns an error line or undef.
+sub _finish_options {
+    my ($class, $o, $s) = @_;
+    $s->{workers} = 0 if defined $s->{workers} && $s->{workers} =~ /\A\d+\z/ && $s->{workers} <= 1;
+    for my $bool (qw(quiet reuseport proxy_headers http2)) {
+        $s->{$bool} = 1 if $s->{$bool};
+    }
+    my $mode;
+    if (defined $o->{socket_mode}) {
+        return "--socket-mode must be an octal mode such as 0660 (got '$o->{socket_mode}')"
+            unless $o->{socket_mode} =~ /\A0?[0-7]{3,4}\z/;
+        $mode = oct $o->{socket_mode};
+    }
+    my @listen;
+    for my $spec (@{ $o->{listen} || [] }) {
+        my $entry = _listen_spec($spec) or return "--listen: cannot parse '$spec'";
+        $entry->{socket_mode} = $mode if defined $entry->{socket} && defined $mode;
+        push @listen, $entry;
+    }
+    my @fds = @{ $o->{fd} || [] };
+    if (@listen || @fds > 1) {
+        $s->{listen} = [ @listen, map { { fd => $_ } } @fds ];
+    }
+    elsif (@fds) {
+        $s->{fd} = $fds[0];
+    }
+    if (defined $mode && !@listen) {
+        return '--socket-mode needs --socket or a Unix path in --listen' unless defined $s->{socket};
+        $s->{socket_mode} = $mode;
+    }
+    my %ssl;
+    @ssl{qw(cert_file key_file ca_file verify_client min_version cipher_list)}
+        = @$o{qw(ssl_cert ssl_key ssl_ca ssl_verify_client ssl_min_version ssl_ciphers)};
+    delete @ssl{ grep { !defined $ssl{$_} } keys %ssl };
+    if (%ssl) {
+        return '--ssl-cert and --ssl-key must be given together'
+            unless defined $ssl{cert_file} && defined $ssl{key_file};
+        $s->{ssl} = \%ssl;
+    }
+    delete @$s{ grep { !defined $s->{$_} } keys %$s };
+    return undef;
+}
+
+# --listen SPEC (PAGI-SPEC 8.2): "/path" or "./path" (or any bare word) is a
+# Unix socket, "[v6]:port" and "host:port" are TCP; "unix:PATH" and "fd:N"
+# are accepted too.
+sub _listen_spec {
+    my ($spec) = @_;
+    return { socket => $1 } if $spec =~ /\Aunix:(.+)\z/;
+    return { fd => $1 } if $spec =~ m{\Afd:(?://)?(\d+)\z};
+    return { socket => $spec } if $spec =~ m{\A[./]};
+    return { host => $1, port => $2 } if $spec =~ /\A\[([0-9A-Fa-f:.]+)\]:(\d+)\z/;
+    return { host => $1, port => $2 } if $spec =~ /\A([^:\[\]]+):(\d+)\z/;
+    return undef if $spec =~ /:/;
+    return { socket => $spec };
+}
+
+=head2 server_options
+
+    my $options = PAGI::Server::Runner->server_options(@argv);
+
+The L<PAGI::Server> options a command line sets (before the app is
+loaded: no C<app>, no access log handle), for tests and debugging. Dies
+with the one-line usage error a bad command line gets.
+
+=cut
+
+sub server_options {
+    my ($class, @argv) = @_;
+    my (%o, %s);
+    my $error = $class->_parse(\@argv, \%o, \%s) // '';
+    $error ||= $class->_finish_options(\%o, \%s) // '';
+    die "$error\n" if length $error;
+    return \%s;
 }
 
 =head2 load_app
@@ -227,6 +523,132 @@ sub load_app {
     return $defined if $defined && (!$before || $defined != $before || !ref $result);
     die "App file must return a coderef, got: " . (defined $result ? (ref $result || "'$result'") : 'undef')
       . " (or define 'async sub app')\n";
+}
+
+# The app from -e, a module name or a file (PAGI-SPEC 8.3), -M modules
+# loaded first.
+sub _load {
+    my ($class, %o) = @_;
+    my @uses = map {
+        my ($module, $imports) = split /=/, $_, 2;
+        die "-M: '$module' is not a module name\n" unless $module =~ /\A[A-Za-z_]\w*(?:::\w+)*\z/;
+        "use $module" . (defined $imports ? ' qw(' . join(' ', split /,/, $imports) . ')' : '') . ';';
+    } @{ $o{module} || [] };
+    if (defined $o{eval}) {
+        # One eval: lexical imports such as Future::AsyncAwait's `async`
+        # keyword reach the -e code.
+        my $app = eval "package main; @uses\n#line 1 \"-e\"\n$o{eval}";
+        die "-e: $@" if $@;
+        die '-e code must return a code reference, got: ' . (defined $app ? (ref $app || "'$app'") : 'undef') . "\n"
+            unless ref $app eq 'CODE';
+        return $app;
+    }
+    for my $use (@uses) {
+        next if eval "package main; $use 1";
+        my ($module) = $use =~ /\Ause (\S+?)[ ;]/;
+        die "cannot load module $module: $@";
+    }
+    my $spec = $o{app};
+    my $is_file = $spec =~ m{/} || $spec =~ /\.(?:pl|psgi)\z/i || -e $spec
+        || $spec !~ /\A[A-Za-z_]\w*(?:::\w+)+\z/;
+    return $class->load_app($spec) if $is_file;
+    (my $file = "$spec.pm") =~ s{::}{/}g;
+    require $file;
+    die "App module $spec has no new and to_app\n" unless $spec->can('new') && $spec->can('to_app');
+    my $app = $spec->new(map {@$_} @{ $o{app_args} || [] })->to_app;
+    die "$spec->to_app must return a code reference\n" unless ref $app eq 'CODE';
+    return $app;
+}
+
+sub _app_dir {
+    my ($class, $o) = @_;
+    return Cwd::getcwd() unless defined $o->{app} && -e $o->{app};
+    return File::Basename::dirname(File::Spec->rel2abs($o->{app}));
+}
+
+sub _default_middleware {
+    my ($app) = @_;
+    return $app unless eval { require PAGI::Middleware::Lint; 1 };
+    my $mw = PAGI::Middleware::Lint->new(strict => 1);
+    return $mw->can('wrap') ? $mw->wrap($app) : $app;
+}
+
+# ===== process management =====
+
+sub _ids {
+    my ($user, $group) = @_;
+    my ($uid, $gid);
+    if (defined $user) {
+        my @pw = $user =~ /\A\d+\z/ ? getpwuid($user) : getpwnam($user);
+        die "--user: unknown user '$user'\n" unless @pw;
+        ($uid, $gid) = @pw[ 2, 3 ];
+    }
+    if (defined $group) {
+        my @gr = $group =~ /\A\d+\z/ ? getgrgid($group) : getgrnam($group);
+        die "--group: unknown group '$group'\n" unless @gr;
+        $gid = $gr[2];
+    }
+    return ($uid, $gid);
+}
+
+sub _drop_privileges {
+    my ($uid, $gid, $server) = @_;
+    if ($> != 0) {
+        # Already that user (a hot-restarted master runs as who it became).
+        return if (!defined $uid || $> == $uid) && (!defined $gid || $) == $gid);
+        print STDERR "pagi-server: not running as root: --user/--group ignored\n";
+        return;
+    }
+    # Unix socket files this process created stay usable by the new owner.
+    if (my $listeners = $server->{listeners}) {
+        for my $l (grep { $_->{owned} && $_->{spec}{type} eq 'unix' } @$listeners) {
+            chown $uid // -1, $gid // -1, $l->{spec}{path};
+        }
+    }
+    if (defined $gid) {
+        $) = "$gid $gid";    # effective gid and the supplementary groups
+        $( = $gid;
+        die "cannot switch to group $gid: $!\n" unless $( == $gid && (split ' ', $))[0] == $gid;
+    }
+    if (defined $uid) {
+        POSIX::setuid($uid);
+        die "cannot switch to user $uid: $!\n" unless $< == $uid && $> == $uid;
+    }
+}
+
+# Fork twice (the daemon is no session leader, so it never gets a terminal
+# back), setsid, and point the standard handles away from the terminal.
+sub _daemonize {
+    my ($log_file) = @_;
+    STDOUT->flush;
+    STDERR->flush;
+    defined(my $pid = fork) or die "cannot fork to daemonize: $!\n";
+    POSIX::_exit(0) if $pid;
+    POSIX::setsid() or die "setsid: $!\n";
+    defined($pid = fork) or die "cannot fork to daemonize: $!\n";
+    POSIX::_exit(0) if $pid;
+    my $out = defined $log_file ? $log_file : File::Spec->devnull;
+    open STDIN, '<', File::Spec->devnull or die "reopen STDIN: $!\n";
+    open STDOUT, '>>', $out or die "reopen STDOUT: $!\n";
+    open STDERR, '>>&', \*STDOUT or die "reopen STDERR: $!\n";
+    STDOUT->autoflush(1);
+}
+
+sub _write_pid {
+    my ($file, $uid, $gid) = @_;
+    open my $fh, '>', $file or die "cannot write pid file $file: $!\n";
+    print {$fh} "$$\n";
+    close $fh or die "cannot write pid file $file: $!\n";
+    chown $uid // -1, $gid // -1, $file if (defined $uid || defined $gid) && $> == 0;
+}
+
+# Only our own: after a hot restart the file holds the new master's pid.
+sub _remove_pid {
+    my ($file) = @_;
+    return unless defined $file && open my $fh, '<', $file;
+    my $pid = <$fh>;
+    close $fh;
+    unlink $file if defined $pid && $pid =~ /\A(\d+)/ && $1 == $$;
 }
 
 1;
