@@ -197,7 +197,7 @@ subtest 'a key that does not match the certificate: exit 2, one line' => sub {
     openssl('genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-out', "$dir/other.key");
     my $r = run_cli([ '--ssl-cert', $CERT, '--ssl-key', "$dir/other.key", '--port', free_port(), $app ]);
     is($r->{exit}, 2, 'exit 2');
-    like($r->{stderr}, qr/^pagi-server: ssl_cert_file '\Q$CERT\E' \/ ssl_key_file '\Q$dir\E\/other\.key': .*(?:key|mismatch)/mi,
+    like($r->{stderr}, qr/^pagi-server: (?:.*option 'ssl': )?ssl_cert_file '\Q$CERT\E' \/ ssl_key_file '\Q$dir\E\/other\.key': .*(?:key|mismatch)/mi,
         'pagi-server says what is wrong, naming the files') or diag($r->{stderr});
     my @lines = grep { !/^\[pagi-server\]/ } split /\n/, $r->{stderr};
     is(scalar @lines, 1, 'in one line (besides log lines)') or diag($r->{stderr});

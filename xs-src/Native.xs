@@ -542,6 +542,23 @@ write_watermarks(pn_engine *e)
     }
 
 void
+check_tls(pn_engine *e)
+  CODE:
+    if (pagi_native_check_tls(e) != PN_OK)
+        pn_croak_last(aTHX_ "check_tls");
+
+SV *
+build_info(...)
+  CODE:
+    {
+        const char *text = NULL;
+        size_t len = pagi_native_build_info(&text);
+        RETVAL = newSVpvn(text, len);
+    }
+  OUTPUT:
+    RETVAL
+
+void
 DESTROY(SV *self)
   CODE:
     if (SvROK(self)) {

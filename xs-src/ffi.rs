@@ -661,6 +661,32 @@ pub unsafe extern "C" fn pagi_native_write_watermarks(e: *mut Handle, high: *mut
     })
 }
 
+/// What the engine was built with: crate version and main dependencies.
+///
+/// # Safety
+/// `text` writable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_build_info(text: *mut *const c_char) -> usize {
+    const INFO: &str = concat!("pagi-server-native ", env!("CARGO_PKG_VERSION"), "; ", env!("PAGI_DEP_VERSIONS"));
+    if let Some(t) = text.as_mut() {
+        *t = INFO.as_ptr() as *const c_char;
+    }
+    INFO.len()
+}
+
+/// Builds the TLS configuration from the `ssl_*` options without starting,
+/// so a bad certificate or key is reported when the server is constructed.
+///
+/// # Safety
+/// `e` from `pagi_native_new`.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_check_tls(e: *mut Handle) -> c_int {
+    guard("check_tls", || {
+        let h = handle(e)?;
+        crate::tls::build(h.engine.config()).map(|_| PN_OK)
+    })
+}
+
 /// The message of the last `PN_ERROR` on this thread; valid until the next call.
 ///
 /// # Safety

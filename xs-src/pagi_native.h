@@ -108,5 +108,7 @@ int pagi_native_stats(pn_engine *e, pn_stats *out);
 int pagi_native_request_stats(pn_engine *e, uint64_t id, uint64_t *bytes_read, uint64_t *buffered);
 int pagi_native_write_watermarks(pn_engine *e, size_t *high, size_t *low);
 size_t pagi_native_last_error(const char **message);
+size_t pagi_native_build_info(const char **text);
+int pagi_native_check_tls(pn_engine *e);
 
 #endif

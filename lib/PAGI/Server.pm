@@ -58,9 +58,9 @@ sub new {
     return $self;
 }
 
-# The engine parses certificates and keys when its options are set, before
-# any thread starts: a throw-away engine reports a bad file now, from new,
-# rather than at listen after lifespan startup.
+# A throw-away engine builds the TLS configuration (check_tls, no thread):
+# a bad or mismatched certificate or key is reported now, from new, rather
+# than at listen after lifespan startup.
 sub _check_tls {
     my ($self) = @_;
     my $config = $self->{config};
@@ -70,10 +70,10 @@ sub _check_tls {
         return;
     }
     return unless $config->tls;
-    my $ok = eval { PAGI::Server::Native->new($config->engine_options); 1 };
+    my $ok = eval { PAGI::Server::Native->new($config->engine_options)->check_tls; 1 };
     return if $ok;
     (my $error = $@) =~ s/ at \S+ line \d+\.?\n\z//;
-    $error =~ s/\APAGI::Server::Native::new: //;
+    $error =~ s/\APAGI::Server::Native::\w+: //;
     Carp::croak("PAGI::Server: option 'ssl': $error");
 }
 

@@ -344,6 +344,20 @@ seconds, closes the rest and ends with C<EV_STOPPED>.
                                   # requests_total, requests_active, events_pending
     my $r = $engine->stats($id);  # bytes_read, buffered (undef once the request ended)
 
+=head2 check_tls
+
+    $engine->check_tls;
+
+Builds the TLS configuration from the C<ssl_*> options without starting
+anything; croaks naming the file when a certificate or key is missing,
+unreadable, not PEM or mismatched.
+
+=head2 build_info
+
+    print PAGI::Server::Native->build_info;   # pagi-server-native 0.1.0; tokio 1.x, ...
+
+The engine's crate version and the versions of its main dependencies.
+
 =head2 write_watermarks
 
     my ($high, $low) = $engine->write_watermarks;
