@@ -6,14 +6,13 @@
 use strict;
 use warnings;
 
-use Cwd qw(abs_path);
-use File::Basename qw(dirname);
-use File::Path qw(make_path);
+use FindBin;
+use lib "$FindBin::Bin/lib";
 use Getopt::Long qw(GetOptions);
 use IO::Select;
 use IO::Socket::IP;
 use List::Util qw(min max sum0);
-use POSIX qw(strftime WNOHANG);
+use PAGI::Bench qw(:all);
 use Time::HiRes qw(sleep time);
 
 # --- What runs. Placeholders: %PORT% is filled per server. -------------------
@@ -57,7 +56,7 @@ USAGE
 }
 
 # Paths in the commands are relative to the repo root.
-chdir(dirname(dirname(abs_path(__FILE__)))) or die "chdir to repo root: $!\n";
+chdir_repo_root();
 
 my @servers;
 push @servers, { name => 'pagi', cmd => \@PAGI_CMD } if $opt{only} ne 'mojo';
@@ -65,30 +64,18 @@ push @servers, { name => 'mojo', cmd => \@MOJO_CMD } if $opt{only} ne 'pagi';
 
 check_tools();
 
-my $stamp   = strftime('%Y%m%dT%H%M%SZ', gmtime);
-my $out_dir = 'bench/results';
-make_path($out_dir);
-
-# Servers get their own process group, and cleanup runs on normal exit, die,
-# and INT/TERM alike.
-my %running;    # pid => server
-END {
-    stop_all();
-    # Server logs matter only when something failed; an interrupt (130) is not a failure.
-    unlink grep { defined } map { $_->{log} } @servers if $? == 0 || $? == 130;
-}
-$SIG{INT} = $SIG{TERM} = $SIG{HUP} = sub { warn "\ninterrupted, stopping servers\n"; exit 130 };
+my $stamp   = timestamp();
+my $out_dir = results_dir();
+trap_signals();    # PAGI::Bench's END stops the servers on any exit
 $SIG{PIPE} = 'IGNORE';
 $| = 1;    # progress lines in order with errors, also when piped
 
 for my $s (@servers) {
     $s->{port} = free_port();
     $s->{log}  = "$out_dir/$stamp-$s->{name}.log.tmp";
-    start_server($s);
+    start_server($s, env => { SSE_FANOUT_BATCH => $opt{batch} });
 }
-for my $s (@servers) {
-    $s->{probe} = wait_ready($s);
-}
+$_->{probe} = wait_ready($_, timeout => $READY_TIMEOUT) for @servers;
 check_same_response(@servers) if @servers == 2;
 
 for my $s (@servers) {
@@ -96,38 +83,24 @@ for my $s (@servers) {
     session($s, $WARMUP);
 }
 
-# Interleaved, the order flipping every round, so drift on a shared machine
-# hits both servers alike.
-for my $round (1 .. $opt{rounds}) {
-    my @order = $round % 2 ? @servers : reverse @servers;
-    for my $s (@order) {
-        my $res = session($s, $opt{duration});
-        $res->{round} = $round;
-        push @{ $s->{runs} }, $res;
+run_rounds(
+    rounds  => $opt{rounds},
+    servers => \@servers,
+    flip    => 1,
+    run     => sub { session($_[0], $opt{duration}) },
+    report  => sub {
+        my ($s, $res) = @_;
         printf "round %d %-5s %10.0f events/s  server CPU %3.0f%%  client CPU %3.0f%%  per client %d..%d%s\n",
-            $round, $s->{name}, $res->{eps}, $res->{server_cpu}, $res->{client_cpu},
+            $res->{round}, $s->{name}, $res->{eps}, $res->{server_cpu}, $res->{client_cpu},
             $res->{min_client}, $res->{max_client},
             $res->{id_mismatch} ? "  ID MISMATCH on $res->{id_mismatch} clients" : '';
-    }
-}
-
-for my $s (@servers) {
-    $s->{rss} = tree_rss($s->{pid});
-}
+    },
+);
+record_rss(@servers);
 
 my $summary = summary(@servers);
 print "\n$summary";
-
-my $file = "$out_dir/$stamp-sse-fanout.txt";
-open my $fh, '>', $file or die "write $file: $!\n";
-print {$fh} $summary;
-for my $s (@servers) {
-    for my $r (@{ $s->{runs} }) {
-        print {$fh} "\n===== $s->{name} round $r->{round} =====\n$r->{raw}";
-    }
-}
-close $fh or die "write $file: $!\n";
-print "saved $file\n";
+save_results("$out_dir/$stamp-sse-fanout.txt", $summary, \@servers);
 
 exit 0;    # END stops the servers
 
@@ -138,100 +111,8 @@ sub check_tools {
         system($^X, '-MMojolicious', '-e1') == 0
             or die "Mojolicious is missing. Run ./setup.sh --bench first.\n";
     }
-    return if $opt{only} eq 'mojo';
-    die "bin/pagi-server not found: run this from a PAGI-Server-Native checkout.\n"
-        unless -f 'bin/pagi-server';
-    die "blib/ not built: run perl Makefile.PL && make first.\n"
-        unless -d 'blib/arch';
-}
-
-# Bind port 0 and read back what the kernel chose; the tiny window before the
-# server binds it is acceptable on a bench machine.
-sub free_port {
-    my $sock = IO::Socket::IP->new(LocalHost => '127.0.0.1', LocalPort => 0, Listen => 1)
-        or die "cannot bind a free port: $@\n";
-    my $port = $sock->sockport;
-    close $sock;
-    return $port;
-}
-
-sub start_server {
-    my ($s) = @_;
-    my @cmd = map { (my $a = $_) =~ s/%PORT%/$s->{port}/g; $a } @{ $s->{cmd} };
-    $s->{cmdline} = join ' ', @cmd;
-    my $pid = fork // die "fork: $!\n";
-    if ($pid == 0) {
-        setpgrp(0, 0);
-        open STDIN,  '<', '/dev/null';
-        open STDOUT, '>', $s->{log};
-        open STDERR, '>&', \*STDOUT;
-        local $ENV{PAGI_ENV} = 'production';
-        local $ENV{SSE_FANOUT_BATCH} = $opt{batch};
-        { exec { $cmd[0] } @cmd }
-        print STDERR "exec $cmd[0]: $!\n";
-        POSIX::_exit(127);    # never run the parent's END block here
-    }
-    $s->{pid} = $pid;
-    $running{$pid} = $s;
-    print "started $s->{name} (pid $pid): $s->{cmdline}\n";
-}
-
-sub stop_all {
-    return unless %running;
-    local $?;    # waitpid must not clobber the exit status when called from END
-    my @groups = keys %running;    # each server's pid is also its process group id
-    kill 'TERM', -$_, $_ for @groups;
-    my $deadline = time + 5;
-    while (time < $deadline) {
-        for my $pid (keys %running) {
-            delete $running{$pid} if waitpid($pid, WNOHANG) != 0;
-        }
-        last unless %running || grep { kill 0, -$_ } @groups;
-        sleep 0.05;
-    }
-    kill 'KILL', -$_ for grep { kill 0, -$_ } @groups;
-    waitpid($_, 0) for keys %running;
-    %running = ();
-}
-
-sub server_died {
-    my ($s) = @_;
-    return 0 unless waitpid($s->{pid}, WNOHANG) == $s->{pid};
-    delete $running{ $s->{pid} };
-    return 1;
-}
-
-sub wait_ready {
-    my ($s) = @_;
-    my $deadline = time + $READY_TIMEOUT;
-    while (time < $deadline) {
-        if (server_died($s)) {
-            die "$s->{name} exited during startup (wait status $?, exit code ${\($? >> 8)}). Its output, kept in $s->{log}:\n"
-                . slurp($s->{log});
-        }
-        my $res = http_get($s->{port});
-        return $res if $res && $res->{status};
-        sleep 0.1;
-    }
-    die "$s->{name} did not answer on 127.0.0.1:$s->{port} within ${READY_TIMEOUT}s; see $s->{log}\n";
-}
-
-# Minimal HTTP/1.1 GET with Connection: close; undef while the port is not up.
-sub http_get {
-    my ($port) = @_;
-    my $sock = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $port, Timeout => 1)
-        or return;
-    print {$sock} "GET / HTTP/1.1\r\nHost: 127.0.0.1:$port\r\nConnection: close\r\n\r\n";
-    my ($buf, $sel, $deadline) = ('', IO::Select->new($sock), time + 5);
-    while (time < $deadline) {
-        last unless $sel->can_read(0.5);
-        my $n = sysread $sock, $buf, 65536, length $buf;
-        last unless $n;
-    }
-    close $sock;
-    my ($head, $body) = split /\r\n\r\n/, $buf, 2;
-    return unless defined $head && $head =~ m{^HTTP/1\.[01] (\d{3})};
-    return { status => $1, body => $body // '' };
+    # Runs from lib/ + blib/arch, so blib/lib is not needed.
+    require_pagi_build() if $opt{only} ne 'mojo';
 }
 
 sub check_same_response {
@@ -302,7 +183,7 @@ sub session {
     die "$s->{name} died during the run; see $s->{log}\n" if server_died($s);
     sleep 0.5;    # let the server see the clients go before the next session
 
-    my $hz    = eval { POSIX::sysconf(POSIX::_SC_CLK_TCK()) } || 100;
+    my $hz    = clock_ticks();
     my $total = sum0(@got);
     my $raw   = sprintf "window %.3f s, %d clients, %d events, status %s, content-type %s\n",
         $elapsed, scalar @clients, $total, $clients[0]{status}, $clients[0]{type};
@@ -346,55 +227,6 @@ sub consume {
 
 # --- Figures -----------------------------------------------------------------
 
-sub process_tree {
-    my ($root) = @_;
-    my %kids;
-    for my $stat (glob '/proc/[0-9]*/stat') {
-        open my $fh, '<', $stat or next;
-        my $line = <$fh> // next;
-        my ($pid, $ppid) = $line =~ /^(\d+) \(.*\) \S+ (\d+)/s or next;
-        push @{ $kids{$ppid} }, $pid;
-    }
-    my @tree = ($root);
-    for (my $i = 0; $i < @tree; $i++) {
-        push @tree, @{ $kids{ $tree[$i] } || [] };
-    }
-    return @tree;
-}
-
-sub tree_cpu_ticks {
-    my $ticks = 0;
-    for my $pid (process_tree(@_)) {
-        open my $fh, '<', "/proc/$pid/stat" or next;
-        my $line = <$fh> // next;
-        $line =~ s/^.*\) //s;
-        my @f = split ' ', $line;
-        $ticks += $f[11] + $f[12];    # utime + stime
-    }
-    return $ticks;
-}
-
-sub tree_rss {
-    my @parts;
-    for my $pid (process_tree(@_)) {
-        my $status = slurp("/proc/$pid/status") // next;
-        push @parts, [ $pid, $1 ] if $status =~ /^VmRSS:\s+(\d+)\s+kB/m;
-    }
-    return \@parts;
-}
-
-sub slurp {
-    my ($path) = @_;
-    open my $fh, '<', $path or return;
-    local $/;
-    return scalar <$fh>;
-}
-
-sub median {
-    my @v = sort { $a <=> $b } @_;
-    return @v % 2 ? $v[$#v / 2] : ($v[@v / 2 - 1] + $v[@v / 2]) / 2;
-}
-
 sub one_line {
     my ($code) = @_;
     my $v = `$^X -e '$code' 2>/dev/null` // '';
@@ -404,17 +236,7 @@ sub one_line {
 
 sub summary {
     my @servers = @_;
-    my $text    = '';
-    my $commit  = `git rev-parse --short HEAD 2>/dev/null` // '';
-    chomp $commit;
-    my ($perl_v) = grep { /\S/ } `$^X -v`;
-    chomp $perl_v;
-    chomp(my $nproc = `nproc 2>/dev/null` || 'unknown');
-
-    $text .= "pagi-server vs Mojolicious, SSE fan-out, $stamp\n";
-    $text .= "commit: " . ($commit || 'none') . "\n";
-    $text .= "nproc: $nproc\n";
-    $text .= "perl: $perl_v\n";
+    my $text    = "pagi-server vs Mojolicious, SSE fan-out, $stamp\n" . host_info();
     $text .= "loops: pagi " . one_line('use IO::Async::Loop; print ref IO::Async::Loop->new')
         . ", mojo " . one_line('use Mojolicious; use Mojo::IOLoop; print ref(Mojo::IOLoop->singleton->reactor), " (Mojolicious ", Mojolicious->VERSION, ")"') . "\n";
     $text .= "load: $opt{clients} SSE clients, batches of $opt{batch} events (64-byte data), "
@@ -427,10 +249,9 @@ sub summary {
         my @runs = @{ $s->{runs} };
         $s->{med_eps} = median(map { $_->{eps} } @runs);
         my $cpu_us = median(map { $_->{eps} ? $_->{server_cpu} / 100 * 1e6 / $_->{eps} : 0 } @runs);
-        my $rss_total = sum0(map { $_->[1] } @{ $s->{rss} });
         $text .= sprintf "%-6s %12.0f %11.0f%% %11.0f%% %14.2f %10d\n",
             $s->{name}, $s->{med_eps}, median(map { $_->{server_cpu} } @runs),
-            median(map { $_->{client_cpu} } @runs), $cpu_us, $rss_total;
+            median(map { $_->{client_cpu} } @runs), $cpu_us, rss_total($s);
     }
     if (@servers == 2 && $servers[1]{med_eps} > 0) {
         $text .= sprintf "\nratio pagi/mojo (events/s): %.2f\n",
@@ -440,10 +261,7 @@ sub summary {
     $text .= @bad
         ? "\nWARNING: event counts and ids disagree (lost or repeated events) in: @bad\n"
         : "\nevery client's event count matched its id advance (no event lost or repeated)\n";
-    $text .= "\nRSS after the run (kB, per process):\n";
-    for my $s (@servers) {
-        $text .= "  $s->{name}: " . join(', ', map {"pid $_->[0] $_->[1]"} @{ $s->{rss} }) . "\n";
-    }
+    $text .= rss_section(@servers);
     $text .= "CPU %: of one core over the window (server process tree; client = this script).\n";
     $text .= "CPU us/event: server CPU time / events delivered (one event to one client).\n";
     return $text;

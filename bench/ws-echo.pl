@@ -11,16 +11,13 @@
 use strict;
 use warnings;
 
-use Cwd qw(abs_path);
-use File::Basename qw(dirname);
-use File::Path qw(make_path);
+use FindBin;
+use lib "$FindBin::Bin/lib";
 use File::Temp ();
 use Getopt::Long qw(GetOptions);
-use IO::Select;
 use IO::Socket::IP;
 use JSON::PP ();
-use POSIX qw(strftime WNOHANG);
-use Time::HiRes qw(sleep time);
+use PAGI::Bench qw(:all);
 
 # --- What runs. Placeholders: %PORT% is filled per server. -------------------
 # PAGI_ENV=production keeps the runner from adding dev-mode middleware;
@@ -61,7 +58,7 @@ USAGE
 }
 
 # Paths in the commands are relative to the repo root.
-chdir(dirname(dirname(abs_path(__FILE__)))) or die "chdir to repo root: $!\n";
+chdir_repo_root();
 
 my $python = check_tools();
 my $client_dir = File::Temp->newdir;
@@ -84,18 +81,9 @@ my @servers;
 push @servers, { name => 'pagi', cmd => \@PAGI_CMD } if $opt{only} ne 'mojo';
 push @servers, { name => 'mojo', cmd => \@MOJO_CMD } if $opt{only} ne 'pagi';
 
-my $stamp   = strftime('%Y%m%dT%H%M%SZ', gmtime);
-my $out_dir = 'bench/results';
-make_path($out_dir);
-
-# Servers get their own process group; cleanup runs on normal exit, die, and INT/TERM alike.
-my %running;    # pid => server
-END {
-    stop_all();
-    # Server logs matter only when something failed; an interrupt (130) is not a failure.
-    unlink grep { defined } map { $_->{log} } @servers if $? == 0 || $? == 130;
-}
-$SIG{INT} = $SIG{TERM} = $SIG{HUP} = sub { warn "\ninterrupted, stopping servers\n"; exit 130 };
+my $stamp   = timestamp();
+my $out_dir = results_dir();
+trap_signals();    # PAGI::Bench's END stops the servers on any exit
 
 for my $s (@servers) {
     $s->{port} = free_port();
@@ -104,7 +92,9 @@ for my $s (@servers) {
     start_server($s);
 }
 for my $s (@servers) {
-    wait_ready($s);
+    # Ready when the port accepts; the echo probe then checks it properly.
+    wait_ready($s, timeout => $READY_TIMEOUT,
+        check => sub { IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $_[0], Timeout => 1) });
     probe($s->{url}, $s->{name});
 }
 
@@ -113,36 +103,22 @@ for my $s (@servers) {
     run_client($s, $WARMUP);
 }
 
-# Interleaved so drift on a shared machine hits both servers alike.
-for my $round (1 .. $opt{rounds}) {
-    for my $s (@servers) {
-        my $cpu0 = tree_cpu_ticks($s->{pid});
-        my $res  = run_client($s, $opt{duration});
-        $res->{cpu_ticks} = tree_cpu_ticks($s->{pid}) - $cpu0;
-        $res->{round}     = $round;
-        push @{ $s->{runs} }, $res;
+run_rounds(
+    rounds  => $opt{rounds},
+    servers => \@servers,
+    cpu     => 1,
+    run     => sub { run_client($_[0], $opt{duration}) },
+    report  => sub {
+        my ($s, $res) = @_;
         printf "round %d %-5s %10.0f echoes/s  p99 %7.2f ms  (client CPU %.0f%%)\n",
-            $round, $s->{name}, $res->{rate}, $res->{p99_ms}, 100 * $res->{client_cpu_s} / $res->{seconds};
-    }
-}
-
-for my $s (@servers) {
-    $s->{rss} = tree_rss($s->{pid});
-}
+            $res->{round}, $s->{name}, $res->{rate}, $res->{p99_ms}, 100 * $res->{client_cpu_s} / $res->{seconds};
+    },
+);
+record_rss(@servers);
 
 my $summary = summary(@servers);
 print "\n$summary";
-
-my $file = "$out_dir/$stamp-ws-echo.txt";
-open my $fh, '>', $file or die "write $file: $!\n";
-print {$fh} $summary;
-for my $s (@servers) {
-    for my $r (@{ $s->{runs} }) {
-        print {$fh} "\n===== $s->{name} round $r->{round} =====\n$r->{raw}\n";
-    }
-}
-close $fh or die "write $file: $!\n";
-print "saved $file\n";
+save_results("$out_dir/$stamp-ws-echo.txt", $summary, \@servers, raw_end => "\n");
 
 exit 0;    # END stops the servers
 
@@ -158,83 +134,8 @@ sub check_tools {
         system($^X, '-MMojolicious', '-e1') == 0
             or die "Mojolicious not installed. Run ./setup.sh --bench first.\n";
     }
-    if ($opt{only} ne 'mojo') {
-        die "bin/pagi-server not found: run this from a PAGI-Server-Native checkout.\n"
-            unless -f 'bin/pagi-server';
-        die "blib/ not built: run perl Makefile.PL && make first.\n"
-            unless -d 'blib/arch' && -d 'blib/lib';
-    }
+    require_pagi_build(lib => 1) if $opt{only} ne 'mojo';
     return $py;
-}
-
-# Bind port 0 and read back what the kernel chose; the tiny window before the
-# server binds it is acceptable on a bench machine.
-sub free_port {
-    my $sock = IO::Socket::IP->new(LocalHost => '127.0.0.1', LocalPort => 0, Listen => 1)
-        or die "cannot bind a free port: $@\n";
-    my $port = $sock->sockport;
-    close $sock;
-    return $port;
-}
-
-sub start_server {
-    my ($s) = @_;
-    my @cmd = map { (my $a = $_) =~ s/%PORT%/$s->{port}/g; $a } @{ $s->{cmd} };
-    $s->{cmdline} = join ' ', @cmd;
-    my $pid = fork // die "fork: $!\n";
-    if ($pid == 0) {
-        setpgrp(0, 0);
-        open STDIN,  '<', '/dev/null';
-        open STDOUT, '>', $s->{log};
-        open STDERR, '>&', \*STDOUT;
-        local $ENV{PAGI_ENV} = 'production';
-        { exec { $cmd[0] } @cmd }
-        print STDERR "exec $cmd[0]: $!\n";
-        POSIX::_exit(127);    # never run the parent's END block here
-    }
-    $s->{pid} = $pid;
-    $running{$pid} = $s;
-    print "started $s->{name} (pid $pid): $s->{cmdline}\n";
-}
-
-sub stop_all {
-    return unless %running;
-    local $?;    # waitpid must not clobber the exit status when called from END
-    my @groups = keys %running;    # each server's pid is also its process group id
-    kill 'TERM', -$_, $_ for @groups;
-    my $deadline = time + 5;
-    while (time < $deadline) {
-        for my $pid (keys %running) {
-            delete $running{$pid} if waitpid($pid, WNOHANG) != 0;
-        }
-        last unless %running || grep { kill 0, -$_ } @groups;
-        sleep 0.05;
-    }
-    kill 'KILL', -$_ for grep { kill 0, -$_ } @groups;
-    waitpid($_, 0) for keys %running;
-    %running = ();
-}
-
-sub server_died {
-    my ($s) = @_;
-    return 0 unless $s->{pid} && waitpid($s->{pid}, WNOHANG) == $s->{pid};
-    delete $running{ $s->{pid} };
-    return 1;
-}
-
-# Ready when the port accepts a connection.
-sub wait_ready {
-    my ($s) = @_;
-    my $deadline = time + $READY_TIMEOUT;
-    while (time < $deadline) {
-        if (server_died($s)) {
-            die "$s->{name} exited during startup (wait status $?). Its output, kept in $s->{log}:\n"
-                . (slurp($s->{log}) // '');
-        }
-        return if IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $s->{port}, Timeout => 1);
-        sleep 0.1;
-    }
-    die "$s->{name} did not listen on 127.0.0.1:$s->{port} within ${READY_TIMEOUT}s; see $s->{log}\n";
 }
 
 # Both servers must echo the same way before their figures are compared.
@@ -263,73 +164,14 @@ sub run_client {
     return $res;
 }
 
-# The server plus its descendants.
-sub process_tree {
-    my ($root) = @_;
-    my %kids;
-    for my $stat (glob '/proc/[0-9]*/stat') {
-        open my $fh, '<', $stat or next;
-        my $line = <$fh> // next;
-        my ($pid, $ppid) = $line =~ /^(\d+) \(.*\) \S+ (\d+)/s or next;
-        push @{ $kids{$ppid} }, $pid;
-    }
-    my @tree = ($root);
-    for (my $i = 0; $i < @tree; $i++) {
-        push @tree, @{ $kids{ $tree[$i] } || [] };
-    }
-    return @tree;
-}
-
-sub tree_cpu_ticks {
-    my $ticks = 0;
-    for my $pid (process_tree(@_)) {
-        open my $fh, '<', "/proc/$pid/stat" or next;
-        my $line = <$fh> // next;
-        $line =~ s/^.*\) //s;
-        my @f = split ' ', $line;
-        $ticks += $f[11] + $f[12];    # utime + stime
-    }
-    return $ticks;
-}
-
-sub tree_rss {
-    my @parts;
-    for my $pid (process_tree(@_)) {
-        my $status = slurp("/proc/$pid/status") // next;
-        push @parts, [ $pid, $1 ] if $status =~ /^VmRSS:\s+(\d+)\s+kB/m;
-    }
-    return \@parts;
-}
-
-sub slurp {
-    my ($path) = @_;
-    open my $fh, '<', $path or return;
-    local $/;
-    return scalar <$fh>;
-}
-
-sub median {
-    my @v = sort { $a <=> $b } @_;
-    return @v % 2 ? $v[$#v / 2] : ($v[@v / 2 - 1] + $v[@v / 2]) / 2;
-}
-
 sub summary {
     my @servers = @_;
-    my $hz      = eval { POSIX::sysconf(POSIX::_SC_CLK_TCK()) } || 100;
-    my $text    = '';
-    my $commit  = `git rev-parse --short HEAD 2>/dev/null` // '';
-    chomp $commit;
-    my ($perl_v) = grep { /\S/ } `$^X -v`;
-    chomp $perl_v;
-    chomp(my $nproc = `nproc 2>/dev/null` || 'unknown');
+    my $hz      = clock_ticks();
     my $mojo_v = `$^X -MMojolicious -e 'print Mojolicious->VERSION' 2>/dev/null` || 'n/a';
     my ($ws_v) = map { $_->{websockets_version} } map { @{ $_->{runs} } } @servers;
     my ($py_v) = map { $_->{python_version} } map { @{ $_->{runs} } } @servers;
 
-    $text .= "pagi-server vs Mojolicious, WebSocket echo, $stamp\n";
-    $text .= "commit: " . ($commit || 'none') . "\n";
-    $text .= "nproc: $nproc\n";
-    $text .= "perl: $perl_v\n";
+    my $text = "pagi-server vs Mojolicious, WebSocket echo, $stamp\n" . host_info();
     $text .= "Mojolicious: $mojo_v; client: Python $py_v, websockets $ws_v (compression off)\n";
     $text .= "load: $opt{connections} connections, each echoing a $opt{size}-byte text message back to back "
         . "for $opt{duration}s; $opt{rounds} interleaved rounds, medians below\n";
@@ -340,20 +182,15 @@ sub summary {
     for my $s (@servers) {
         my @runs = @{ $s->{runs} };
         $s->{med_rate} = median(map { $_->{rate} } @runs);
-        my $cpu_us     = median(map { $_->{messages} ? $_->{cpu_ticks} / $hz * 1e6 / $_->{messages} : 0 } @runs);
-        my $rss_total  = 0;
-        $rss_total += $_->[1] for @{ $s->{rss} };
+        my $cpu_us = median(map { $_->{messages} ? $_->{cpu_ticks} / $hz * 1e6 / $_->{messages} : 0 } @runs);
         $text .= sprintf "%-6s %12.0f %9.2f %9.2f %14.1f %10d %11.0f%%\n",
             $s->{name}, $s->{med_rate}, median(map { $_->{p50_ms} } @runs), median(map { $_->{p99_ms} } @runs),
-            $cpu_us, $rss_total, median(map { 100 * $_->{client_cpu_s} / $_->{seconds} } @runs);
+            $cpu_us, rss_total($s), median(map { 100 * $_->{client_cpu_s} / $_->{seconds} } @runs);
     }
     if (@servers == 2 && $servers[1]{med_rate} > 0) {
         $text .= sprintf "\nratio pagi/mojo (echoes/s): %.2f\n", $servers[0]{med_rate} / $servers[1]{med_rate};
     }
-    $text .= "\nRSS after the run (kB, per process):\n";
-    for my $s (@servers) {
-        $text .= "  $s->{name}: " . join(', ', map {"pid $_->[0] $_->[1]"} @{ $s->{rss} }) . "\n";
-    }
+    $text .= rss_section(@servers);
     $text .= "echoes/s: completed round trips (message sent, echo received) per second, all connections.\n";
     $text .= "CPU us/echo: server process tree CPU time during the round / echoes completed.\n";
     $text .= "client CPU: the load client's CPU time / wall time (near 100% means the client is the limit).\n";
