@@ -149,6 +149,24 @@ subtest 'common and combined' => sub {
     stop_server($server);
 };
 
+subtest 'behind a trusted proxy the forwarded client is logged' => sub {
+    my ($server, $port, $path) = log_server(access_log_format => 'common', proxy_headers => 1,
+        forwarded_allow_ips => '127.0.0.1');
+    request($port, '/via-proxy', 'X-Forwarded-For: 203.0.113.7');
+    request($port, '/direct');
+    my @lines = wait_lines($path, 2);
+    like($lines[0], qr{\A203\.0\.113\.7 - - \[$TIME\] "GET /via-proxy HTTP/1\.1" 200}, 'the X-Forwarded-For client');
+    like($lines[1], qr{\A127\.0\.0\.1 - - }, 'the peer when no header says otherwise');
+    stop_server($server);
+
+    ($server, $port, $path) = log_server(access_log_format => 'common', proxy_headers => 1,
+        forwarded_allow_ips => '10.0.0.1');
+    request($port, '/untrusted', 'X-Forwarded-For: 203.0.113.7');
+    @lines = wait_lines($path, 1);
+    like($lines[0], qr{\A127\.0\.0\.1 - - }, 'an untrusted peer cannot choose what is logged');
+    stop_server($server);
+};
+
 subtest 'tiny' => sub {
     my ($server, $port, $path) = log_server(access_log_format => 'tiny');
     request($port, '/t?z=9');

@@ -35,8 +35,10 @@ sub new {
     $self->{config}   = $config;
     $self->{app}      = $config->{app};
     if ($config->{proxy_headers}) {
+        # Applied to the server's own scope (see _dispatch_request), so the
+        # access log shows the forwarded client too.
         require PAGI::Server::ProxyHeaders;
-        $self->{app} = PAGI::Server::ProxyHeaders->wrap($config->{app}, $config->{forwarded_allow_ips});
+        $self->{proxy_trust} = PAGI::Server::ProxyHeaders->trust($config->{forwarded_allow_ips});
     }
     $self->{root_path} = $config->{root_path} if length $config->{root_path};
     $self->{state}    = {};
@@ -271,6 +273,7 @@ sub _dispatch_request {
     # worker drains and exits so the master starts a fresh one.
     my $last = defined $self->{requests_left} && --$self->{requests_left} == 0;
     $scope->{root_path}  = $self->{root_path} if defined $self->{root_path};
+    PAGI::Server::ProxyHeaders->apply($scope, $self->{proxy_trust}) if $self->{proxy_trust};
     $scope->{state}      = { %{ $self->{state} } };
     # The engine puts the tls extension in place on TLS connections.
     my $engine_ext = $scope->{extensions};

@@ -73,6 +73,39 @@ sub wrap {
     };
 }
 
+=head2 trust
+
+    my $trust = PAGI::Server::ProxyHeaders->trust('10.0.0.0/8, ::1');
+
+Parses a trusted-proxy list once, for L</apply>.
+
+=cut
+
+sub trust {
+    my ($class, $trusted) = @_;
+    return _parse_trusted($trusted);
+}
+
+=head2 apply
+
+    PAGI::Server::ProxyHeaders->apply($scope, $trust);
+
+Rewrites C<client>, C<scheme> and C<server> of a scope in place when its
+peer is trusted. For the server, which owns the scope before any app sees
+it; middleware should use L</wrap>, which copies.
+
+=cut
+
+sub apply {
+    my ($class, $scope, $trust) = @_;
+    return if $scope->{type} eq 'lifespan';
+    my $client = $scope->{client};
+    return if $client && !_is_trusted($trust, $client->[0]);
+    my $rewritten = _rewrite($scope, $trust) or return;
+    @$scope{ keys %$rewritten } = values %$rewritten;
+    return;
+}
+
 =head2 check_trusted
 
 Undef when a C<forwarded_allow_ips> value parses, else the problem.
