@@ -3,7 +3,7 @@ use warnings;
 use Test::More;
 use lib 't/lib';
 use PAGI::Test::Server qw(loop start_server stop_server raw_exchange parse_responses wait_for);
-use PAGI::Test::HTTP qw(open_conn responses_done split_head);
+use PAGI::Test::HTTP qw(open_conn responses_done split_head start body sends header_values);
 use Future::AsyncAwait;
 
 # Rules the server applies to what the app sends (PAGI-SPEC 3.1.2-3.1.4,
@@ -20,17 +20,6 @@ my ($server, $port) = start_server(app => $app);
 my ($named_server, $named_port) = start_server(app => $app, server_header => 'MyApp/1');
 my ($bare_server, $bare_port) = start_server(app => $app, server_header => '');
 
-sub start { my ($status, @h) = @_; return { type => 'http.response.start', status => $status, headers => [@h] } }
-sub body  { my ($bytes, $more) = @_; return { type => 'http.response.body', body => $bytes, more => $more ? 1 : 0 } }
-
-sub sends {
-    my (@events) = @_;
-    return async sub {
-        my ($scope, $receive, $send) = @_;
-        for my $ev (@events) { await $send->($ev) }
-    };
-}
-
 # Answers with the request path and a Content-Length.
 my $echo = async sub {
     my ($scope, $receive, $send) = @_;
@@ -38,10 +27,6 @@ my $echo = async sub {
     await $send->(body($scope->{path}));
 };
 
-sub values_of {
-    my ($r, $name) = @_;
-    return map { $_->[1] } grep { $_->[0] eq $name } @{ $r->{headers} };
-}
 
 sub get_close {
     my ($p, $path, $extra) = @_;
@@ -120,7 +105,7 @@ subtest 'Transfer-Encoding from the app is ignored' => sub {
     my $raw = raw_exchange($port, "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout => 5)->get;
     my @r = parse_responses($raw);
     is scalar(@r), 2, 'two responses: framing held across keep-alive';
-    is_deeply [ values_of($r[0], 'transfer-encoding') ], [], 'no transfer-encoding forwarded';
+    is_deeply [ header_values($r[0], 'transfer-encoding') ], [], 'no transfer-encoding forwarded';
     is $r[0]{header}{'content-length'}, 3, 'content-length from the server';
     is $r[0]{body}, 'abc', 'identity body';
     unlike $raw, qr/gzip/i, 'the app coding never reaches the wire';
@@ -135,7 +120,7 @@ subtest 'Transfer-Encoding from the app is ignored' => sub {
     };
     $raw = raw_exchange($port, "GET /s HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout => 5)->get;
     @r = parse_responses($raw);
-    is_deeply [ values_of($r[0], 'transfer-encoding') ], ['chunked'], 'exactly one transfer-encoding, chunked';
+    is_deeply [ header_values($r[0], 'transfer-encoding') ], ['chunked'], 'exactly one transfer-encoding, chunked';
     unlike $raw, qr/identity/, 'the app value is gone';
     my (undef, $rest) = split_head($raw);
     like $rest, qr/\A2\r\n12\r\n3\r\n345\r\n0\r\n\r\nHTTP\/1\.1 200 /, 'chunks, terminator, then the next response';
@@ -154,8 +139,8 @@ subtest 'an app Content-Length is honoured across several sends' => sub {
     };
     my $raw = raw_exchange($port, "GET /cl HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout => 5)->get;
     my @r = parse_responses($raw);
-    is_deeply [ values_of($r[0], 'content-length') ], ['10'], 'one content-length, the app value';
-    is_deeply [ values_of($r[0], 'transfer-encoding') ], [], 'no chunked framing';
+    is_deeply [ header_values($r[0], 'content-length') ], ['10'], 'one content-length, the app value';
+    is_deeply [ header_values($r[0], 'transfer-encoding') ], [], 'no chunked framing';
     my (undef, $rest) = split_head($raw);
     is substr($rest, 0, 10), 'helloworld', 'raw identity bytes';
     like substr($rest, 10), qr{\AHTTP/1\.1 200 }, 'followed directly by the next response';
@@ -228,48 +213,48 @@ subtest 'date header: added when absent, never duplicated' => sub {
     my $imf = qr/\A(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d\d:\d\d:\d\d GMT\z/;
     $handler = sends(start(200), body('x'));
     my ($r) = parse_responses(get_close($port, '/d'));
-    my @d = values_of($r, 'date');
+    my @d = header_values($r, 'date');
     is scalar(@d), 1, 'one date added';
     like $d[0], $imf, 'IMF-fixdate';
 
     for my $spelling ('date', 'Date', 'DATE') {
         $handler = sends(start(200, [ $spelling, 'Tue, 01 Jan 2030 00:00:00 GMT' ]), body('x'));
         ($r) = parse_responses(get_close($port, '/d2'));
-        is_deeply [ values_of($r, 'date') ], ['Tue, 01 Jan 2030 00:00:00 GMT'], "app '$spelling' kept, exactly one";
+        is_deeply [ header_values($r, 'date') ], ['Tue, 01 Jan 2030 00:00:00 GMT'], "app '$spelling' kept, exactly one";
     }
 
     $handler = sends(start(200, [ 'date', 'Tue, 01 Jan 2030 00:00:00 GMT' ]), body('a', 1), body('b', 0));
     ($r) = parse_responses(get_close($port, '/d3'));
-    is_deeply [ values_of($r, 'date') ], ['Tue, 01 Jan 2030 00:00:00 GMT'], 'streamed: app date kept, exactly one';
+    is_deeply [ header_values($r, 'date') ], ['Tue, 01 Jan 2030 00:00:00 GMT'], 'streamed: app date kept, exactly one';
 };
 
 subtest 'server header: default, configured, removed, app-set' => sub {
     $handler = sends(start(200), body('x'));
     my ($r) = parse_responses(get_close($port, '/s'));
-    my @s = values_of($r, 'server');
+    my @s = header_values($r, 'server');
     is scalar(@s), 1, 'default: one server header';
     like $s[0] // '', qr{\APAGI-Server-Native/\S+\z}, 'default: PAGI-Server-Native/<version>';
 
     ($r) = parse_responses(get_close($named_port, '/s'));
-    is_deeply [ values_of($r, 'server') ], ['MyApp/1'], "server_header => 'MyApp/1' replaces it";
+    is_deeply [ header_values($r, 'server') ], ['MyApp/1'], "server_header => 'MyApp/1' replaces it";
 
     ($r) = parse_responses(get_close($bare_port, '/s'));
-    is_deeply [ values_of($r, 'server') ], [], "server_header => '' removes it";
+    is_deeply [ header_values($r, 'server') ], [], "server_header => '' removes it";
     is $r->{status}, 200, 'and the response is otherwise normal';
 
     $handler = sends(start(200, [ 'Server', 'AppOwn/2' ]), body('x'));
     for my $case ([ default => $port ], [ 'MyApp/1' => $named_port ], [ empty => $bare_port ]) {
         my ($label, $p) = @$case;
         ($r) = parse_responses(get_close($p, '/s2'));
-        is_deeply [ values_of($r, 'server') ], ['AppOwn/2'], "$label server: the app's server header kept, not duplicated";
+        is_deeply [ header_values($r, 'server') ], ['AppOwn/2'], "$label server: the app's server header kept, not duplicated";
     }
 
     # Server-generated responses follow the same setting.
     ($r) = parse_responses(raw_exchange($named_port, "GET / HTTP/1.1\r\n\r\n", timeout => 5)->get);
     is $r->{status}, 400, 'a refused request';
-    is_deeply [ values_of($r, 'server') ], ['MyApp/1'], 'carries the configured server header';
+    is_deeply [ header_values($r, 'server') ], ['MyApp/1'], 'carries the configured server header';
     ($r) = parse_responses(raw_exchange($bare_port, "GET / HTTP/1.1\r\n\r\n", timeout => 5)->get);
-    is_deeply [ values_of($r, 'server') ], [], 'and none when removed';
+    is_deeply [ header_values($r, 'server') ], [], 'and none when removed';
 };
 
 subtest '204 and 304 carry no body bytes' => sub {

@@ -3,7 +3,7 @@ use warnings;
 use Test::More;
 use lib 't/lib';
 use PAGI::Test::Server qw(loop start_server stop_server raw_exchange parse_responses wait_for);
-use PAGI::Test::HTTP qw(open_conn responses_done http_client split_head);
+use PAGI::Test::HTTP qw(open_conn responses_done http_client split_head start body sends header_values);
 use Future::AsyncAwait;
 
 # Each subtest installs its own handler; the app only dispatches to it.
@@ -17,18 +17,6 @@ my $app = async sub {
 };
 my ($server, $port) = start_server(app => $app);
 
-sub start { my ($status, @h) = @_; return { type => 'http.response.start', status => $status, headers => [@h] } }
-sub body  { my ($bytes, $more) = @_; return { type => 'http.response.body', body => $bytes, more => $more ? 1 : 0 } }
-
-# Handler sending a fixed list of events.
-sub sends {
-    my (@events) = @_;
-    return async sub {
-        my ($scope, $receive, $send) = @_;
-        for my $ev (@events) { await $send->($ev) }
-    };
-}
-
 # Handler answering with the path, with a Content-Length.
 my $path_echo = async sub {
     my ($scope, $receive, $send) = @_;
@@ -36,11 +24,6 @@ my $path_echo = async sub {
     await $send->(body($scope->{path}));
 };
 
-# Header values by lower-case name.
-sub header_values {
-    my ($r, $name) = @_;
-    return map { $_->[1] } grep { $_->[0] eq $name } @{ $r->{headers} };
-}
 
 # What follows the head of the first response.
 sub after_head { (split_head($_[0]))[1] }

@@ -12,10 +12,31 @@ use parent 'Exporter';
 use PAGI::Test::Server ();
 use Carp ();
 use Future;
+use Future::AsyncAwait;
 
-our @EXPORT_OK = qw(open_conn complete_responses responses_done http_client split_head);
+our @EXPORT_OK = qw(open_conn complete_responses responses_done http_client split_head
+                    start body sends header_values);
 
 sub _loop { PAGI::Test::Server::loop() }
+
+# Event builders and a fixed-script app, shared by the response tests.
+sub start { my ($status, @h) = @_; return { type => 'http.response.start', status => $status, headers => [@h] } }
+sub body  { my ($bytes, $more) = @_; return { type => 'http.response.body', body => $bytes, more => $more ? 1 : 0 } }
+
+# An app that sends the given events, in order, and returns.
+sub sends {
+    my (@events) = @_;
+    return async sub {
+        my ($scope, $receive, $send) = @_;
+        for my $ev (@events) { await $send->($ev) }
+    };
+}
+
+# Values of a parsed response's header, by lower-case name.
+sub header_values {
+    my ($r, $name) = @_;
+    return map { $_->[1] } grep { $_->[0] eq $name } @{ $r->{headers} };
+}
 
 # open_conn($port, host => '127.0.0.1') → a PAGI::Test::HTTP::Conn
 sub open_conn { PAGI::Test::HTTP::Conn->new(@_) }
