@@ -3,7 +3,7 @@ use warnings;
 use Test::More;
 use lib 't/lib';
 use PAGI::Test::Server qw(loop start_server stop_server raw_exchange parse_responses http_get wait_for);
-use PAGI::Test::HTTP qw(open_conn responses_done http_client split_head);
+use PAGI::Test::HTTP qw(open_conn responses_done http_client split_head start body);
 use Future::AsyncAwait;
 use Scalar::Util qw(blessed);
 
@@ -16,8 +16,6 @@ my $app = async sub {
 };
 my ($server, $port) = start_server(app => $app);
 
-sub start { my ($status, @h) = @_; return { type => 'http.response.start', status => $status, headers => [@h] } }
-sub body  { my ($bytes, $more) = @_; return { type => 'http.response.body', body => $bytes, more => $more ? 1 : 0 } }
 
 my $ok_handler = async sub {
     my ($scope, $receive, $send) = @_;

@@ -3,7 +3,7 @@ use warnings;
 use Test::More;
 use lib 't/lib';
 use PAGI::Test::Server qw(loop start_server stop_server raw_exchange parse_responses http_get wait_for);
-use PAGI::Test::HTTP qw(open_conn responses_done split_head);
+use PAGI::Test::HTTP qw(open_conn responses_done split_head start);
 use Future::AsyncAwait;
 use Digest::MD5 qw(md5_hex);
 use File::Temp qw(tempdir);
@@ -44,7 +44,6 @@ my $path = "$dir/random.bin";
 }
 is -s $path, $SIZE, 'test file written';
 
-sub start { my ($status, @h) = @_; return { type => 'http.response.start', status => $status, headers => [@h] } }
 
 async sub echo_path {
     my ($scope, $send) = @_;

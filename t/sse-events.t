@@ -4,7 +4,7 @@ use utf8;
 use Test::More;
 use lib 't/lib';
 use PAGI::Test::Server qw(loop start_server stop_server raw_exchange parse_responses wait_for);
-use PAGI::Test::HTTP qw(open_conn split_head);
+use PAGI::Test::HTTP qw(open_conn split_head header_values);
 use Future::AsyncAwait;
 use Time::HiRes ();
 
@@ -58,10 +58,6 @@ sub stream {
     return ($r, $raw);
 }
 
-sub header_values {
-    my ($r, $name) = @_;
-    return map { $_->[1] } grep { $_->[0] eq $name } @{ $r->{headers} };
-}
 
 # Checks that the chunked framing is well formed and terminated.
 sub terminated_ok {
