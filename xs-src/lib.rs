@@ -5,35 +5,29 @@
 //! thread (a tokio `current_thread` runtime), and exchanges events and commands
 //! with Perl through a queue and an eventfd. Rust never calls into Perl.
 //!
-//! # Layout
-//! - [`ffi`]: the only `extern "C"` functions (`pagi_native_*`), each behind a
-//!   panic guard; the C side is `xs-src/pagi_native.h` and `xs-src/Native.xs`.
-//! - [`engine`]: the Perl-thread half of the engine: configuration, listeners,
-//!   command batching, draining events, statistics.
-//! - [`io`]: the IO thread: runtime, accept loops, command dispatch, shutdown.
-//! - [`conn`]: one HTTP/1.1 connection: request/response state machine.
-//! - [`head`]: request-head parsing and validation (httparse).
-//! - [`body`]: request-body framing (Content-Length and chunked decoding).
-//! - [`response`]: response-head encoding and body framing.
-//! - [`event`]: the messages that cross the seam in both directions.
-//! - [`queue`]: the event queue with its coalesced eventfd wake.
-//! - [`tls`]: rustls server configuration and the `tls` scope extension.
-//! - [`transport`]: the streams connections run over (TCP, Unix, TLS).
+//! # Layout (top uses bottom; no module imports one above it)
+//! - [`seam`]: the Perl-thread half. `seam::ffi` holds the only `extern "C"`
+//!   functions (`pagi_native_*`, each behind a panic guard; the C side is
+//!   `xs-src/pagi_native.h` and `xs-src/Native.xs`); `seam::engine` the
+//!   lifecycle, command batching and drain; `seam::event` and `seam::queue`
+//!   the plain data and the coalesced eventfd wake shared with the IO thread.
+//! - [`server`]: the IO thread. `runtime` (thread, phases), `accept`
+//!   (listeners, capacity, TLS handshakes, protocol hand-off), `dispatch`
+//!   (commands to streams), `ctx` (shared context and the id registry; knows
+//!   no protocol), `transport`, `tls`, `writer` (the one write path).
+//! - [`h1`]: HTTP/1.1 only: connection loop, head parsing, body decoding.
+//! - [`ws`]: the WebSocket handshake answer and session (tungstenite).
+//! - [`http`]: protocol-neutral response rules.
 //! - [`sse`]: Server-Sent Events framing.
-//! - [`ws`]: WebSocket sessions after the handshake (tungstenite).
 //! - [`config`]: engine options, one name per option shared with Perl and the CLI.
+//!
+//! A protocol module ([`h1`], [`ws`]) never imports another protocol module
+//! except for the upgrade hand-off (h1 starts a ws session on its socket).
 
-pub mod body;
 pub mod config;
-pub mod conn;
-pub mod engine;
-pub mod event;
-pub mod ffi;
-pub mod head;
-pub mod io;
-pub mod queue;
-pub mod response;
+pub mod h1;
+pub mod http;
+pub mod seam;
+pub mod server;
 pub mod sse;
-pub mod tls;
-pub mod transport;
 pub mod ws;

@@ -8,15 +8,15 @@
 //! credit per message the app takes, so a flooding client meets TCP
 //! backpressure instead of growing a queue.
 
-use crate::event::{Action, ConnCounters, Event, Headers, Id};
-use crate::io::{IoCtx, Phase};
-use bytes::{BufMut, Bytes, BytesMut};
+use crate::seam::event::{Action, ConnCounters, Event, Id};
+use crate::server::ctx::{IoCtx, Phase};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use crate::transport::Transport;
+use crate::server::transport::Transport;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -29,42 +29,6 @@ use tokio_tungstenite::WebSocketStream;
 pub const WINDOW: u32 = 16;
 /// How long a closing handshake may take before the connection is dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
-const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
-/// `Sec-WebSocket-Accept` for a client key (RFC 6455 4.2.2).
-pub fn accept_key(key: &[u8]) -> String {
-    use base64::Engine as _;
-    let mut sha = sha1_smol::Sha1::new();
-    sha.update(key);
-    sha.update(GUID.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
-}
-
-/// The 101 response. Headers the handshake owns are not taken from the app,
-/// and no extension is ever agreed (permessage-deflate is declined).
-pub fn switching_protocols(key: &[u8], subprotocol: Option<&str>, headers: &Headers) -> Bytes {
-    let mut out = BytesMut::with_capacity(256);
-    out.put_slice(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: ");
-    out.put_slice(accept_key(key).as_bytes());
-    out.put_slice(b"\r\n");
-    if let Some(p) = subprotocol {
-        out.put_slice(b"sec-websocket-protocol: ");
-        out.put_slice(p.as_bytes());
-        out.put_slice(b"\r\n");
-    }
-    for (name, value) in headers {
-        let owned = [&b"upgrade"[..], b"connection", b"sec-websocket-accept", b"sec-websocket-protocol", b"sec-websocket-extensions", b"content-length", b"transfer-encoding"];
-        if owned.iter().any(|o| name.eq_ignore_ascii_case(o)) {
-            continue;
-        }
-        out.put_slice(name);
-        out.put_slice(b": ");
-        out.put_slice(value);
-        out.put_slice(b"\r\n");
-    }
-    out.put_slice(b"\r\n");
-    out.freeze()
-}
 
 /// Why a session ended, as PAGI's `websocket.disconnect` reports it.
 struct End {
@@ -320,23 +284,4 @@ impl<S: Transport> tokio::io::AsyncWrite for Counted<'_, S> {
 
 fn finish(told_app: bool, end: End) -> Option<End> {
     (!told_app).then_some(end)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accept_key_matches_rfc_example() {
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-    }
-
-    #[test]
-    fn handshake_response_keeps_its_own_headers() {
-        let h: Headers = vec![(Bytes::from_static(b"x-a"), Bytes::from_static(b"1")), (Bytes::from_static(b"Upgrade"), Bytes::from_static(b"nope"))];
-        let r = switching_protocols(b"dGhlIHNhbXBsZSBub25jZQ==", Some("chat"), &h);
-        let t = std::str::from_utf8(&r).unwrap();
-        assert!(t.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
-        assert!(t.contains("sec-websocket-protocol: chat\r\n") && t.contains("x-a: 1\r\n") && !t.contains("nope"));
-    }
 }

@@ -71,7 +71,7 @@ pub struct RequestEvent {
     /// `(path, None)` on Unix-domain sockets.
     pub server: (String, Option<u16>),
     /// Set on TLS connections, for the `tls` extension.
-    pub tls: Option<Arc<crate::tls::TlsInfo>>,
+    pub tls: Option<Arc<crate::server::tls::TlsInfo>>,
     /// The whole body when it came with the head (small Content-Length, or none);
     /// `None` when the app must pull it with `want_body`.
     pub body: Option<Bytes>,

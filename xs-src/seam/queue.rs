@@ -4,7 +4,7 @@
 //! events costs one wake. Draining clears the "notified" flag *before* popping:
 //! an event pushed after that sets it again and writes the fd, so no wake is lost.
 
-use crate::event::Event;
+use crate::seam::event::Event;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

@@ -1,170 +1,17 @@
-//! The IO thread: a tokio `current_thread` runtime that accepts on the
-//! listeners Perl handed over, serves connections, routes Perl's command
-//! batches to them and carries out shutdown.
+//! Listeners and admission: accept loops, the kernel backlog at shutdown,
+//! the connection cap (503), TLS handshakes, and handing each connection
+//! to its protocol.
 
-use crate::config::Config;
-use crate::conn::{ActionSender, Conn};
-use crate::event::{Command, Event, Id, Reason};
-use crate::queue::EventQueue;
-use crate::transport::Transport;
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-use std::future::Future;
+use crate::h1::conn::Conn;
+use crate::seam::event::{Event, Reason};
+use crate::server::ctx::{IoCtx, Phase};
+use crate::server::runtime::{panic_message, CatchUnwind};
+use crate::server::transport::Transport;
 use std::net::SocketAddr;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
-
-/// Counters readable from Perl at any time.
-#[derive(Default, Debug)]
-pub struct Stats {
-    pub connections_active: AtomicU64,
-    pub connections_total: AtomicU64,
-    pub requests_total: AtomicU64,
-}
-
-/// State shared by the Perl thread and the IO thread.
-pub struct Shared {
-    pub config: Config,
-    pub events: EventQueue,
-    /// Commands flushed by Perl, taken by the dispatcher in one go.
-    pub commands: Mutex<Vec<Command>>,
-    /// Wakes the dispatcher once per flushed batch.
-    pub command_wake: Notify,
-    pub next_id: AtomicU64,
-    pub stats: Stats,
-    /// Test-only switch (`PAGI_NATIVE_TEST_PANIC`), read once at `new`.
-    pub test_panic: Option<String>,
-    /// TLS configuration, built at `start` when a listener asked for TLS.
-    pub tls: Option<crate::tls::Tls>,
-}
-
-/// Where the engine is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    Running,
-    /// Not accepting; idle connections close, requests in flight finish.
-    Draining,
-    /// Grace is over: every connection closes now.
-    Closing,
-}
-
-/// IO-thread-only context handed to every task.
-pub struct IoCtx {
-    pub shared: Arc<Shared>,
-    /// Request id → the connection serving it.
-    pub registry: RefCell<HashMap<Id, ActionSender>>,
-    pub phase: watch::Receiver<Phase>,
-    live: Cell<usize>,
-    /// Accept loops still running; the drain waits for them to hand over
-    /// the connections queued before shutdown.
-    accepting: Cell<usize>,
-    all_closed: Notify,
-}
-
-/// Runs the IO thread until shutdown completes; a panic becomes a `fatal` event.
-pub fn run_thread(shared: Arc<Shared>, listeners: Vec<StdListener>) {
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-        let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, io_main(shared.clone(), listeners));
-    }));
-    match result {
-        Ok(()) => shared.events.push(Event::Stopped),
-        Err(panic) => shared.events.push(Event::Fatal { message: format!("IO thread panicked: {}", panic_message(&*panic)) }),
-    }
-}
-
-/// Text of a panic payload.
-pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".to_string()
-    }
-}
-
-async fn io_main(shared: Arc<Shared>, listeners: Vec<StdListener>) {
-    if shared.test_panic.as_deref() == Some("io_thread") {
-        panic!("test panic in the IO thread (PAGI_NATIVE_TEST_PANIC=io_thread)");
-    }
-    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    let ctx = Rc::new(IoCtx {
-        shared: shared.clone(),
-        registry: RefCell::new(HashMap::new()),
-        phase: phase_rx,
-        live: Cell::new(0),
-        accepting: Cell::new(0),
-        all_closed: Notify::new(),
-    });
-    for l in listeners {
-        match l.into_tokio() {
-            Ok(l) => {
-                ctx.accepting.set(ctx.accepting.get() + 1);
-                tokio::task::spawn_local(accept_loop(ctx.clone(), l));
-            }
-            Err(e) => shared.events.push(Event::Log { level: "error", message: format!("cannot watch listener: {e}") }),
-        }
-    }
-    // The dispatcher keeps routing during the drain: in-flight requests still
-    // need their responses. It publishes the shutdown deadline; a later
-    // shutdown with a shorter grace (DESTROY uses 0) brings it forward.
-    let (deadline_tx, mut deadline_rx) = watch::channel(None::<tokio::time::Instant>);
-    tokio::task::spawn_local(dispatch(ctx.clone(), deadline_tx));
-    let _ = deadline_rx.wait_for(|d| d.is_some()).await;
-    let _ = phase_tx.send(Phase::Draining);
-    loop {
-        if ctx.live.get() == 0 && ctx.accepting.get() == 0 {
-            return;
-        }
-        let deadline = deadline_rx.borrow().expect("set before draining");
-        tokio::select! {
-            _ = ctx.all_closed.notified() => {}
-            _ = deadline_rx.changed() => {}
-            _ = tokio::time::sleep_until(deadline) => break,
-        }
-    }
-    let _ = phase_tx.send(Phase::Closing);
-    while ctx.live.get() > 0 || ctx.accepting.get() > 0 {
-        ctx.all_closed.notified().await;
-    }
-}
-
-/// Routes command batches to connections for the engine's whole life and
-/// turns shutdown commands into the drain deadline.
-async fn dispatch(ctx: Rc<IoCtx>, deadline: watch::Sender<Option<tokio::time::Instant>>) {
-    loop {
-        ctx.shared.command_wake.notified().await;
-        let batch = std::mem::take(&mut *ctx.shared.commands.lock().unwrap_or_else(|p| p.into_inner()));
-        let registry = ctx.registry.borrow();
-        for cmd in batch {
-            match cmd {
-                Command::Request { id, action } => {
-                    if let Some(conn) = registry.get(&id) {
-                        let _ = conn.send((id, action));
-                    }
-                }
-                Command::Shutdown { grace } => {
-                    let at = tokio::time::Instant::now() + grace;
-                    deadline.send_if_modified(|d| match d {
-                        Some(old) if *old <= at => false,
-                        _ => {
-                            *d = Some(at);
-                            true
-                        }
-                    });
-                }
-            }
-        }
-    }
-}
 
 /// A listening socket handed over by Perl, before the runtime exists.
 pub enum StdListener {
@@ -174,13 +21,13 @@ pub enum StdListener {
 }
 
 /// The same, registered with the runtime.
-enum Listener {
+pub enum Listener {
     Tcp(tokio::net::TcpListener, bool),
     Unix(tokio::net::UnixListener, String),
 }
 
 impl StdListener {
-    fn into_tokio(self) -> std::io::Result<Listener> {
+    pub fn into_tokio(self) -> std::io::Result<Listener> {
         Ok(match self {
             StdListener::Tcp(l, tls) => Listener::Tcp(tokio::net::TcpListener::from_std(l)?, tls),
             StdListener::Unix(l) => {
@@ -244,7 +91,7 @@ impl Listener {
     }
 }
 
-async fn accept_loop(ctx: Rc<IoCtx>, listener: Listener) {
+pub async fn accept_loop(ctx: Rc<IoCtx>, listener: Listener) {
     let mut phase = ctx.phase.clone();
     loop {
         let accepted = tokio::select! {
@@ -286,7 +133,7 @@ fn admit_tcp(ctx: &Rc<IoCtx>, stream: tokio::net::TcpStream, tls: bool) {
         let handshake = acceptor.accept(stream);
         let done = if limit.is_zero() { Ok(handshake.await) } else { tokio::time::timeout(limit, handshake).await };
         if let Ok(Ok(tls_stream)) = done {
-            let info = crate::tls::info(tls_stream.get_ref().1, &server_cert);
+            let info = crate::server::tls::info(tls_stream.get_ref().1, &server_cert);
             admit(&ctx, tls_stream, client, server, Some(Arc::new(info)));
         }
     });
@@ -298,7 +145,7 @@ fn admit<S: Transport>(
     stream: S,
     client: Option<(String, u16)>,
     server: (String, Option<u16>),
-    tls: Option<Arc<crate::tls::TlsInfo>>,
+    tls: Option<Arc<crate::server::tls::TlsInfo>>,
 ) {
     if ctx.live.get() >= ctx.shared.config.effective_max_connections() {
         tokio::task::spawn_local(refuse_at_capacity(stream));
@@ -361,20 +208,5 @@ fn addr_pair(addr: Option<SocketAddr>) -> (String, u16) {
         },
         Some(SocketAddr::V4(a)) => (a.ip().to_string(), a.port()),
         None => (String::new(), 0),
-    }
-}
-
-/// Polls a future, turning a panic into `Err` so one connection cannot take the thread down.
-struct CatchUnwind<F>(Pin<Box<F>>);
-
-impl<F: Future<Output = ()>> Future for CatchUnwind<F> {
-    type Output = Result<(), Box<dyn std::any::Any + Send>>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let fut = self.0.as_mut();
-        match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
-            Err(p) => Poll::Ready(Err(p)),
-        }
     }
 }

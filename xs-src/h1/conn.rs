@@ -5,17 +5,17 @@
 //! waits for them (`want_body`). Otherwise at most [`PEEK_LIMIT`] bytes are
 //! read ahead, enough to notice a client that went away.
 
-use crate::body::{BodyReader, Step};
-use crate::event::{Action, ConnCounters, Event, Headers, Id, Reason, RequestEvent, ScopeKind};
-use crate::head::{self, Framing, Head};
-use crate::io::{IoCtx, Phase};
-use crate::response::{self, BodyFraming, RequestInfo};
+use crate::h1::decode::{BodyReader, Step};
+use crate::seam::event::{Action, ConnCounters, Event, Headers, Id, Reason, RequestEvent, ScopeKind};
+use crate::h1::parse::{self, Framing, Head};
+use crate::server::ctx::{ActionSender, IoCtx, Phase};
+use crate::http::response::{self, BodyFraming, RequestInfo};
 use bytes::{Bytes, BytesMut};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use crate::transport::Transport;
+use crate::server::transport::Transport;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 
@@ -30,8 +30,6 @@ const DISCARD_MAX: u64 = 256 * 1024;
 /// Body writes smaller than this are copied into the head buffer (one write).
 const COALESCE_MAX: usize = 16 * 1024;
 
-/// Commands for this connection: (request id, action).
-pub type ActionSender = mpsc::UnboundedSender<(Id, Action)>;
 
 enum HeadResult {
     Head(Head),
@@ -145,13 +143,13 @@ pub struct Conn<S: Transport> {
     /// `(path, None)` on Unix-domain sockets.
     server: (String, Option<u16>),
     /// Set on TLS connections.
-    tls: Option<Arc<crate::tls::TlsInfo>>,
+    tls: Option<Arc<crate::server::tls::TlsInfo>>,
     /// The request in progress, for the panic guard in `io`.
     pub current: Rc<std::cell::Cell<Id>>,
 }
 
 impl<S: Transport> Conn<S> {
-    pub fn new(ctx: Rc<IoCtx>, stream: S, client: Option<(String, u16)>, server: (String, Option<u16>), tls: Option<Arc<crate::tls::TlsInfo>>) -> Self {
+    pub fn new(ctx: Rc<IoCtx>, stream: S, client: Option<(String, u16)>, server: (String, Option<u16>), tls: Option<Arc<crate::server::tls::TlsInfo>>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let phase = ctx.phase.clone();
         Conn {
@@ -208,7 +206,7 @@ impl<S: Transport> Conn<S> {
         let mut head_started = first;
         loop {
             if !self.rbuf.is_empty() {
-                match head::parse(&self.rbuf, cfg) {
+                match parse::parse(&self.rbuf, cfg) {
                     Ok(Some(raw)) => {
                         let bytes = self.rbuf.split_to(raw.len).freeze();
                         return match raw.finish(&bytes, cfg) {
@@ -349,13 +347,13 @@ impl<S: Transport> Conn<S> {
 
     /// Answers the handshake with 101 and runs the WebSocket session.
     async fn websocket(&mut self, id: Id, key: &Bytes, subprotocol: Option<String>, headers: Headers) {
-        let response = crate::ws::switching_protocols(key, subprotocol.as_deref(), &headers);
+        let response = crate::ws::handshake::switching_protocols(key, subprotocol.as_deref(), &headers);
         if self.stream.write_all(&response).await.is_err() {
             self.ctx.shared.events.push(Event::WsDisconnect { id, code: 1006, reason: "write_error".into() });
             return;
         }
         let leftover = self.rbuf.split().to_vec();
-        let session = crate::ws::Session {
+        let session = crate::ws::session::Session {
             ctx: &self.ctx,
             id,
             counters: &self.counters,
@@ -715,7 +713,7 @@ impl<S: Transport> Conn<S> {
                         };
                         match zero_copy {
                             Some(result) => result,
-                            None => crate::transport::copy_file(&mut self.stream, &file, offset, len).await,
+                            None => crate::server::transport::copy_file(&mut self.stream, &file, offset, len).await,
                         }
                     }
                 };

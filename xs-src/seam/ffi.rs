@@ -4,9 +4,9 @@
 //! into `PN_ERROR` plus a message for `pagi_native_last_error`, so a Rust
 //! panic becomes a Perl `croak`, never a crashed interpreter.
 
-use crate::engine::{Engine, FileSource, Sent};
-use crate::event::{Event, Headers, RequestEvent};
-use crate::io::panic_message;
+use crate::seam::engine::{Engine, FileSource, Sent};
+use crate::seam::event::{Event, Headers, RequestEvent};
+use crate::server::runtime::panic_message;
 use bytes::Bytes;
 use std::cell::RefCell;
 use std::os::raw::{c_char, c_int};
@@ -683,7 +683,7 @@ pub unsafe extern "C" fn pagi_native_build_info(text: *mut *const c_char) -> usi
 pub unsafe extern "C" fn pagi_native_check_tls(e: *mut Handle) -> c_int {
     guard("check_tls", || {
         let h = handle(e)?;
-        crate::tls::build(h.engine.config()).map(|_| PN_OK)
+        crate::server::tls::build(h.engine.config()).map(|_| PN_OK)
     })
 }
 

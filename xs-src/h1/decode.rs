@@ -1,7 +1,7 @@
 //! Request-body framing: turns the bytes after a head into body chunks,
 //! de-chunking `Transfer-Encoding: chunked`. No I/O: the caller reads.
 
-use crate::head::{Framing, Refusal};
+use crate::h1::parse::{Framing, Refusal};
 use bytes::{Buf, Bytes, BytesMut};
 
 /// Longest chunk-size line (with extensions) accepted.

@@ -3,7 +3,7 @@
 //! path decoding) and names the status for a head it refuses.
 
 use crate::config::Config;
-use crate::event::Headers;
+use crate::seam::event::Headers;
 use bytes::Bytes;
 use std::ops::Range;
 

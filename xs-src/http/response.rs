@@ -1,7 +1,7 @@
 //! Response encoding: status line, headers the server owns (Date, Server,
 //! framing, Connection) and body framing. No I/O: bytes go into a buffer.
 
-use crate::event::Headers;
+use crate::seam::event::Headers;
 use bytes::{BufMut, BytesMut};
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};

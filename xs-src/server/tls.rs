@@ -3,7 +3,7 @@
 //! reports about a connection (PAGI-SPEC 4).
 
 use crate::config::Config;
-use crate::transport::{SendFile, Transport};
+use crate::server::transport::{SendFile, Transport};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::Arc;
 use tokio::net::TcpStream;

@@ -3,10 +3,11 @@
 //! reading statistics. Everything here runs on the thread that owns Perl.
 
 use crate::config::Config;
-use crate::event::{Action, Command, ConnCounters, Event, Headers, Id};
-use crate::io::{self, Shared, Stats};
-use crate::queue::EventQueue;
-use crate::response;
+use crate::seam::event::{Action, Command, ConnCounters, Event, Headers, Id};
+use crate::server::accept::StdListener;
+use crate::server::ctx::{Shared, Stats};
+use crate::seam::queue::EventQueue;
+use crate::http::response;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, RawFd};
@@ -46,7 +47,7 @@ pub struct Snapshot {
 /// See the module docs.
 pub struct Engine {
     config: Config,
-    listeners: Vec<io::StdListener>,
+    listeners: Vec<StdListener>,
     shared: Option<Arc<Shared>>,
     thread: Option<JoinHandle<()>>,
     start_pid: Option<u32>,
@@ -135,12 +136,12 @@ impl Engine {
             // SAFETY: `dup` is a fresh fd owned by nobody else.
             let l = unsafe { std::os::unix::net::UnixListener::from_raw_fd(dup) };
             l.set_nonblocking(true).map_err(|e| format!("cannot make fd {fd} non-blocking: {e}"))?;
-            io::StdListener::Unix(l)
+            StdListener::Unix(l)
         } else {
             // SAFETY: `dup` is a fresh fd owned by nobody else.
             let l = unsafe { std::net::TcpListener::from_raw_fd(dup) };
             l.set_nonblocking(true).map_err(|e| format!("cannot make fd {fd} non-blocking: {e}"))?;
-            io::StdListener::Tcp(l, tls)
+            StdListener::Tcp(l, tls)
         };
         self.listeners.push(listener);
         Ok(())
@@ -152,8 +153,8 @@ impl Engine {
             return Err("engine already started".into());
         }
         self.config.validate()?;
-        let wants_tls = self.listeners.iter().any(|l| matches!(l, io::StdListener::Tcp(_, true)));
-        let tls = if wants_tls { Some(crate::tls::build(&self.config)?) } else { None };
+        let wants_tls = self.listeners.iter().any(|l| matches!(l, StdListener::Tcp(_, true)));
+        let tls = if wants_tls { Some(crate::server::tls::build(&self.config)?) } else { None };
         let shared = Arc::new(Shared {
             config: self.config.clone(),
             events: EventQueue::new().map_err(|e| format!("eventfd: {e}"))?,
@@ -169,7 +170,7 @@ impl Engine {
         let thread = with_signals_blocked(|| {
             std::thread::Builder::new()
                 .name("pagi-native-io".into())
-                .spawn(move || io::run_thread(thread_shared, listeners))
+                .spawn(move || crate::server::runtime::run_thread(thread_shared, listeners))
         })
         .map_err(|e| format!("cannot spawn the IO thread: {e}"))?;
         self.shared = Some(shared);

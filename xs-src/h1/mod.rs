@@ -1,0 +1,5 @@
+//! HTTP/1.1 only: the connection loop, head parsing, body decoding.
+
+pub mod conn;
+pub mod decode;
+pub mod parse;

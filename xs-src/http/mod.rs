@@ -1,0 +1,3 @@
+//! The protocol-neutral request exchange: response status and header rules.
+
+pub mod response;

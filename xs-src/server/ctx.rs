@@ -1,0 +1,64 @@
+//! The IO thread's shared context: engine-wide state both threads see
+//! ([`Shared`]), the engine's phase, and the id -> stream registry. It
+//! knows no protocol: streams register an [`ActionSender`] under their id.
+
+use crate::config::Config;
+use crate::seam::event::{Action, Command, Id};
+use crate::seam::queue::EventQueue;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch, Notify};
+
+/// Commands for one stream: (request id, action).
+pub type ActionSender = mpsc::UnboundedSender<(Id, Action)>;
+
+/// Counters readable from Perl at any time.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub connections_active: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub requests_total: AtomicU64,
+}
+
+/// State shared by the Perl thread and the IO thread.
+pub struct Shared {
+    pub config: Config,
+    pub events: EventQueue,
+    /// Commands flushed by Perl, taken by the dispatcher in one go.
+    pub commands: Mutex<Vec<Command>>,
+    /// Wakes the dispatcher once per flushed batch.
+    pub command_wake: Notify,
+    pub next_id: AtomicU64,
+    pub stats: Stats,
+    /// Test-only switch (`PAGI_NATIVE_TEST_PANIC`), read once at `new`.
+    pub test_panic: Option<String>,
+    /// TLS configuration, built at `start` when a listener asked for TLS.
+    pub tls: Option<crate::server::tls::Tls>,
+}
+
+/// Where the engine is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Not accepting; idle connections close, requests in flight finish.
+    Draining,
+    /// Grace is over: every connection closes now.
+    Closing,
+}
+
+
+/// IO-thread-only context handed to every task.
+pub struct IoCtx {
+    pub shared: Arc<Shared>,
+    /// Request id → the stream serving it.
+    pub registry: RefCell<HashMap<Id, ActionSender>>,
+    pub phase: watch::Receiver<Phase>,
+    /// Connections alive (TLS handshakes in progress included).
+    pub live: Cell<usize>,
+    /// Accept loops still running; the drain waits for them to hand over
+    /// the connections queued before shutdown.
+    pub accepting: Cell<usize>,
+    pub all_closed: Notify,
+}

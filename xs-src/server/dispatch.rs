@@ -1,0 +1,36 @@
+//! Routes Perl's command batches to the streams they name, for the
+//! engine's whole life, and turns shutdown commands into the drain deadline.
+
+use crate::seam::event::Command;
+use crate::server::ctx::IoCtx;
+use std::rc::Rc;
+use tokio::sync::watch;
+
+/// Routes command batches to connections for the engine's whole life and
+/// turns shutdown commands into the drain deadline.
+pub async fn dispatch(ctx: Rc<IoCtx>, deadline: watch::Sender<Option<tokio::time::Instant>>) {
+    loop {
+        ctx.shared.command_wake.notified().await;
+        let batch = std::mem::take(&mut *ctx.shared.commands.lock().unwrap_or_else(|p| p.into_inner()));
+        let registry = ctx.registry.borrow();
+        for cmd in batch {
+            match cmd {
+                Command::Request { id, action } => {
+                    if let Some(conn) = registry.get(&id) {
+                        let _ = conn.send((id, action));
+                    }
+                }
+                Command::Shutdown { grace } => {
+                    let at = tokio::time::Instant::now() + grace;
+                    deadline.send_if_modified(|d| match d {
+                        Some(old) if *old <= at => false,
+                        _ => {
+                            *d = Some(at);
+                            true
+                        }
+                    });
+                }
+            }
+        }
+    }
+}

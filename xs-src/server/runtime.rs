@@ -1,0 +1,102 @@
+//! The IO thread: a tokio `current_thread` runtime that runs the accept
+//! loops and the command dispatcher, and carries out shutdown in phases
+//! (running, draining, closing).
+
+use crate::seam::event::Event;
+use crate::server::accept::{self, StdListener};
+use crate::server::ctx::{IoCtx, Phase, Shared};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::{watch, Notify};
+
+/// Runs the IO thread until shutdown completes; a panic becomes a `fatal` event.
+pub fn run_thread(shared: Arc<Shared>, listeners: Vec<StdListener>) {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, io_main(shared.clone(), listeners));
+    }));
+    match result {
+        Ok(()) => shared.events.push(Event::Stopped),
+        Err(panic) => shared.events.push(Event::Fatal { message: format!("IO thread panicked: {}", panic_message(&*panic)) }),
+    }
+}
+
+/// Text of a panic payload.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
+
+async fn io_main(shared: Arc<Shared>, listeners: Vec<StdListener>) {
+    if shared.test_panic.as_deref() == Some("io_thread") {
+        panic!("test panic in the IO thread (PAGI_NATIVE_TEST_PANIC=io_thread)");
+    }
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let ctx = Rc::new(IoCtx {
+        shared: shared.clone(),
+        registry: RefCell::new(HashMap::new()),
+        phase: phase_rx,
+        live: Cell::new(0),
+        accepting: Cell::new(0),
+        all_closed: Notify::new(),
+    });
+    for l in listeners {
+        match l.into_tokio() {
+            Ok(l) => {
+                ctx.accepting.set(ctx.accepting.get() + 1);
+                tokio::task::spawn_local(accept::accept_loop(ctx.clone(), l));
+            }
+            Err(e) => shared.events.push(Event::Log { level: "error", message: format!("cannot watch listener: {e}") }),
+        }
+    }
+    // The dispatcher keeps routing during the drain: in-flight requests still
+    // need their responses. It publishes the shutdown deadline; a later
+    // shutdown with a shorter grace (DESTROY uses 0) brings it forward.
+    let (deadline_tx, mut deadline_rx) = watch::channel(None::<tokio::time::Instant>);
+    tokio::task::spawn_local(crate::server::dispatch::dispatch(ctx.clone(), deadline_tx));
+    let _ = deadline_rx.wait_for(|d| d.is_some()).await;
+    let _ = phase_tx.send(Phase::Draining);
+    loop {
+        if ctx.live.get() == 0 && ctx.accepting.get() == 0 {
+            return;
+        }
+        let deadline = deadline_rx.borrow().expect("set before draining");
+        tokio::select! {
+            _ = ctx.all_closed.notified() => {}
+            _ = deadline_rx.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    let _ = phase_tx.send(Phase::Closing);
+    while ctx.live.get() > 0 || ctx.accepting.get() > 0 {
+        ctx.all_closed.notified().await;
+    }
+}
+
+
+/// Polls a future, turning a panic into `Err` so one connection cannot take the thread down.
+pub struct CatchUnwind<F>(pub Pin<Box<F>>);
+
+impl<F: Future<Output = ()>> Future for CatchUnwind<F> {
+    type Output = Result<(), Box<dyn std::any::Any + Send>>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
+            Err(p) => Poll::Ready(Err(p)),
+        }
+    }
+}
