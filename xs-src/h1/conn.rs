@@ -14,10 +14,12 @@ use bytes::{Bytes, BytesMut};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+use std::future::poll_fn;
+use crate::server::writer::{poll_io, poll_read_capped, sleep_opt, Io, Writer};
 use crate::server::transport::Transport;
 use tokio::sync::{mpsc, watch};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 
 /// Read-ahead allowed while the app is not asking for the body.
 pub const PEEK_LIMIT: usize = 64 * 1024;
@@ -27,8 +29,8 @@ const BODY_CHUNK: usize = 64 * 1024;
 const PREREAD_MAX: u64 = 64 * 1024;
 /// Unread request body the server will skip to keep a connection alive.
 const DISCARD_MAX: u64 = 256 * 1024;
-/// Body writes smaller than this are copied into the head buffer (one write).
-const COALESCE_MAX: usize = 16 * 1024;
+/// Empty lines tolerated before a request line (RFC 9112 2.2 asks for at least one).
+const MAX_LEADING_EMPTY_LINES: usize = 8;
 
 
 enum HeadResult {
@@ -41,6 +43,9 @@ enum HeadResult {
 enum Woke {
     Command((Id, Action)),
     Read(std::io::Result<usize>),
+    Wrote,
+    WriteFailed,
+    WriteStalled,
     Draining,
     Closing,
     Stalled,
@@ -83,50 +88,6 @@ struct Exchange {
     sse_keepalive: Option<(std::time::Duration, Bytes, Instant)>,
 }
 
-/// One piece of output: bytes, or a byte range of a file sent with sendfile(2).
-enum Segment {
-    Bytes(Bytes),
-    File { file: std::fs::File, offset: u64, len: u64 },
-}
-
-/// Bytes waiting to be written, with the body bytes each piece accounts for.
-#[derive(Default)]
-struct Out {
-    small: BytesMut,
-    small_counted: usize,
-    segments: Vec<(Segment, usize)>,
-}
-
-impl Out {
-    fn is_empty(&self) -> bool {
-        self.small.is_empty() && self.segments.is_empty()
-    }
-
-    fn seal_small(&mut self) {
-        if !self.small.is_empty() || self.small_counted > 0 {
-            let b = self.small.split().freeze();
-            self.segments.push((Segment::Bytes(b), std::mem::take(&mut self.small_counted)));
-        }
-    }
-
-    fn data(&mut self, data: Bytes, counted: usize) {
-        if data.len() < COALESCE_MAX {
-            self.small.extend_from_slice(&data);
-            self.small_counted += counted;
-        } else {
-            self.seal_small();
-            self.segments.push((Segment::Bytes(data), counted));
-        }
-    }
-
-    fn file(&mut self, file: std::fs::File, offset: u64, len: u64) {
-        self.seal_small();
-        if len > 0 {
-            self.segments.push((Segment::File { file, offset, len }, 0));
-        }
-    }
-}
-
 /// A served connection.
 pub struct Conn<S: Transport> {
     ctx: Rc<IoCtx>,
@@ -135,7 +96,7 @@ pub struct Conn<S: Transport> {
     tx: ActionSender,
     phase: watch::Receiver<Phase>,
     rbuf: BytesMut,
-    out: Out,
+    out: Writer,
     eof: bool,
     counters: Arc<ConnCounters>,
     /// `None` on Unix-domain sockets (the scope then has no `client`).
@@ -152,6 +113,8 @@ impl<S: Transport> Conn<S> {
     pub fn new(ctx: Rc<IoCtx>, stream: S, client: Option<(String, u16)>, server: (String, Option<u16>), tls: Option<Arc<crate::server::tls::TlsInfo>>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let phase = ctx.phase.clone();
+        let counters = Arc::new(ConnCounters::default());
+        let shared = ctx.shared.clone();
         Conn {
             ctx,
             stream,
@@ -159,9 +122,9 @@ impl<S: Transport> Conn<S> {
             tx,
             phase,
             rbuf: BytesMut::with_capacity(8192),
-            out: Out::default(),
+            out: Writer::new(shared, counters.clone()),
             eof: false,
-            counters: Arc::new(ConnCounters::default()),
+            counters,
             client,
             server,
             tls,
@@ -178,8 +141,8 @@ impl<S: Transport> Conn<S> {
                 HeadResult::Closed => break,
                 HeadResult::Refused(status) => {
                     let server = self.ctx.shared.config.server_header.clone();
-                    response::encode_error(&mut self.out.small, status, &server);
-                    let _ = self.flush_out(0).await;
+                    response::encode_error(self.out.buf(), status, &server);
+                    self.finish_writes().await;
                     break;
                 }
             };
@@ -188,9 +151,22 @@ impl<S: Transport> Conn<S> {
                 break;
             }
         }
-        let _ = self.stream.shutdown().await;
+        // A TLS close_notify is a write too: bounded, so a client that stopped
+        // reading cannot hold the task.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.stream.shutdown()).await;
     }
 
+    /// Writes what is queued, bounded by the write stall timer and the end of the grace.
+    async fn finish_writes(&mut self) -> bool {
+        let stall = self.ctx.shared.config.timeout;
+        self.out.finish(&mut self.stream, &self.ctx, stall).await.is_ok()
+    }
+
+    /// Reads one request head under a deadline: `header_timeout` from its
+    /// first byte (the keep-alive `timeout` while idle between requests).
+    /// Leading empty lines are consumed as they come and bounded; the buffer
+    /// is searched for the end of the head only past what was searched
+    /// before, and parsed once the line and once the head is complete.
     async fn read_head(&mut self, first: bool) -> HeadResult {
         let cfg = &self.ctx.shared.config;
         let header_deadline = || (!cfg.header_timeout.is_zero()).then(|| Instant::now() + cfg.header_timeout);
@@ -204,36 +180,69 @@ impl<S: Transport> Conn<S> {
             deadline = Some(Instant::now() + std::time::Duration::from_secs(1));
         }
         let mut head_started = first;
+        let mut empty_lines = 0usize;
+        let mut scanned = 0usize;
+        let mut line_done = false;
+        let limit = cfg.max_request_line_size + cfg.max_header_size;
         loop {
-            if !self.rbuf.is_empty() {
-                match parse::parse(&self.rbuf, cfg) {
-                    Ok(Some(raw)) => {
-                        let bytes = self.rbuf.split_to(raw.len).freeze();
-                        return match raw.finish(&bytes, cfg) {
-                            Ok(h) => HeadResult::Head(h),
-                            Err(r) => HeadResult::Refused(r.0),
-                        };
-                    }
-                    Ok(None) => {}
-                    Err(r) => return HeadResult::Refused(r.0),
+            if !self.rbuf.is_empty() && !head_started {
+                head_started = true;
+                deadline = header_deadline();
+            }
+            while scanned == 0 && !self.rbuf.is_empty() {
+                let n = match &self.rbuf[..] {
+                    [b'\r', b'\n', ..] => 2,
+                    [b'\n', ..] => 1,
+                    [b'\r'] => break, // the LF may be on its way
+                    _ => break,
+                };
+                empty_lines += 1;
+                if empty_lines > MAX_LEADING_EMPTY_LINES {
+                    return HeadResult::Refused(400);
                 }
-                if !head_started {
-                    head_started = true;
-                    deadline = header_deadline();
+                let _ = self.rbuf.split_to(n);
+            }
+            let prelude = empty_lines * 2;
+            // A lone CR may be the start of one more empty line: wait for its LF.
+            if !self.rbuf.is_empty() && !(scanned == 0 && &self.rbuf[..] == b"\r") {
+                let from = scanned;
+                scanned = self.rbuf.len();
+                let end = find_head_end(&self.rbuf, from);
+                let line_was_done = line_done;
+                line_done = line_done || self.rbuf[from..].contains(&b'\n');
+                if end.is_some() || (line_done && !line_was_done) {
+                    match parse::parse(&self.rbuf, cfg) {
+                        Ok(Some(raw)) => {
+                            let bytes = self.rbuf.split_to(raw.len).freeze();
+                            return match raw.finish(&bytes, cfg) {
+                                Ok(h) => HeadResult::Head(h),
+                                Err(r) => HeadResult::Refused(r.0),
+                            };
+                        }
+                        Ok(None) => {}
+                        Err(r) => return HeadResult::Refused(r.0),
+                    }
+                }
+                if !line_done && self.rbuf.len() > cfg.max_request_line_size {
+                    return HeadResult::Refused(414);
+                }
+                if self.rbuf.len() + prelude > limit {
+                    return HeadResult::Refused(431);
                 }
             }
             if self.eof {
                 return if self.rbuf.is_empty() { HeadResult::Closed } else { HeadResult::Refused(400) };
             }
-            let idle = self.rbuf.is_empty();
-            let far = Instant::now() + std::time::Duration::from_secs(86400 * 365);
+            let idle = self.rbuf.is_empty() && empty_lines == 0;
+            let room = (limit + 1).saturating_sub(self.rbuf.len()).max(1);
+            let first_conn = first;
             tokio::select! {
-                r = self.stream.read_buf(&mut self.rbuf) => match r {
+                r = poll_fn(|cx| poll_read_capped(cx, &mut self.stream, &mut self.rbuf, room)) => match r {
                     Ok(0) | Err(_) => self.eof = true,
                     Ok(n) => { self.counters.bytes_read.fetch_add(n as u64, Ordering::Relaxed); }
                 },
-                _ = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => return HeadResult::Closed,
-                _ = self.phase.wait_for(|p| if idle && !first { *p != Phase::Running } else { *p == Phase::Closing }) => return HeadResult::Closed,
+                _ = sleep_opt(deadline) => return HeadResult::Closed,
+                _ = self.phase.wait_for(|p| if idle && !first_conn { *p != Phase::Running } else { *p == Phase::Closing }) => return HeadResult::Closed,
             }
         }
     }
@@ -251,7 +260,10 @@ impl<S: Transport> Conn<S> {
         match head.framing {
             Framing::None => pre = Some(Bytes::new()),
             Framing::Length(n) if n <= PREREAD_MAX && !head.expect_continue => {
-                if !self.fill_to(n as usize).await {
+                // One deadline for the whole pre-read: a client dripping a byte
+                // at a time cannot hold the slot before the app sees the request.
+                let deadline = self.pre_read_deadline();
+                if !self.fill_to(n as usize, deadline).await {
                     return false;
                 }
                 pre = Some(self.rbuf.split_to(n as usize).freeze());
@@ -268,8 +280,8 @@ impl<S: Transport> Conn<S> {
                     Ok(None) => {}
                     Err(status) => {
                         let server = self.ctx.shared.config.server_header.clone();
-                        response::encode_error(&mut self.out.small, status, &server);
-                        let _ = self.flush_out(0).await;
+                        response::encode_error(self.out.buf(), status, &server);
+                        self.finish_writes().await;
                         return false;
                     }
                 }
@@ -348,7 +360,8 @@ impl<S: Transport> Conn<S> {
     /// Answers the handshake with 101 and runs the WebSocket session.
     async fn websocket(&mut self, id: Id, key: &Bytes, subprotocol: Option<String>, headers: Headers) {
         let response = crate::ws::handshake::switching_protocols(key, subprotocol.as_deref(), &headers);
-        if self.stream.write_all(&response).await.is_err() {
+        self.out.data(response, 0);
+        if !self.finish_writes().await {
             self.ctx.shared.events.push(Event::WsDisconnect { id, code: 1006, reason: "write_error".into() });
             return;
         }
@@ -363,60 +376,82 @@ impl<S: Transport> Conn<S> {
         session.run(&mut self.stream, leftover).await;
     }
 
-    /// Reads until `rbuf` holds `n` bytes; false if the client went away or stalled.
-    async fn fill_to(&mut self, n: usize) -> bool {
-        let t = self.ctx.shared.config.header_timeout;
+    /// The deadline for bytes read on the server's behalf before or after
+    /// the app's part (the small-body pre-read, skipping an unread body).
+    fn pre_read_deadline(&self) -> Option<Instant> {
+        let cfg = &self.ctx.shared.config;
+        let t = if cfg.header_timeout.is_zero() { cfg.timeout } else { cfg.header_timeout };
+        (!t.is_zero()).then(|| Instant::now() + t)
+    }
+
+    /// Reads until `rbuf` holds `n` bytes by `deadline`; false if the client
+    /// went away, missed the deadline, or the grace ended.
+    async fn fill_to(&mut self, n: usize, deadline: Option<Instant>) -> bool {
         while self.rbuf.len() < n {
             if self.eof {
                 return false;
             }
-            let read = self.stream.read_buf(&mut self.rbuf);
-            let r = if t.is_zero() { Ok(read.await) } else { tokio::time::timeout(t, read).await };
-            match r {
-                Ok(Ok(m)) if m > 0 => {
-                    self.counters.bytes_read.fetch_add(m as u64, Ordering::Relaxed);
-                }
-                _ => return false,
+            let want = (n - self.rbuf.len()).max(4096);
+            tokio::select! {
+                r = poll_fn(|cx| poll_read_capped(cx, &mut self.stream, &mut self.rbuf, want)) => match r {
+                    Ok(m) if m > 0 => {
+                        self.counters.bytes_read.fetch_add(m as u64, Ordering::Relaxed);
+                    }
+                    _ => {
+                        self.eof = true;
+                        return false;
+                    }
+                },
+                _ = sleep_opt(deadline) => return false,
+                _ = self.phase.wait_for(|p| *p == Phase::Closing) => return false,
             }
         }
         true
     }
 
+    /// Serves one request from the request event to the last byte of its
+    /// response. Commands, socket reads and writes, phase changes and every
+    /// timer share one select, so nothing can block the others.
     async fn exchange(&mut self, ex: &mut Exchange) -> Outcome {
         let cfg = &self.ctx.shared.config;
-        let (body_timeout, request_timeout) = (cfg.body_timeout, cfg.request_timeout);
-        let far = Instant::now() + std::time::Duration::from_secs(86400 * 365);
+        let (body_timeout, request_timeout, write_stall) = (cfg.body_timeout, cfg.request_timeout, cfg.timeout);
         let mut last_read = Instant::now();
         let mut last_activity = last_read;
         let mut noticed = *self.phase.borrow() != Phase::Running;
+        self.out.set_id(ex.id);
         loop {
             let need_body = ex.want_body && !ex.body.is_done();
             let can_read = !self.eof && (need_body || self.rbuf.len() < PEEK_LIMIT);
             // Without a body request, read only up to PEEK_LIMIT bytes ahead in total.
-            let read_limit = if need_body { BODY_CHUNK } else { PEEK_LIMIT.saturating_sub(self.rbuf.len()) };
+            let read_limit = if !can_read { 0 } else if need_body { BODY_CHUNK } else { PEEK_LIMIT.saturating_sub(self.rbuf.len()) };
             let body_deadline = (need_body && !body_timeout.is_zero()).then(|| last_read + body_timeout);
             let stall_deadline = (!request_timeout.is_zero()).then(|| last_activity + request_timeout);
             let deadline = match (body_deadline, stall_deadline) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            let write_deadline = self.out.stall_deadline(write_stall);
             let tick = ex.sse_keepalive.as_ref().map(|k| k.2);
             let woke = tokio::select! {
                 biased;
                 cmd = self.rx.recv() => Woke::Command(cmd.expect("a connection holds its own sender")),
-                res = read_some(&mut self.stream, &mut self.rbuf, read_limit), if can_read => Woke::Read(res),
+                io = poll_fn(|cx| poll_io(cx, &mut self.stream, &mut self.out, &mut self.rbuf, read_limit)) => match io {
+                    Io::Read(r) => Woke::Read(r),
+                    Io::Wrote => Woke::Wrote,
+                    Io::WriteFailed(_) => Woke::WriteFailed,
+                },
                 p = self.phase.wait_for(|p| if noticed { *p == Phase::Closing } else { *p != Phase::Running }) => {
                     match p.map(|p| *p) {
                         Ok(Phase::Closing) | Err(_) => Woke::Closing,
                         Ok(_) => Woke::Draining,
                     }
                 }
-                _ = sleep_until(deadline.unwrap_or(far)), if deadline.is_some() => Woke::Stalled,
-                _ = sleep_until(tick.unwrap_or(far)), if tick.is_some() => Woke::Keepalive,
+                _ = sleep_opt(deadline) => Woke::Stalled,
+                _ = sleep_opt(write_deadline) => Woke::WriteStalled,
+                _ = sleep_opt(tick) => Woke::Keepalive,
             };
             let step = match woke {
                 Woke::Command((cid, action)) => {
-                    last_activity = Instant::now();
                     let mut r = self.apply(ex, cid, action);
                     // After websocket.accept the rest stays queued for the session.
                     while r.is_ok() && ex.upgrade.is_none() {
@@ -427,6 +462,12 @@ impl<S: Transport> Conn<S> {
                     }
                     r
                 }
+                Woke::Wrote => {
+                    last_activity = Instant::now();
+                    Ok(())
+                }
+                Woke::WriteFailed => Err(Reason::WriteError),
+                Woke::WriteStalled => Err(Reason::WriteTimeout),
                 Woke::Read(Ok(n)) if n > 0 => {
                     last_read = Instant::now();
                     last_activity = last_read;
@@ -463,23 +504,17 @@ impl<S: Transport> Conn<S> {
                     Ok(())
                 }
             };
-            if !self.out.is_empty() {
-                let write = self.flush_out(ex.id);
-                let written = if request_timeout.is_zero() {
-                    write.await
-                } else {
-                    tokio::time::timeout(request_timeout, write).await.unwrap_or_else(|_| {
-                        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write stalled"))
-                    })
-                };
-                last_activity = Instant::now();
-                if let Err(e) = written {
-                    let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
-                    return Outcome::Failed(if timed_out { Reason::WriteTimeout } else { Reason::WriteError });
+            match step {
+                // A refusal (408, 413, 400) was queued: it goes out, briefly, before the close.
+                Err(reason @ (Reason::ClientTimeout | Reason::BodyTooLarge | Reason::ProtocolError | Reason::ClientClosed)) => {
+                    self.finish_writes().await;
+                    return Outcome::Failed(reason);
                 }
+                Err(reason) => return Outcome::Failed(reason),
+                Ok(()) => {}
             }
-            if let Err(reason) = step {
-                return Outcome::Failed(reason);
+            if !self.out.is_idle() {
+                continue; // the response is over only once its last byte is out
             }
             if ex.aborted {
                 return Outcome::Failed(Reason::ServerError);
@@ -531,7 +566,7 @@ impl<S: Transport> Conn<S> {
                 self.write_body(ex, data, more, counted, framing);
                 if !more && !(ex.trailers_declared && framing == BodyFraming::Chunked) {
                     if framing == BodyFraming::Chunked {
-                        response::put_chunked_end(&mut self.out.small, None);
+                        response::put_chunked_end(self.out.buf(), None);
                     }
                     ex.resp = Resp::Done;
                 }
@@ -552,9 +587,9 @@ impl<S: Transport> Conn<S> {
                     BodyFraming::Close => self.out.file(file, offset, len),
                     BodyFraming::Chunked => {
                         if len > 0 {
-                            response::put_chunk_header(&mut self.out.small, len as usize);
+                            response::put_chunk_header(self.out.buf(), len as usize);
                             self.out.file(file, offset, len);
-                            self.out.small.extend_from_slice(b"\r\n");
+                            self.out.buf().extend_from_slice(b"\r\n");
                         }
                     }
                     BodyFraming::Length(left) => {
@@ -568,7 +603,7 @@ impl<S: Transport> Conn<S> {
                 }
                 if !(ex.trailers_declared && ex.framing == BodyFraming::Chunked) {
                     if ex.framing == BodyFraming::Chunked {
-                        response::put_chunked_end(&mut self.out.small, None);
+                        response::put_chunked_end(self.out.buf(), None);
                     }
                     ex.resp = Resp::Done;
                 }
@@ -579,7 +614,7 @@ impl<S: Transport> Conn<S> {
                 }
                 if ex.framing == BodyFraming::Chunked {
                     let t = ex.te_trailers.then_some(&headers);
-                    response::put_chunked_end(&mut self.out.small, t);
+                    response::put_chunked_end(self.out.buf(), t);
                 }
                 ex.resp = Resp::Done;
             }
@@ -597,7 +632,7 @@ impl<S: Transport> Conn<S> {
 
     fn encode(&mut self, ex: &mut Exchange, status: u16, headers: &Headers, known: Option<usize>) -> response::Encoded {
         let server = &self.ctx.shared.config.server_header;
-        let enc = response::encode_head(&mut self.out.small, status, headers, ex.info, known, server);
+        let enc = response::encode_head(self.out.buf(), status, headers, ex.info, known, server);
         ex.framing = enc.framing;
         ex.keep_alive = enc.keep_alive;
         enc
@@ -610,9 +645,9 @@ impl<S: Transport> Conn<S> {
             BodyFraming::Close => self.out.data(data, counted),
             BodyFraming::Chunked => {
                 if !data.is_empty() {
-                    response::put_chunk_header(&mut self.out.small, data.len());
+                    response::put_chunk_header(self.out.buf(), data.len());
                     self.out.data(data, counted);
-                    self.out.small.extend_from_slice(b"\r\n");
+                    self.out.buf().extend_from_slice(b"\r\n");
                 } else {
                     self.out.data(data, counted);
                 }
@@ -635,7 +670,7 @@ impl<S: Transport> Conn<S> {
 
     fn deliver_body(&mut self, ex: &mut Exchange) -> Result<(), Reason> {
         if ex.continue_pending && !ex.body.is_done() && self.rbuf.is_empty() && ex.resp == Resp::Idle {
-            self.out.small.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            self.out.buf().extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
         ex.continue_pending = false;
         match ex.body.step(&mut self.rbuf, BODY_CHUNK) {
@@ -658,7 +693,7 @@ impl<S: Transport> Conn<S> {
     fn refuse_mid_request(&mut self, ex: &mut Exchange, status: u16, reason: Reason) -> Reason {
         if ex.resp == Resp::Idle {
             let server = self.ctx.shared.config.server_header.clone();
-            response::encode_error(&mut self.out.small, status, &server);
+            response::encode_error(self.out.buf(), status, &server);
         }
         reason
     }
@@ -673,6 +708,7 @@ impl<S: Transport> Conn<S> {
             return false; // the client still waits for 100 Continue; its body may never come
         }
         let mut skipped = 0u64;
+        let deadline = self.pre_read_deadline();
         loop {
             match ex.body.step(&mut self.rbuf, usize::MAX) {
                 Ok(Step::Data(d, more)) => {
@@ -686,7 +722,7 @@ impl<S: Transport> Conn<S> {
                         return false;
                     }
                     let want = self.rbuf.len() + 1;
-                    if !self.fill_to(want).await {
+                    if !self.fill_to(want, deadline).await {
                         return false;
                     }
                 }
@@ -695,46 +731,27 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    /// Writes everything queued; accounts the body bytes and wakes a waiting sender.
-    async fn flush_out(&mut self, id: Id) -> std::io::Result<()> {
-        self.out.seal_small();
-        let low = self.ctx.shared.config.write_low_watermark;
-        let segments = std::mem::take(&mut self.out.segments);
-        let mut result = Ok(());
-        for (segment, counted) in segments {
-            if result.is_ok() {
-                result = match segment {
-                    Segment::Bytes(bytes) if bytes.is_empty() => Ok(()),
-                    Segment::Bytes(bytes) => self.stream.write_all(&bytes).await,
-                    Segment::File { file, offset, len } => {
-                        let zero_copy = match self.stream.send_file(&file, offset, len) {
-                            Some(sending) => Some(sending.await),
-                            None => None,
-                        };
-                        match zero_copy {
-                            Some(result) => result,
-                            None => crate::server::transport::copy_file(&mut self.stream, &file, offset, len).await,
-                        }
-                    }
-                };
-            }
-            if counted > 0 && self.counters.sub_buffered(counted, low) {
-                self.ctx.shared.events.push(Event::Writable { id });
-            }
-        }
-        result
-    }
-
     fn log(&self, level: &'static str, message: String) {
         self.ctx.shared.events.push(Event::Log { level, message });
     }
 }
 
-/// Reads at most `limit` bytes into `buf`; the cap is what bounds read-ahead.
-async fn read_some<S: Transport>(stream: &mut S, buf: &mut BytesMut, limit: usize) -> std::io::Result<usize> {
-    buf.reserve(limit.min(BODY_CHUNK));
-    let mut capped = (&mut *stream).take(limit as u64);
-    capped.read_buf(buf).await
+/// Where the blank line ending a head is, searching only from `from`
+/// (minus the three bytes a terminator split across reads may start in).
+fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from.saturating_sub(3);
+    while let Some(p) = buf[i..].iter().position(|&b| b == b'\n') {
+        let at = i + p;
+        let rest = &buf[at + 1..];
+        if rest.starts_with(b"\n") {
+            return Some(at + 2);
+        }
+        if rest.starts_with(b"\r\n") {
+            return Some(at + 3);
+        }
+        i = at + 1;
+    }
+    None
 }
 
 /// Decodes a chunked body that is complete in `buf`, consuming it; `None`

@@ -9,3 +9,4 @@ pub mod dispatch;
 pub mod runtime;
 pub mod tls;
 pub mod transport;
+pub mod writer;

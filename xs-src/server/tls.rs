@@ -3,7 +3,7 @@
 //! reports about a connection (PAGI-SPEC 4).
 
 use crate::config::Config;
-use crate::server::transport::{SendFile, Transport};
+use crate::server::transport::Transport;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::Arc;
 use tokio::net::TcpStream;
@@ -122,7 +122,7 @@ pub fn info(conn: &rustls::ServerConnection, server_cert: &Arc<String>) -> TlsIn
 
 impl Transport for TlsStream<TcpStream> {
     /// Bytes must be encrypted, so files are copied, not sendfile'd.
-    fn send_file<'a>(&'a self, _file: &'a std::fs::File, _offset: u64, _len: u64) -> Option<SendFile<'a>> {
+    fn poll_send_file(&mut self, _cx: &mut std::task::Context<'_>, _file: &std::fs::File, _offset: u64, _len: u64) -> Option<std::task::Poll<std::io::Result<usize>>> {
         None
     }
 }
