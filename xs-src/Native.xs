@@ -15,8 +15,17 @@
 static pn_header *pn_scratch = NULL;
 static size_t pn_scratch_cap = 0;
 
-/* The immutable `pagi` hashref shared by every scope. */
-static SV *pn_pagi_info = NULL;
+/* The read-only values of every scope's `pagi` hash. Each scope gets its
+ * own small hash holding them, so an app that adds a key changes only its
+ * own scope, and assigning to a value croaks. */
+static SV *pn_pagi_version = NULL;
+
+static SV *pn_new_pagi_info(pTHX) {
+    HV *info = newHV();
+    (void)hv_stores(info, "version", SvREFCNT_inc_simple_NN(pn_pagi_version));
+    (void)hv_stores(info, "spec_version", SvREFCNT_inc_simple_NN(pn_pagi_version));
+    return newRV_noinc((SV *)info);
+}
 
 static void pn_croak_last(pTHX_ const char *method) {
     const char *msg = NULL;
@@ -120,7 +129,7 @@ static SV *pn_scope(pTHX_ const pn_request *r) {
         (void)hv_stores(hv, "method", pn_sv(aTHX_ r->method));
         (void)hv_stores(hv, "scheme", pn_sv(aTHX_ r->scheme));
     }
-    (void)hv_stores(hv, "pagi", newRV_inc(pn_pagi_info));
+    (void)hv_stores(hv, "pagi", pn_new_pagi_info(aTHX));
     (void)hv_stores(hv, "http_version", pn_sv(aTHX_ r->http_version));
     (void)hv_stores(hv, "path", path);
     (void)hv_stores(hv, "raw_path", pn_sv(aTHX_ r->raw_path));
@@ -206,10 +215,8 @@ PROTOTYPES: DISABLE
 
 BOOT:
 {
-    HV *info = newHV();
-    (void)hv_stores(info, "version", newSVpvs("0.3"));
-    (void)hv_stores(info, "spec_version", newSVpvs("0.3"));
-    pn_pagi_info = (SV *)info;
+    pn_pagi_version = newSVpvs("0.3");
+    SvREADONLY_on(pn_pagi_version);
 }
 
 SV *

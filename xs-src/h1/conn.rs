@@ -610,7 +610,9 @@ impl<S: Transport> Conn<S> {
             }
             Action::Trailers { headers } if ex.resp == Resp::Started => {
                 if let Some((status, h)) = ex.pending_head.take() {
-                    self.encode(ex, status, &h, Some(0));
+                    // Declared trailers need chunked framing even with no body at all.
+                    let known = (!ex.trailers_declared).then_some(0);
+                    self.encode(ex, status, &h, known);
                 }
                 if ex.framing == BodyFraming::Chunked {
                     let t = ex.te_trailers.then_some(&headers);
@@ -673,19 +675,40 @@ impl<S: Transport> Conn<S> {
             self.out.buf().extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
         ex.continue_pending = false;
-        match ex.body.step(&mut self.rbuf, BODY_CHUNK) {
-            Ok(Step::Data(data, more)) => {
-                ex.body_total += data.len() as u64;
-                let max = self.ctx.shared.config.max_body_size;
-                if max > 0 && ex.body_total > max {
-                    return Err(self.refuse_mid_request(ex, 413, Reason::BodyTooLarge));
+        // Many small wire chunks make one event of up to BODY_CHUNK bytes: one
+        // want_body round trip per chunk would cost the app a wake each.
+        let mut collected = BytesMut::new();
+        loop {
+            let before = self.rbuf.len();
+            let step = ex.body.step(&mut self.rbuf, BODY_CHUNK - collected.len());
+            match step {
+                Ok(Step::Data(data, more)) => {
+                    ex.body_total += data.len() as u64;
+                    let max = self.ctx.shared.config.max_body_size;
+                    if max > 0 && ex.body_total > max {
+                        return Err(self.refuse_mid_request(ex, 413, Reason::BodyTooLarge));
+                    }
+                    let stuck = data.is_empty() && self.rbuf.len() == before;
+                    let data = if collected.is_empty() { data } else {
+                        collected.extend_from_slice(&data);
+                        collected.split().freeze()
+                    };
+                    if !more || stuck || data.len() >= BODY_CHUNK {
+                        ex.want_body = false;
+                        self.ctx.shared.events.push(Event::Body { id: ex.id, data, more });
+                        return Ok(());
+                    }
+                    collected.extend_from_slice(&data);
                 }
-                ex.want_body = false;
-                self.ctx.shared.events.push(Event::Body { id: ex.id, data, more });
-                Ok(())
+                Ok(Step::NeedMore) => {
+                    if !collected.is_empty() {
+                        ex.want_body = false;
+                        self.ctx.shared.events.push(Event::Body { id: ex.id, data: collected.freeze(), more: true });
+                    }
+                    return Ok(());
+                }
+                Err(r) => return Err(self.refuse_mid_request(ex, r.0, Reason::ProtocolError)),
             }
-            Ok(Step::NeedMore) => Ok(()),
-            Err(r) => Err(self.refuse_mid_request(ex, r.0, Reason::ProtocolError)),
         }
     }
 

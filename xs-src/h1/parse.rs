@@ -134,6 +134,10 @@ impl RawHead {
         if self.minor == 1 && f.host_count == 0 || f.host_count > 1 {
             return Err(Refusal(400));
         }
+        // RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty.
+        if self.minor == 0 && f.transfer_encoding.is_some() {
+            return Err(Refusal(400));
+        }
         let framing = f.framing(cfg)?;
         let websocket_key = f.websocket(self.minor, &method)?;
         let keep_alive = if self.minor == 0 { f.conn_keep_alive && !f.conn_close } else { !f.conn_close };

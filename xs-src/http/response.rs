@@ -171,6 +171,7 @@ pub fn put_chunked_end(out: &mut BytesMut, trailers: Option<&Headers>) {
 
 /// Checks response header bytes; the error names the header and the problem.
 pub fn check_headers(headers: &Headers) -> Result<(), String> {
+    let mut content_length_seen = false;
     for (name, value) in headers {
         let shown = String::from_utf8_lossy(name);
         if name.is_empty() {
@@ -185,10 +186,16 @@ pub fn check_headers(headers: &Headers) -> Result<(), String> {
         if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
             return Err(format!("Invalid header value: contains CR, LF, or null byte (header '{shown}')"));
         }
-        if name.eq_ignore_ascii_case(b"content-length")
-            && (value.trim_ascii().is_empty() || !value.trim_ascii().iter().all(u8::is_ascii_digit))
-        {
-            return Err(format!("Invalid header value: content-length must be digits (header '{shown}')"));
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let v = value.trim_ascii();
+            if v.is_empty() || !v.iter().all(u8::is_ascii_digit) || std::str::from_utf8(v).ok().and_then(|t| t.parse::<u64>().ok()).is_none() {
+                return Err(format!("Invalid header value: content-length must be digits (header '{shown}')"));
+            }
+            // Two values on the wire would let a client and a proxy disagree on the framing.
+            if content_length_seen {
+                return Err("Invalid header: more than one content-length header".into());
+            }
+            content_length_seen = true;
         }
     }
     Ok(())

@@ -84,7 +84,7 @@ impl Engine {
     /// Calls from a process other than the one that started the engine are refused.
     pub fn check_pid(&self) -> Result<()> {
         match self.start_pid {
-            Some(pid) if pid != std::process::id() => {
+            Some(pid) if pid != current_pid() => {
                 Err(format!("engine was started in process {pid}; it cannot be used after fork"))
             }
             _ => Ok(()),
@@ -93,7 +93,7 @@ impl Engine {
 
     /// True when this process may free the engine (not a forked copy of a started one).
     pub fn owned_by_this_process(&self) -> bool {
-        self.start_pid.map_or(true, |pid| pid == std::process::id())
+        self.start_pid.map_or(true, |pid| pid == current_pid())
     }
 
     pub fn set_option(&mut self, name: &str, value: &str) -> Result<()> {
@@ -230,13 +230,13 @@ impl Engine {
     }
 
     pub fn respond_full(&mut self, id: Id, status: i64, headers: Headers, body: Bytes) -> Result<Sent> {
-        let status = check_status(status)?;
+        let status = check_final_status(status)?;
         response::check_headers(&headers)?;
         self.queue(id, Action::Full { status, headers, body }, 0)
     }
 
     pub fn http_start(&mut self, id: Id, status: i64, headers: Headers, trailers: bool) -> Result<Sent> {
-        let status = check_status(status)?;
+        let status = check_final_status(status)?;
         response::check_headers(&headers)?;
         self.queue(id, Action::Start { status, headers, trailers }, 0)
     }
@@ -455,6 +455,39 @@ impl Drop for Engine {
             let _ = t.join();
         }
     }
+}
+
+/// This process's pid without a getpid(2) per call: cached, and refreshed
+/// in the child by a pthread_atfork handler (Perl's fork calls fork(3)).
+pub fn current_pid() -> u32 {
+    use std::sync::atomic::AtomicU32;
+    static PID: AtomicU32 = AtomicU32::new(0);
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    extern "C" fn in_child() {
+        PID.store(0, Ordering::Relaxed);
+    }
+    HOOK.call_once(|| {
+        // SAFETY: registers a handler that only stores to an atomic.
+        unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+    });
+    match PID.load(Ordering::Relaxed) {
+        0 => {
+            let pid = std::process::id();
+            PID.store(pid, Ordering::Relaxed);
+            pid
+        }
+        pid => pid,
+    }
+}
+
+/// A status that ends the head: 1xx answers (100 Continue, 101 Switching
+/// Protocols) are the server's to send, never an app's final response.
+fn check_final_status(status: i64) -> Result<u16> {
+    let status = check_status(status)?;
+    if status < 200 {
+        return Err(format!("'status' must be a final status from 200 to 999, got {status} (1xx responses are sent by the server)"));
+    }
+    Ok(status)
 }
 
 fn check_status(status: i64) -> Result<u16> {

@@ -7,6 +7,8 @@ use crate::seam::event::{Event, Reason};
 use crate::server::ctx::{IoCtx, Phase};
 use crate::server::runtime::{panic_message, CatchUnwind};
 use crate::server::transport::Transport;
+use crate::server::writer::sleep_opt;
+use tokio::time::Instant;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -95,7 +97,12 @@ pub async fn accept_loop(ctx: Rc<IoCtx>, listener: Listener) {
     let mut phase = ctx.phase.clone();
     loop {
         let accepted = tokio::select! {
-            a = listener.accept_one(&ctx) => a,
+            a = listener.accept_one(&ctx) => {
+                if ctx.shared.test_panic.as_deref() == Some("accept") {
+                    panic!("test panic in an accept loop (PAGI_NATIVE_TEST_PANIC=accept)");
+                }
+                a
+            }
             _ = phase.wait_for(|p| *p != Phase::Running) => break,
         };
         if let Err(e) = accepted {
@@ -112,7 +119,9 @@ pub async fn accept_loop(ctx: Rc<IoCtx>, listener: Listener) {
 }
 
 /// A TCP connection: served as is, or after a TLS handshake bounded by
-/// `header_timeout` (a client that never finishes it is dropped).
+/// `header_timeout` (a client that never finishes it is dropped). A
+/// handshake in progress holds a connection slot; one that arrives over the
+/// cap is still completed, so the client can read its 503.
 fn admit_tcp(ctx: &Rc<IoCtx>, stream: tokio::net::TcpStream, tls: bool) {
     let _ = stream.set_nodelay(true);
     let client = stream.peer_addr().ok().map(|a| addr_pair(Some(a)));
@@ -122,21 +131,42 @@ fn admit_tcp(ctx: &Rc<IoCtx>, stream: tokio::net::TcpStream, tls: bool) {
         admit(ctx, stream, client, server, None);
         return;
     };
-    if ctx.live.get() >= ctx.shared.config.effective_max_connections() {
-        return; // a plain-text 503 would be garbage inside TLS: just close
+    let over_cap = ctx.live.get() >= ctx.shared.config.effective_max_connections();
+    if !over_cap {
+        ctx.live.set(ctx.live.get() + 1);
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(settings.config.clone());
     let server_cert = settings.server_cert_pem.clone();
     let ctx = ctx.clone();
     let limit = ctx.shared.config.header_timeout;
     tokio::task::spawn_local(async move {
-        let handshake = acceptor.accept(stream);
-        let done = if limit.is_zero() { Ok(handshake.await) } else { tokio::time::timeout(limit, handshake).await };
-        if let Ok(Ok(tls_stream)) = done {
-            let info = crate::server::tls::info(tls_stream.get_ref().1, &server_cert);
-            admit(&ctx, tls_stream, client, server, Some(Arc::new(info)));
+        let mut phase = ctx.phase.clone();
+        let deadline = (!limit.is_zero()).then(|| Instant::now() + limit);
+        let done = tokio::select! {
+            r = acceptor.accept(stream) => r.ok(),
+            _ = sleep_opt(deadline) => None,
+            _ = phase.wait_for(|p| *p == Phase::Closing) => None,
+        };
+        if !over_cap {
+            release_slot(&ctx);
+        }
+        match done {
+            Some(tls_stream) if over_cap => refuse_at_capacity(tls_stream).await,
+            Some(tls_stream) => {
+                let info = crate::server::tls::info(tls_stream.get_ref().1, &server_cert);
+                admit(&ctx, tls_stream, client, server, Some(Arc::new(info)));
+            }
+            None => {}
         }
     });
+}
+
+/// Gives back a connection slot; the drain waits for the last one.
+fn release_slot(ctx: &IoCtx) {
+    ctx.live.set(ctx.live.get() - 1);
+    if ctx.live.get() == 0 {
+        ctx.all_closed.notify_waiters();
+    }
 }
 
 /// Serves a new connection, or answers 503 when the process is at capacity.
@@ -192,10 +222,7 @@ fn spawn_conn<S: Transport>(ctx: Rc<IoCtx>, conn: Conn<S>) {
             }
         }
         ctx.shared.stats.connections_active.fetch_sub(1, Ordering::Relaxed);
-        ctx.live.set(ctx.live.get() - 1);
-        if ctx.live.get() == 0 {
-            ctx.all_closed.notify_waiters();
-        }
+        release_slot(&ctx);
     });
 }
 

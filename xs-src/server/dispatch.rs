@@ -12,6 +12,9 @@ pub async fn dispatch(ctx: Rc<IoCtx>, deadline: watch::Sender<Option<tokio::time
     loop {
         ctx.shared.command_wake.notified().await;
         let batch = std::mem::take(&mut *ctx.shared.commands.lock().unwrap_or_else(|p| p.into_inner()));
+        if ctx.shared.test_panic.as_deref() == Some("dispatch") {
+            panic!("test panic in the command dispatcher (PAGI_NATIVE_TEST_PANIC=dispatch)");
+        }
         let registry = ctx.registry.borrow();
         for cmd in batch {
             match cmd {

@@ -28,6 +28,15 @@ pub fn run_thread(shared: Arc<Shared>, listeners: Vec<StdListener>) {
     }
 }
 
+/// Runs a task the engine cannot work without; a panic in it becomes a
+/// `fatal` event, so Perl stops instead of waiting for events that will
+/// never come.
+async fn fatal_on_panic(shared: Arc<Shared>, what: &'static str, task: impl Future<Output = ()>) {
+    if let Err(panic) = CatchUnwind(Box::pin(task)).await {
+        shared.events.push(Event::Fatal { message: format!("{what} panicked: {}", panic_message(&*panic)) });
+    }
+}
+
 /// Text of a panic payload.
 pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
@@ -56,7 +65,7 @@ async fn io_main(shared: Arc<Shared>, listeners: Vec<StdListener>) {
         match l.into_tokio() {
             Ok(l) => {
                 ctx.accepting.set(ctx.accepting.get() + 1);
-                tokio::task::spawn_local(accept::accept_loop(ctx.clone(), l));
+                tokio::task::spawn_local(fatal_on_panic(shared.clone(), "an accept loop", accept::accept_loop(ctx.clone(), l)));
             }
             Err(e) => shared.events.push(Event::Log { level: "error", message: format!("cannot watch listener: {e}") }),
         }
@@ -65,7 +74,7 @@ async fn io_main(shared: Arc<Shared>, listeners: Vec<StdListener>) {
     // need their responses. It publishes the shutdown deadline; a later
     // shutdown with a shorter grace (DESTROY uses 0) brings it forward.
     let (deadline_tx, mut deadline_rx) = watch::channel(None::<tokio::time::Instant>);
-    tokio::task::spawn_local(crate::server::dispatch::dispatch(ctx.clone(), deadline_tx));
+    tokio::task::spawn_local(fatal_on_panic(shared.clone(), "the command dispatcher", crate::server::dispatch::dispatch(ctx.clone(), deadline_tx)));
     let _ = deadline_rx.wait_for(|d| d.is_some()).await;
     let _ = phase_tx.send(Phase::Draining);
     loop {
@@ -80,7 +89,8 @@ async fn io_main(shared: Arc<Shared>, listeners: Vec<StdListener>) {
         }
     }
     let _ = phase_tx.send(Phase::Closing);
-    while ctx.live.get() > 0 || ctx.accepting.get() > 0 {
+    // Accept loops have ended by now (one that panicked never will: not waited for).
+    while ctx.live.get() > 0 {
         ctx.all_closed.notified().await;
     }
 }
