@@ -165,6 +165,28 @@ subtest 'aliases at work: --limit-concurrency, --timeout-keep-alive, --timeout-g
     cmp_ok($took, '<', 4, 'but soon after the 1 s grace');
 };
 
+subtest '--loop: the app runs on that loop, even one it asked for while loading' => sub {
+    # The app sleeps on IO::Async::Loop->new, called while the file loads:
+    # it can only answer if that loop is the one pagi-server runs.
+    my $app = write_file('loop.pl', <<'PERL');
+use strict; use warnings; use Future::AsyncAwait; use IO::Async::Loop;
+my $loop = IO::Async::Loop->new;
+async sub { my ($s, $r, $send) = @_; die "no\n" unless $s->{type} eq 'http';
+  await $loop->delay_future(after => 0.01);
+  await $send->({ type => 'http.response.start', status => 200, headers => [] });
+  await $send->({ type => 'http.response.body', body => ref($loop) . ' ' . ref(IO::Async::Loop->new) }) };
+PERL
+    for my $type (qw(Poll Select)) {
+        my $child = serve([ '--loop', $type, $app ]);
+        next unless $child->{ready};
+        my $r = get($child->{port}, '/');
+        is($r && $r->{body}, "IO::Async::Loop::$type IO::Async::Loop::$type", "--loop $type: the app's loop is a $type loop, and runs");
+        is(stop_cli($child), 0, "--loop $type: exit 0");
+    }
+    one_line_error(run_cli([ '--loop', 'NoSuchLoop', $app ]), 2,
+        qr/\Apagi-server: --loop NoSuchLoop: cannot load that loop class: Can't locate IO\/Async\/Loop\/NoSuchLoop\.pm/, 'an unknown --loop');
+};
+
 subtest '--root-path' => sub {
     my $child = serve([ '--root-path', '/api', $scope_app ]);
     return unless $child->{ready};

@@ -271,6 +271,7 @@ subtest 'access_log gets one CLF line per request' => sub {
 # print or by warn, ends up there. → {pid, port, err_file, exit}.
 sub run_child {
     my (%options) = @_;
+    my $before_run = delete $options{before_run};
     my $listener = IO::Socket::IP->new(LocalHost => '127.0.0.1', LocalPort => 0, Listen => 128, ReuseAddr => 1)
         or die "listen: $@";
     my $err = File::Temp->new;
@@ -281,6 +282,7 @@ sub run_child {
             open STDERR, '>>', $err->filename or return 126;
             STDERR->autoflush(1);
             delete $SIG{__WARN__};
+            $before_run->() if $before_run;
             my $exit = eval { PAGI::Server->new(fd => fileno($listener), %options)->run };
             return $exit if defined $exit;
             print STDERR "died: $@";
@@ -402,6 +404,16 @@ subtest 'loop_type: run uses a loop of the named class' => sub {
         is($res && $res->{body}, $class, "loop_type => '$type': the app runs on $class");
         is(stop_child($child), 0, "loop_type => '$type': exit 0");
     }
+    # A loop of another class made before run: run still uses loop_type, and says
+    # that code holding the other loop waits on a loop that never runs.
+    my $early = run_child(app => $hello, loop_type => 'Select', access_log => undef,
+        before_run => sub { IO::Async::Loop->new });
+    my $early_res = child_get($early, '/loop');
+    is($early_res && $early_res->{body}, 'hello /loop', 'a loop made before run: the server still serves')
+        or diag(child_stderr($early));
+    is(stop_child($early), 0, 'exit 0');
+    like(child_stderr($early), qr/^\[pagi-server\] warn: loop_type Select: IO::Async::Loop->new was called before the server made its loop, so code using it gets an IO::Async::Loop::\w+, not the server's IO::Async::Loop::Select$/m,
+        'and warns that code holding the earlier loop is not served by it');
     my $child = run_child(app => $which, loop_type => 'NoSuchLoopClass', quiet => 1);
     ok(wait_for(sub { defined $child->{exit} }, 15), 'an unknown loop class: run ends');
     is($child->{exit} && $child->{exit} >> 8, 99, 'by dying');
