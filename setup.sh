@@ -48,10 +48,11 @@ perl_modules_ok() {
 }
 
 if command -v apt-get >/dev/null 2>&1; then
-    # Test::More is core perl, so no libtest-simple-perl here.
+    # Test::More is core perl, so no libtest-simple-perl here. curl, openssl and
+    # iproute2 (ss) are clients the tests use; under CI=true they must be there.
     want=(build-essential curl libio-async-perl libio-async-loop-epoll-perl
           libfuture-perl libfuture-asyncawait-perl libnet-async-http-perl
-          openssl libio-socket-ssl-perl)
+          openssl libio-socket-ssl-perl iproute2)
     [ "$bench" = 1 ] && want+=(starman wrk libplack-perl libmojolicious-perl)
     [ "$browser" = 1 ] && want+=(chromium)
 

@@ -1,5 +1,8 @@
 # Every examples/*/app.pl runs under bin/pagi-server and does what its header
-# comment says, answering the request its curl line suggests.
+# comment says, answering the request its curl line suggests with the exact
+# status and body; examples/08-tls-introspection also runs over TLS (with a
+# throwaway CA made by the openssl command). Under CI=true a missing openssl
+# or IO::Socket::SSL is a failure, not a skip.
 use strict;
 use warnings;
 use Test::More;
@@ -7,9 +10,37 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use PAGI::Test::Server qw(parse_responses);    # its import sets the alarm bounding this file
 use PAGI::Test::CLI qw(ROOT start_cli stop_cli http_raw http_get_cli stderr_of);
+use File::Temp ();
 use IO::Select;
 use IO::Socket::IP;
+use POSIX ();
 use Time::HiRes qw(time);
+
+my $CI = ($ENV{CI} // '') eq 'true';
+$SIG{PIPE} = 'IGNORE';
+
+sub source_of {
+    my ($name) = @_;
+    open my $fh, '<', ROOT() . "/examples/$name/app.pl" or die "examples/$name/app.pl: $!";
+    local $/;
+    return scalar <$fh>;
+}
+
+# Server-Sent Events in $stream → list of {field => value} (data lines joined).
+sub sse_events {
+    my ($stream) = @_;
+    my @events;
+    for my $block (split /\n\n/, $stream) {
+        my %e;
+        for my $line (split /\n/, $block) {
+            next if $line =~ /\A:/;
+            my ($field, $value) = $line =~ /\A([^:]+): ?(.*)\z/ or next;
+            $e{$field} = exists $e{$field} && $field eq 'data' ? "$e{$field}\n$value" : $value;
+        }
+        push @events, \%e if %e;
+    }
+    return @events;
+}
 
 # Reads until EOF (or $timeout), noting when each read arrived.
 sub timed_read {
@@ -141,6 +172,58 @@ my %CHECK = (
         is($t2, $t1, 'both requests see the same startup state');
         unlike(stderr_of($child), qr/lifespan not supported/i, 'the server ran the lifespan protocol');
     },
+    '05-sse-broadcaster' => sub {
+        my ($child) = @_;
+        my ($page) = source_of('05-sse-broadcaster') =~ /^my \$PAGE = <<'HTML';\n(.*?^)HTML\n/ms;
+        my $res = http_get_cli($child->{port}, '/');
+        is($res && $res->{status}, 200, 'GET /: status 200');
+        is($res && $res->{header}{'content-type'}, 'text/html; charset=utf-8', 'an HTML page');
+        is($res && $res->{body}, $page, 'the page of the app');
+
+        my $sse = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $child->{port}, Timeout => 5)
+            or return fail("connect: $@");
+        syswrite $sse, "GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n";
+        my ($buf, $sel) = ('', IO::Select->new($sse));
+        my $read_until = sub {
+            my ($cond, $timeout) = @_;
+            my $deadline = time + $timeout;
+            until ($cond->()) {
+                my $left = $deadline - time;
+                return 0 if $left <= 0 || !$sel->can_read($left);
+                sysread($sse, $buf, 65536, length $buf) or return 0;
+            }
+            return 1;
+        };
+        my $events = sub { my ($b) = $buf =~ /\r\n\r\n(.*)\z/s; sse_events($b // '') };
+        ok($read_until->(sub { grep { ($_->{data} // '') =~ /^welcome/ } $events->() }, 10), 'the stream opens')
+            or diag($buf);
+        my ($head) = $buf =~ /\A(.*?\r\n)\r\n/s;
+        like($head // '', qr{\AHTTP/1\.1 200 }, '/events: status 200');
+        like($head // '', qr{^content-type: text/event-stream\b}mi, 'as text/event-stream');
+        my ($welcome) = $events->();
+        is($welcome->{event}, 'message', 'the first event is a message');
+        is($welcome->{data}, 'welcome (1 listening)', 'the welcome, counting this one listener');
+
+        my $published = post($child->{port}, '/publish', 'hello everyone');
+        is($published && $published->{status}, 202, 'POST /publish: status 202');
+        is($published && $published->{body}, "sent to 1 listeners\n", 'sent to the one listener');
+        ok($read_until->(sub { grep { ($_->{data} // '') eq 'hello everyone' } $events->() }, 10),
+            'the published message arrives on the stream');
+        my ($message) = grep { ($_->{data} // '') eq 'hello everyone' } $events->();
+        is($message && $message->{event}, 'message', 'as a message event');
+        like($message && $message->{id}, qr/\A\d+\z/, 'with a numeric id');
+        ok($read_until->(sub { grep { ($_->{event} // '') eq 'clock' } $events->() }, 10), 'a clock event arrives');
+        my ($clock) = grep { ($_->{event} // '') eq 'clock' } $events->();
+        like($clock && $clock->{data}, qr/\A\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}\z/, 'carrying the time');
+        close $sse;
+    },
+    '08-tls-introspection' => sub {
+        my ($child) = @_;
+        my $res = http_get_cli($child->{port}, '/');
+        is($res && $res->{status}, 200, 'cleartext GET /: status 200');
+        is($res && $res->{header}{'content-type'}, 'text/plain; charset=utf-8', 'plain text');
+        is($res && $res->{body}, "scheme: http\nnot a TLS connection\n", 'the report says it is not TLS');
+    },
 );
 
 my @apps = sort glob(ROOT() . '/examples/*/app.pl');
@@ -162,13 +245,109 @@ for my $app (@apps) {
             $check->($child);
         }
         else {
-            my $res = http_get_cli($child->{port}, '/');
-            ok($res && $res->{status} < 500, 'GET / is answered');
+            fail("t/examples.t has no check for examples/$name: write one");
         }
         is(stop_cli($child), 0, 'SIGTERM: exit status 0');
         ok(!$child->{killed}, 'without needing SIGKILL');
         unlike($child->{stderr}, qr/\berror\b/i, 'no errors logged') or diag($child->{stderr});
     };
 }
+
+# --- examples/08-tls-introspection over TLS -----------------------------------
+
+subtest 'examples/08-tls-introspection over TLS, with a client certificate' => sub {
+    my $openssl = grep { -x "$_/openssl" } split /:/, $ENV{PATH} // '';
+    my $have_ssl = eval { require IO::Socket::SSL; 1 };
+    unless ($openssl && $have_ssl) {
+        my $why = $openssl ? 'IO::Socket::SSL is not installed' : 'the openssl command is not installed';
+        return fail("CI=true and $why: ./setup.sh installs it") if $CI;
+        plan skip_all => $why;
+    }
+    # A throwaway CA, a server certificate for 127.0.0.1 and a client one.
+    my $dir = File::Temp->newdir;
+    my $openssl_run = sub {
+        my $pid = fork // die "fork: $!";
+        if (!$pid) {
+            open STDIN, '<', '/dev/null';
+            open STDOUT, '>>', "$dir/openssl.log";
+            open STDERR, '>&', \*STDOUT;
+            exec 'openssl', @_ or POSIX::_exit(127);
+        }
+        waitpid $pid, 0;
+        die "openssl @_ failed (see $dir/openssl.log)\n" if $?;
+    };
+    open my $cnf, '>', "$dir/openssl.cnf" or die $!;
+    print {$cnf} "[req]\ndistinguished_name = dn\nprompt = no\n[dn]\nCN = unused\n"
+        . "[ca]\nbasicConstraints = critical,CA:TRUE\nkeyUsage = critical,keyCertSign,cRLSign\n"
+        . "[server]\nbasicConstraints = critical,CA:FALSE\nextendedKeyUsage = serverAuth\nsubjectAltName = DNS:localhost,IP:127.0.0.1\n"
+        . "[client]\nbasicConstraints = critical,CA:FALSE\nextendedKeyUsage = clientAuth\n";
+    close $cnf;
+    my @ec = qw(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes);
+    $openssl_run->('req', '-x509', @ec, '-keyout', "$dir/ca.key", '-out', "$dir/ca.pem", '-days', 2,
+        '-subj', '/CN=Examples CA', '-config', "$dir/openssl.cnf", '-extensions', 'ca');
+    for my $leaf ([ 'server', '/CN=localhost', 2 ], [ 'client', '/O=PAGI Examples/CN=example-client', 3 ]) {
+        my ($name, $subject, $serial) = @$leaf;
+        $openssl_run->('req', '-new', @ec, '-keyout', "$dir/$name.key", '-out', "$dir/$name.csr", '-subj', $subject,
+            '-config', "$dir/openssl.cnf");
+        $openssl_run->('x509', '-req', '-in', "$dir/$name.csr", '-CA', "$dir/ca.pem", '-CAkey', "$dir/ca.key",
+            '-set_serial', $serial, '-days', 2, '-out', "$dir/$name.pem", '-extfile', "$dir/openssl.cnf", '-extensions', $name);
+    }
+    my $pem = sub { open my $fh, '<', "$dir/$_[0].pem" or die $!; local $/; scalar <$fh> };
+    my ($server_pem, $client_pem, $ca_pem) = ($pem->('server'), $pem->('client'), $pem->('ca'));
+
+    my $child = start_cli([ 'examples/08-tls-introspection/app.pl', '--ssl-cert', "$dir/server.pem",
+        '--ssl-key', "$dir/server.key", '--ssl-ca', "$dir/ca.pem", '--ssl-verify-client', 'optional' ]);
+    ok($child->{ready}, 'pagi-server starts it with TLS') or do { diag(stderr_of($child)); return };
+
+    my $get = sub {
+        my (%ssl) = @_;
+        my $c = IO::Socket::SSL->new(PeerHost => '127.0.0.1', PeerPort => $child->{port}, Timeout => 5,
+            SSL_ca_file => "$dir/ca.pem", SSL_verifycn_name => '127.0.0.1', SSL_verifycn_scheme => 'http', %ssl)
+            or return (undef, undef, IO::Socket::SSL::errstr() || $@);
+        print {$c} "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        my ($buf, $sel, $deadline) = ('', IO::Select->new($c), time + 10);
+        while ((my $left = $deadline - time) > 0) {
+            last unless $c->pending || $sel->can_read($left);
+            my $n = sysread $c, $buf, 65536, length $buf;
+            last unless $n;
+        }
+        my ($r) = parse_responses($buf);
+        return ($r, $c->get_cipher, undef);
+    };
+
+    my ($r, $cipher, $err) = $get->(SSL_cert_file => "$dir/client.pem", SSL_key_file => "$dir/client.key");
+    is($r && $r->{status}, 200, 'HTTPS GET / with a client certificate: status 200') or diag($err);
+    my %IANA = (TLS_AES_128_GCM_SHA256 => '0x1301', TLS_AES_256_GCM_SHA384 => '0x1302',
+                TLS_CHACHA20_POLY1305_SHA256 => '0x1303');
+    my $id = $IANA{ $cipher // '' } // "(client negotiated $cipher)";
+    is($r && $r->{body}, "scheme: https\n"
+        . "tls_version: 0x0304 (TLS 1.3)\n"
+        . "cipher_suite: $id (" . ($cipher // '') . ")\n"
+        . "client_cert_name: O=PAGI Examples, CN=example-client\n"
+        . "client_cert_error: (undef)\n"
+        # IO::Socket::SSL sends the chain it can build: the leaf, then the CA.
+        . "client_cert_chain: 2 certificate(s)\n"
+        . "  [0] (leaf):\n$client_pem"
+        . "  [1]:\n$ca_pem"
+        . "server_cert:\n$server_pem",
+        'the report shows every field of the tls extension');
+
+    ($r, $cipher, $err) = $get->(SSL_version => 'TLSv1_2');
+    is($r && $r->{status}, 200, 'HTTPS GET / over TLS 1.2 without a client certificate: status 200') or diag($err);
+    my %IANA12 = ('ECDHE-ECDSA-AES128-GCM-SHA256' => '0xc02b (TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256)',
+                  'ECDHE-ECDSA-AES256-GCM-SHA384' => '0xc02c (TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384)',
+                  'ECDHE-ECDSA-CHACHA20-POLY1305' => '0xcca9 (TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256)');
+    is($r && $r->{body}, "scheme: https\n"
+        . "tls_version: 0x0303 (TLS 1.2)\n"
+        . "cipher_suite: " . ($IANA12{ $cipher // '' } // "(client negotiated $cipher)") . "\n"
+        . "client_cert_name: (undef)\n"
+        . "client_cert_error: (undef)\n"
+        . "client_cert_chain: 0 certificate(s)\n"
+        . "server_cert:\n$server_pem",
+        'the report of a TLS 1.2 connection without a client certificate');
+
+    is(stop_cli($child), 0, 'SIGTERM: exit status 0');
+    unlike($child->{stderr}, qr/\berror\b/i, 'no errors logged') or diag($child->{stderr});
+};
 
 done_testing;

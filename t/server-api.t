@@ -10,6 +10,7 @@ use PAGI::Server::Config;
 use Future::AsyncAwait;
 use IO::Socket::IP;
 use IO::Select;
+use File::Temp ();
 use POSIX ();
 use Time::HiRes ();
 
@@ -261,6 +262,163 @@ subtest 'access_log gets one CLF line per request' => sub {
     ok(wait_for(sub { ($log =~ tr/\n//) == 2 }, 5), 'a second request adds a second line');
     like($log, qr/"GET \/second\?q=1" 200 /, 'with its query string');
     stop_server($server);
+};
+
+# --- Options that must take effect, not only be accepted. ----------------------
+
+# A server run (PAGI::Server->run) in a forked child on a listening socket
+# made here (fd => N), its STDERR in a file: whatever the server logs, by
+# print or by warn, ends up there. → {pid, port, err_file, exit}.
+sub run_child {
+    my (%options) = @_;
+    my $before_run = delete $options{before_run};
+    my $listener = IO::Socket::IP->new(LocalHost => '127.0.0.1', LocalPort => 0, Listen => 128, ReuseAddr => 1)
+        or die "listen: $@";
+    my $err = File::Temp->new;
+    my $child = { port => $listener->sockport, err_file => $err };
+    $child->{pid} = $loop->fork(
+        code => sub {
+            alarm 60;
+            open STDERR, '>>', $err->filename or return 126;
+            STDERR->autoflush(1);
+            delete $SIG{__WARN__};
+            $before_run->() if $before_run;
+            my $exit = eval { PAGI::Server->new(fd => fileno($listener), %options)->run };
+            return $exit if defined $exit;
+            print STDERR "died: $@";
+            return 99;
+        },
+        on_exit => sub { $child->{exit} = $_[1] },
+    );
+    close $listener;
+    return $child;
+}
+
+sub child_stderr { my ($child) = @_; open my $fh, '<', $child->{err_file}->filename or return ''; local $/; scalar <$fh> }
+
+# The child answers a request (it is up), or undef after $timeout.
+sub child_get {
+    my ($child, $path, $timeout) = @_;
+    my $res;
+    wait_for(sub { $res = eval { http_get($child->{port}, $path)->get } }, $timeout // 15);
+    return $res;
+}
+
+# TERM, then wait for the exit (KILL after 15 s); returns the exit status.
+sub stop_child {
+    my ($child) = @_;
+    kill 'TERM', $child->{pid};
+    unless (wait_for(sub { defined $child->{exit} }, 15)) {
+        kill 'KILL', $child->{pid};
+        wait_for(sub { defined $child->{exit} }, 5);
+    }
+    return $child->{exit};
+}
+
+subtest 'listener_backlog is the backlog of the listening socket' => sub {
+    # Linux shows a listening TCP socket's backlog (sk_max_ack_backlog) as
+    # Send-Q in `ss -ltn`; /proc/net/tcp does not carry it.
+    my ($ss) = grep { -x } map { "$_/ss" } split(/:/, $ENV{PATH} // ''), '/usr/sbin', '/sbin', '/usr/bin';
+    unless ($^O eq 'linux' && $ss) {
+        return fail('CI=true and ss (iproute2) is missing: ./setup.sh installs it') if ($ENV{CI} // '') eq 'true';
+        plan skip_all => 'needs Linux and ss (iproute2)';
+    }
+    my $backlog_of = sub {
+        my ($port) = @_;
+        my $out = `$ss -Hltn 'sport = :$port' 2>&1`;
+        return $out =~ /^LISTEN\s+\d+\s+(\d+)\s+127\.0\.0\.1:$port\s/m ? $1 : "no listener in: $out";
+    };
+    # Small, odd values below any somaxconn cap, so neither can be a default.
+    for my $backlog (37, 61) {
+        my ($server, $port) = start_server(app => $hello, listener_backlog => $backlog);
+        is($backlog_of->($port), $backlog, "listener_backlog => $backlog: the socket's backlog is $backlog");
+        stop_server($server);
+    }
+    my ($server, $port) = start_server(app => $hello);
+    is($backlog_of->($port), 2048, 'the default is 2048 (as documented)');
+    stop_server($server);
+};
+
+subtest 'log_level: messages below the level are not logged, the others are' => sub {
+    my $dies = async sub {
+        my ($scope, $receive, $send) = @_;
+        die "Unsupported scope type: $scope->{type}\n" unless $scope->{type} eq 'http';
+        die "kaboom from the app\n" if $scope->{path} eq '/boom';
+        await $hello->($scope, $receive, $send);
+    };
+    # One message of each level the single-process server logs: info (the
+    # banner and SIGHUP ignored), warn (SIGUSR2 ignored), error (the app died).
+    my %message = (
+        info  => qr/^\[pagi-server\] info: listening on http:\/\/127\.0\.0\.1:\d+\/$/m,
+        info2 => qr/^\[pagi-server\] info: SIGHUP ignored in single-process mode/m,
+        warn  => qr/^\[pagi-server\] warn: SIGUSR2 ignored: hot restart needs workers$/m,
+        error => qr/^\[pagi-server\] error: app error on GET \/boom: kaboom from the app$/m,
+    );
+    my %shown = (info => [qw(info info2 warn error)], warn => [qw(warn error)], error => [qw(error)]);
+    for my $level (qw(info warn error)) {
+        my $child = run_child(app => $dies, log_level => $level, access_log => undef);
+        my $res = child_get($child, '/boom');
+        is($res && $res->{status}, 500, "log_level $level: the server is up (the app died: 500)");
+        # Signals are handled in the order sent (HUP, USR2, TERM), one at a
+        # time, so once TERM has ended the process the other two were logged.
+        kill $_, $child->{pid} for qw(HUP USR2);
+        is(stop_child($child), 0, "log_level $level: exits 0 on TERM");
+        my $log = child_stderr($child);
+        my %want = map { $_ => 1 } @{ $shown{$level} };
+        for my $name (sort keys %message) {
+            if ($want{$name}) { like($log, $message{$name}, "log_level $level: the $name message is logged") }
+            else              { unlike($log, $message{$name}, "log_level $level: the $name message is not") }
+        }
+        unlike($log, qr/\] debug: /, "log_level $level: nothing at debug") or diag($log);
+    }
+    # debug messages come from the prefork master.
+    for my $level (qw(debug info)) {
+        my $child = run_child(app => $hello, log_level => $level, access_log => undef, workers => 2);
+        my $res = child_get($child, '/up');
+        is($res && $res->{status}, 200, "workers, log_level $level: the workers serve");
+        is(stop_child($child), 0, "workers, log_level $level: exit 0");
+        my $log = child_stderr($child);
+        like($log, qr/^\[pagi-server\] info: listening on http:/m, "workers, log_level $level: info is logged");
+        my $debug = qr/^\[pagi-server\] debug: started worker 1 \(pid \d+\)$/m;
+        if ($level eq 'debug') { like($log, $debug, 'log_level debug: the debug message is logged') or diag($log) }
+        else                   { unlike($log, $debug, 'log_level info: the debug message is not') }
+    }
+};
+
+subtest 'loop_type: run uses a loop of the named class' => sub {
+    # The app sleeps on IO::Async::Loop->new before answering: the answer can
+    # only come if that loop is the one running, i.e. the server's.
+    my $which = async sub {
+        my ($scope, $receive, $send) = @_;
+        die "Unsupported scope type: $scope->{type}\n" unless $scope->{type} eq 'http';
+        my $loop = IO::Async::Loop->new;
+        await $loop->delay_future(after => 0.01);
+        await $send->({ type => 'http.response.start', status => 200, headers => [ [ 'content-type', 'text/plain' ] ] });
+        await $send->({ type => 'http.response.body', body => ref $loop });
+    };
+    for my $case ([ 'Poll', 'IO::Async::Loop::Poll' ], [ 'Select', 'IO::Async::Loop::Select' ],
+                  [ 'IO::Async::Loop::Select', 'IO::Async::Loop::Select' ]) {
+        my ($type, $class) = @$case;
+        my $child = run_child(app => $which, loop_type => $type, quiet => 1);
+        my $res = child_get($child, '/loop');
+        is($res && $res->{body}, $class, "loop_type => '$type': the app runs on $class");
+        is(stop_child($child), 0, "loop_type => '$type': exit 0");
+    }
+    # A loop of another class made before run: run still uses loop_type, and says
+    # that code holding the other loop waits on a loop that never runs.
+    my $early = run_child(app => $hello, loop_type => 'Select', access_log => undef,
+        before_run => sub { IO::Async::Loop->new });
+    my $early_res = child_get($early, '/loop');
+    is($early_res && $early_res->{body}, 'hello /loop', 'a loop made before run: the server still serves')
+        or diag(child_stderr($early));
+    is(stop_child($early), 0, 'exit 0');
+    like(child_stderr($early), qr/^\[pagi-server\] warn: loop_type Select: IO::Async::Loop->new was called before the server made its loop, so code using it gets an IO::Async::Loop::\w+, not the server's IO::Async::Loop::Select$/m,
+        'and warns that code holding the earlier loop is not served by it');
+    my $child = run_child(app => $which, loop_type => 'NoSuchLoopClass', quiet => 1);
+    ok(wait_for(sub { defined $child->{exit} }, 15), 'an unknown loop class: run ends');
+    is($child->{exit} && $child->{exit} >> 8, 99, 'by dying');
+    like(child_stderr($child), qr/^died: .*NoSuchLoopClass/m, 'naming the class');
+    kill 'KILL', $child->{pid} unless defined $child->{exit};
 };
 
 done_testing;

@@ -119,24 +119,10 @@ subtest 'lifespan.startup.failed makes listen fail and nothing is accepted' => s
     like($@, qr/Lifespan startup failed: no db/, 'the failure carries the app message');
     is($server->is_running, 0, 'the server is not running');
 
+    # listen closed its listeners when startup failed: the port refuses.
     my $sock = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $port, Type => Socket::SOCK_STREAM());
-    if (!$sock) {
-        pass('connecting afterwards is refused');
-    }
-    else {
-        syswrite $sock, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        my $got = '';
-        my $deadline = now() + 3;
-        my $sel = IO::Select->new($sock);
-        while (now() < $deadline) {
-            $loop->loop_once(0.01);
-            next unless $sel->can_read(0);
-            my $n = sysread $sock, my $buf, 4096;
-            last unless $n;
-            $got .= $buf;
-        }
-        is($got, '', 'a connection made afterwards gets no response');
-    }
+    ok(!$sock && $!{ECONNREFUSED}, 'connecting afterwards is refused (the listener is closed)')
+        or diag($sock ? 'the connection was accepted' : "connect: $@");
     $loop->delay_future(after => 0.2)->get;
     is($http_calls, 0, 'the app never got an http request');
     $loop->remove($server);

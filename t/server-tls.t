@@ -10,10 +10,12 @@ use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use PAGI::Test::Server qw(parse_responses);    # its import sets the alarm bounding this file
-use PAGI::Test::CLI qw(free_port start_cli stop_cli run_cli http_raw slurp wait_until stderr_of);
+use PAGI::Test::CLI qw(free_port start_cli stop_cli run_cli slurp wait_until stderr_of);
 use File::Temp ();
 use IO::Select;
+use IO::Socket::IP;
 use IO::Socket::UNIX;
+use Time::HiRes qw(time);
 use Socket qw(SOCK_STREAM);
 
 my $CI = ($ENV{CI} // '') eq 'true';
@@ -94,18 +96,54 @@ PERL
 # GET over TLS → the body, or undef when the handshake or request failed.
 sub tls_get {
     my ($port, %ssl) = @_;
+    my ($body) = tls_exchange($port, %ssl);
+    return $body;
+}
+
+# tls_exchange($port, %ssl) → ($body of a 200, $error): $error is the
+# client's handshake error, or the alert that ended the first read (as
+# OpenSSL names it; IO::Socket::SSL reports a received alert as a plain EOF,
+# so it is taken from OpenSSL's error queue), or what else went wrong.
+sub tls_exchange {
+    my ($port, %ssl) = @_;
+    Net::SSLeay::ERR_clear_error();
     my $c = IO::Socket::SSL->new(
         PeerHost => '127.0.0.1', PeerPort => $port, Timeout => 5,
         SSL_ca_file => $CA, SSL_verifycn_name => 'localhost', SSL_verifycn_scheme => 'http', %ssl,
-    ) or return undef;
+    ) or return (undef, IO::Socket::SSL::errstr() || $@ || "connect: $!");
     print {$c} "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     my $buf = '';
-    while (1) {
+    my $sel = IO::Select->new($c);
+    my $deadline = time + 10;
+    while ((my $left = $deadline - time) > 0) {
+        last unless $c->pending || $sel->can_read($left);
         my $n = sysread $c, $buf, 65536, length $buf;
         last unless $n;
     }
+    my @alerts;
+    while (my $code = Net::SSLeay::ERR_get_error()) { push @alerts, Net::SSLeay::ERR_error_string($code) }
     my ($r) = parse_responses($buf);
-    return $r && ($r->{status} // 0) == 200 ? $r->{body} : undef;
+    return ($r->{body}, undef) if $r && ($r->{status} // 0) == 200 && !$r->{incomplete};
+    return (undef, join('; ', @alerts) || ($buf eq '' ? 'no response' : 'not a 200: ' . substr($buf, 0, 200)));
+}
+
+# Plain bytes to $port → ($received, $closed): $closed is true when the
+# server closed the connection within $timeout, false on a timeout; dies
+# when the connection cannot be made (a dead server is not "no response").
+sub plain_exchange {
+    my ($port, $bytes, $timeout) = @_;
+    my $sock = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $port, Timeout => 5)
+        or die "connect to 127.0.0.1:$port: $@";
+    syswrite $sock, $bytes;
+    my $sel = IO::Select->new($sock);
+    my $deadline = time + $timeout;
+    my $buf = '';
+    while ((my $left = $deadline - time) > 0) {
+        last unless $sel->can_read($left);
+        my $n = sysread $sock, $buf, 65536, length $buf;
+        return ($buf, 1) unless $n;    # EOF or reset: the server closed it
+    }
+    return ($buf, 0);
 }
 
 sub field { my ($body, $name) = @_; ($body // '') =~ /(?:^| )$name=(\S*)/ ? $1 : undef }
@@ -123,7 +161,12 @@ subtest '--ssl-cert/--ssl-key: HTTPS with the tls extension; plain HTTP is not a
     my $body = tls_get($child->{port});
     is(field($body, 'scheme'), 'https', 'scheme https') or diag(stderr_of($child));
     like(field($body, 'tls') // '', qr/\A0x030[34]\z/, 'the tls extension carries the version');
-    unlike(http_raw($child->{port}, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 3), qr{\AHTTP/1\.1 200}, 'cleartext HTTP gets no response');
+    my ($plain, $closed) = plain_exchange($child->{port}, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 5);
+    ok($closed, 'cleartext HTTP: the server closes the connection (no wait for a timeout)');
+    # 0x15 = alert, then the record version, length 2, level 2 = fatal.
+    like($plain, qr/\A\x15\x03[\x01-\x04]\x00\x02\x02.\z/s, 'after one fatal TLS alert and no HTTP response')
+        or diag('received: ' . unpack('H*', $plain));
+    is(field(tls_get($child->{port}), 'scheme'), 'https', 'and still serves HTTPS afterwards');
     like(stderr_of($child), qr/TLS on/, 'the banner says TLS on');
     like(stderr_of($child), qr{listening on https://127\.0\.0\.1:\d+/}, 'and shows an https address');
     is(stop_cli($child), 0, 'exit 0');
@@ -156,7 +199,11 @@ subtest 'client certificates: --ssl-ca with --ssl-verify-client require' => sub 
     return unless $child->{ready};
     my $with = tls_get($child->{port}, SSL_cert_file => "$dir/client.pem", SSL_key_file => "$dir/client.key");
     like(field($with, 'client_cert') // '', qr/CN=ops-client/, 'a client with a certificate signed by the CA is served, its name in scope');
-    ok(!defined tls_get($child->{port}), 'a client without a certificate is refused');
+    my ($body, $err) = tls_exchange($child->{port});
+    is($body, undef, 'a client without a certificate gets no response');
+    like($err // '', qr/alert certificate required/, 'it is refused with the certificate_required alert');
+    like(field(tls_get($child->{port}, SSL_cert_file => "$dir/client.pem", SSL_key_file => "$dir/client.key"), 'client_cert') // '',
+        qr/CN=ops-client/, 'and the server still serves a client with a certificate afterwards');
     is(stop_cli($child), 0, 'exit 0');
 };
 
@@ -164,7 +211,10 @@ subtest '--ssl-min-version TLSv1_3' => sub {
     my $child = serve([ '--ssl-cert', $CERT, '--ssl-key', $KEY, '--ssl-min-version', 'TLSv1_3' ]);
     return unless $child->{ready};
     is(field(tls_get($child->{port}), 'tls'), '0x0304', 'a TLS 1.3 client is served with TLS 1.3');
-    ok(!defined tls_get($child->{port}, SSL_version => 'TLSv1_2'), 'a TLS 1.2-only client is refused');
+    my ($body, $err) = tls_exchange($child->{port}, SSL_version => 'TLSv1_2');
+    is($body, undef, 'a TLS 1.2-only client gets no response');
+    like($err // '', qr/alert protocol version/, 'it is refused with the protocol_version alert');
+    is(field(tls_get($child->{port}), 'tls'), '0x0304', 'and the server still serves TLS 1.3 afterwards');
     is(stop_cli($child), 0, 'exit 0');
 };
 

@@ -482,14 +482,29 @@ sub _attach_signals {
 # A loop of the configured class; apps calling IO::Async::Loop->new get it.
 sub _new_loop {
     my ($self) = @_;
-    require IO::Async::Loop;
     my $type = $self->{config}{loop_type};
+    return _loop_of_type($type, sub { $self->_log(@_) });
+}
+
+# Class-level (pagi-server makes the loop before it loads the app): the
+# process-wide loop when it already is of the class $type names, else a new
+# one of that class, which becomes IO::Async::Loop->new's answer when that
+# has none yet. When code already made a loop of another class, the server
+# still runs on $type, and $log is told: that code's timers would not fire.
+sub _loop_of_type {
+    my ($type, $log) = @_;
+    require IO::Async::Loop;
     return IO::Async::Loop->new unless defined $type;
     my $class = $type =~ /::/ ? $type : "IO::Async::Loop::$type";
     (my $file = "$class.pm") =~ s{::}{/}g;
     require $file;
+    no warnings 'once';
+    my $existing = $IO::Async::Loop::ONE_TRUE_LOOP;
+    return $existing if $existing && $existing->isa($class);
     my $loop = $class->new;
-    { no warnings 'once'; $IO::Async::Loop::ONE_TRUE_LOOP ||= $loop; }
+    $log->(warn => "loop_type $type: IO::Async::Loop->new was called before the server made its loop, "
+        . "so code using it gets an " . ref($existing) . ", not the server's $class") if $existing && $log;
+    $IO::Async::Loop::ONE_TRUE_LOOP ||= $loop;
     return $loop;
 }
 
@@ -698,7 +713,12 @@ C<debug>, C<info>, C<warn> or C<error>.
 
 =item loop_type
 
-IO::Async loop class used by L</run> (C<Epoll>, C<Poll>, ...).
+IO::Async loop class used by L</run> (C<Epoll>, C<Poll>, ...), also what
+C<< IO::Async::Loop->new >> returns to the app from then on. If that was
+called before C<run> and made a loop of another class, C<run> logs a warning:
+code holding that loop would wait on a loop that never runs. C<pagi-server
+--loop> makes the loop before it loads the app, so an app may call
+C<< IO::Async::Loop->new >> while it loads.
 
 =item max_body_size [10_000_000]
 

@@ -292,6 +292,13 @@ sub _start {
     return _fail(2, '--env must be development, production or none') unless $env =~ /\A(?:development|production|none)\z/;
     $ENV{PAGI_ENV} = $env;
 
+    # The --loop loop exists before the app loads: an app that calls
+    # IO::Async::Loop->new while loading gets the loop the server runs on.
+    if (defined $server->{loop_type}) {
+        require PAGI::Server;
+        return _fail(2, "--loop $server->{loop_type}: cannot load that loop class: " . ($@ =~ s/\n.*//sr))
+            unless eval { PAGI::Server::_loop_of_type($server->{loop_type}); 1 };
+    }
     my $app = eval { $class->_load(%$o) };
     return _fail(2, $@) unless $app;
     $app = _default_middleware($app) if $env eq 'development' && ($o->{default_middleware} // 1);
