@@ -101,6 +101,11 @@ subtest 'aliases set the same options as the canonical flags' => sub {
     is_deeply(PAGI::Server::Runner->server_options(qw(--fd 3 --fd 4)), { listen => [ { fd => 3 }, { fd => 4 } ] }, '--fd N --fd M');
     is_deeply(PAGI::Server::Runner->server_options(qw(--proxy-headers --forwarded-allow-ips 10.0.0.0/8 --root-path /api)),
         { proxy_headers => 1, forwarded_allow_ips => '10.0.0.0/8', root_path => '/api' }, 'proxy flags');
+    is_deeply(PAGI::Server::Runner->server_options(qw(--proxy-headers --forwarded-header --forwarded-host --forwarded-allow-ips), '10.0.0.1, unix:'),
+        { proxy_headers => 1, forwarded_header => 1, forwarded_host => 1, forwarded_allow_ips => '10.0.0.1, unix:' },
+        '--forwarded-header, --forwarded-host, unix: in --forwarded-allow-ips');
+    is_deeply(PAGI::Server::Runner->server_options('--proxy-headers'), { proxy_headers => 1 },
+        'without --forwarded-allow-ips the option is left to its default (FORWARDED_ALLOW_IPS, else 127.0.0.1,::1)');
     is_deeply(PAGI::Server::Runner->server_options(qw(--ssl-cert c.pem --ssl-key k.pem --ssl-ca ca.pem --ssl-verify-client require --ssl-min-version TLSv1_3 --ssl-ciphers A:B)),
         { ssl => { cert_file => 'c.pem', key_file => 'k.pem', ca_file => 'ca.pem', verify_client => 'require',
                    min_version => 'TLSv1_3', cipher_list => 'A:B' } }, 'TLS flags');
