@@ -64,7 +64,7 @@ sub decode_response {
 # GET / over TCP with extra header lines → what the app saw (undef on failure).
 sub seen {
     my ($port, @headers) = @_;
-    my $bytes = eval { raw_exchange($port, request_bytes($port, @headers), %{ $main::CONNECT // {} })->get };
+    my $bytes = eval { raw_exchange($port, request_bytes($port, @headers), timeout => 30, %{ $main::CONNECT // {} })->get };
     diag("request failed: $@") unless defined $bytes;
     return decode_response($bytes // '');
 }
@@ -297,7 +297,7 @@ subtest 'a WebSocket scope gets ws/wss' => sub {
                 raw_exchange($port, "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:$port\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                     . "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
                     . "X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: $proto\r\n\r\n",
-                    until => qr/\r\n\r\n\x81(?:[\x00-\x7d]|\x7e..)\{.*\}\x88/s)->get;
+                    until => qr/\r\n\r\n\x81(?:[\x00-\x7d]|\x7e..)\{.*\}\x88/s, timeout => 30)->get;
             } // '';
             like($bytes, qr{\AHTTP/1\.1 101 }, "X-Forwarded-Proto: $proto: handshake") or next;
             my $s = eval { $json->decode(first_text_message($bytes)) } // {};
