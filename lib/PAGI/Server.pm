@@ -38,7 +38,11 @@ sub new {
         # Applied to the server's own scope (see _dispatch_request), so the
         # access log shows the forwarded client too.
         require PAGI::Server::ProxyHeaders;
-        $self->{proxy_trust} = PAGI::Server::ProxyHeaders->trust($config->{forwarded_allow_ips});
+        $self->{proxy} = PAGI::Server::ProxyHeaders->new(
+            trusted          => $config->{forwarded_allow_ips},
+            forwarded_header => $config->{forwarded_header},
+            forwarded_host   => $config->{forwarded_host},
+        );
     }
     $self->{root_path} = $config->{root_path} if length $config->{root_path};
     $self->{state}    = {};
@@ -273,7 +277,7 @@ sub _dispatch_request {
     # worker drains and exits so the master starts a fresh one.
     my $last = defined $self->{requests_left} && --$self->{requests_left} == 0;
     $scope->{root_path}  = $self->{root_path} if defined $self->{root_path};
-    PAGI::Server::ProxyHeaders->apply($scope, $self->{proxy_trust}) if $self->{proxy_trust};
+    $self->{proxy}->apply($scope) if $self->{proxy};
     $scope->{state}      = { %{ $self->{state} } };
     # The engine puts the tls extension in place on TLS connections.
     my $engine_ext = $scope->{extensions};
@@ -680,16 +684,36 @@ L</WORKERS>. C<max_requests> recycles a worker after that many requests
 (plus up to 10% jitter), 0 never. C<heartbeat_timeout> kills and replaces
 a worker whose event loop has been blocked that many seconds (0 = off).
 
-=item proxy_headers [0], forwarded_allow_ips [127.0.0.1,::1]
+=item proxy_headers [0], forwarded_allow_ips [127.0.0.1,::1], forwarded_header [0], forwarded_host [0]
 
-Behind a reverse proxy: take the client address, scheme and host from
-C<X-Forwarded-For>, C<X-Forwarded-Proto>, C<X-Forwarded-Host> or
-C<Forwarded>, only when the connection comes from a trusted peer:
-C<forwarded_allow_ips> lists addresses and CIDR networks (a string,
-comma-separated, or an array reference), or C<*>; connections over a Unix
-socket are trusted. The app then gets a shallow copy of the scope with
-C<client>, C<scheme> and C<server> rewritten; see
-L<PAGI::Server::ProxyHeaders>.
+Behind a reverse proxy: with C<proxy_headers>, take the client address
+and scheme from C<X-Forwarded-For> and C<X-Forwarded-Proto>, but only when
+the connection comes from a trusted peer; from any other peer the headers
+are ignored. The access log shows the forwarded client too.
+
+C<forwarded_allow_ips> lists the trusted peers (a comma-separated string
+or an array reference): IPv4/IPv6 addresses, CIDR networks, C<unix:> for
+peers on a Unix-domain socket (not trusted otherwise), or C<*> for every
+peer. When the option is not given, the C<FORWARDED_ALLOW_IPS> environment
+variable is used if set, else C<127.0.0.1,::1>.
+
+The client is the right-most C<X-Forwarded-For> address that is not
+itself a trusted proxy (the left-most when all are): entries to its left
+were written by the client and are never believed. A header that does not
+parse is ignored whole.
+
+C<forwarded_header> takes all of this from the standard C<Forwarded>
+header (RFC 7239) instead, with the same rule for its C<for=> elements,
+and ignores C<X-Forwarded-*>. Off by default because a proxy that only
+sets C<X-Forwarded-For> passes a client's own C<Forwarded> through.
+
+C<forwarded_host> also takes the host from C<X-Forwarded-Host> (or
+C<Forwarded>'s C<host=>): C<server> becomes C<[host, port]> and the C<host>
+request header is replaced. Off by default for the same reason.
+
+C<forwarded_header> and C<forwarded_host> need C<proxy_headers>. Only
+C<client>, C<scheme> and, with C<forwarded_host>, C<server> and the C<host>
+header change; see L<PAGI::Server::ProxyHeaders> for the exact rules.
 
 =item root_path ['']
 

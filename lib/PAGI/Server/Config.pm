@@ -67,10 +67,9 @@ my %OPTIONS = (
     heartbeat_timeout        => { default => 50, check => \&_seconds },
     # Scope rewriting in front of the app.
     proxy_headers            => { default => 0 },
-    forwarded_allow_ips      => { default => '127.0.0.1,::1', check => sub {
-        require PAGI::Server::ProxyHeaders;
-        PAGI::Server::ProxyHeaders->check_trusted($_[0]);
-    } },
+    forwarded_allow_ips      => { default => \&_forwarded_allow_ips_default, check => \&_trusted_list },
+    forwarded_header         => { default => 0 },
+    forwarded_host           => { default => 0 },
     root_path                => { default => '', check => sub { ref $_[0] ? 'must be a string' : $_[0] =~ m{\A(?:/.*[^/])?\z}s ? undef : "must be empty or start with '/' and not end with '/'" } },
 
     # Known, not built yet.
@@ -85,6 +84,19 @@ my %OPTIONS = (
     h2_max_header_list_size    => { todo => 1, default => 65536 },
     h2_rst_rate_limit          => { todo => 1 },
 );
+
+sub _trusted_list {
+    require PAGI::Server::ProxyHeaders;
+    return PAGI::Server::ProxyHeaders->check_trusted($_[0]);
+}
+
+# As uvicorn: the environment names the trusted proxies when the option does not.
+sub _forwarded_allow_ips_default {
+    my $value = $ENV{FORWARDED_ALLOW_IPS} // return '127.0.0.1,::1';
+    my $problem = _trusted_list($value);
+    Carp::croak("PAGI::Server: environment variable FORWARDED_ALLOW_IPS $problem (got '$value')") if defined $problem;
+    return $value;
+}
 
 # Only extensions this server implements may be advertised.
 sub _extensions {
@@ -167,7 +179,8 @@ PAGI::Server::Config - the option registry of PAGI::Server
 =head1 DESCRIPTION
 
 One table of every option PAGI::Server knows (PAGI-SPEC section 7.1, plus
-C<fd>, C<proxy_headers>, C<forwarded_allow_ips> and C<root_path>), with
+C<fd>, C<proxy_headers>, C<forwarded_allow_ips>, C<forwarded_header>,
+C<forwarded_host> and C<root_path>), with
 its default. C<new> fills in defaults, checks values (including that the
 C<ssl> files exist, are readable and look like PEM, and that C<listen>,
 C<socket>, C<fd> and C<host>/C<port> are not mixed), croaks naming an
@@ -213,6 +226,9 @@ sub new {
         unless ref $config{app} && (ref $config{app} eq 'CODE' || overload::Method($config{app}, '&{}'));
     Carp::croak("PAGI::Server: write_low_watermark must not exceed write_high_watermark")
         if $config{write_low_watermark} > $config{write_high_watermark};
+    for my $name (qw(forwarded_header forwarded_host)) {
+        Carp::croak("PAGI::Server: option '$name' needs 'proxy_headers'") if $config{$name} && !$config{proxy_headers};
+    }
     _check_listeners(\%args);
     $config{_explicit} = { map { $_ => 1 } keys %args };
     return bless \%config, $class;

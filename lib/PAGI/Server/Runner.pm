@@ -113,8 +113,10 @@ my @FLAGS = (
     [ 'http2',         'opt:http2', '',        'HTTP/2 (not supported yet)', 'off' ],
 
     [ 'Behind a proxy' ],
-    [ 'proxy-headers', 'opt:proxy_headers', '', 'take client, scheme and host from X-Forwarded-For/-Proto/-Host or Forwarded, from trusted peers only', 'off' ],
-    [ 'forwarded-allow-ips=s', 'opt:forwarded_allow_ips', 'LIST', "comma-separated addresses and CIDR networks of trusted proxies, or '*' (Unix-socket peers are always trusted)" ],
+    [ 'proxy-headers', 'opt:proxy_headers', '', 'take client and scheme from X-Forwarded-For/-Proto, from trusted peers only; the client is the right-most untrusted address', 'off' ],
+    [ 'forwarded-allow-ips=s', 'opt:forwarded_allow_ips', 'LIST', "trusted proxies: comma-separated addresses and CIDR networks, 'unix:' for Unix-socket peers, or '*' for all", 'FORWARDED_ALLOW_IPS, else 127.0.0.1,::1' ],
+    [ 'forwarded-header', 'opt:forwarded_header', '', 'with --proxy-headers: use the RFC 7239 Forwarded header instead of X-Forwarded-*', 'off' ],
+    [ 'forwarded-host', 'opt:forwarded_host', '', 'with --proxy-headers: take server and the host header from X-Forwarded-Host (or Forwarded host=)', 'off' ],
     [ 'root-path=s',   'opt:root_path', 'PATH', 'the mount point of the app, set as root_path in every scope', 'empty' ],
 
     [ 'Logging' ],
@@ -428,7 +430,7 @@ sub _parse {
 sub _finish_options {
     my ($class, $o, $s) = @_;
     $s->{workers} = 0 if defined $s->{workers} && $s->{workers} =~ /\A\d+\z/ && $s->{workers} <= 1;
-    for my $bool (qw(quiet reuseport proxy_headers http2)) {
+    for my $bool (qw(quiet reuseport proxy_headers forwarded_header forwarded_host http2)) {
         $s->{$bool} = 1 if $s->{$bool};
     }
     my $mode;
