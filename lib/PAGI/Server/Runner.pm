@@ -6,6 +6,7 @@ our $VERSION = '0.01';
 
 use Cwd ();
 use File::Basename ();
+use Fcntl qw(O_CREAT O_EXCL O_NOFOLLOW O_NONBLOCK O_RDONLY O_WRONLY);
 use File::Spec;
 use Getopt::Long ();
 use POSIX ();
@@ -337,7 +338,16 @@ sub _start {
     my $pid_file;
     if (defined $o->{pid} && !$ENV{PAGI_RELOAD_CHILD}) {
         $pid_file = File::Spec->rel2abs($o->{pid});
-        return _fail(2, $@) unless eval { _write_pid($pid_file, $uid, $gid); 1 };
+        if ($ENV{PAGI_MASTER_PID} && $server->{workers} && $obj->isa('PAGI::Server')) {
+            # A hot restart: the file names the old master until this one
+            # has taken over, so a failed restart leaves it as it was.
+            require PAGI::Server::Workers;
+            my $file = $pid_file;
+            PAGI::Server::Workers->on_take_over(sub { _write_pid($file, $uid, $gid) });
+        }
+        else {
+            return _fail(2, $@) unless eval { _write_pid($pid_file, $uid, $gid); 1 };
+        }
     }
     if (defined $uid || defined $gid) {
         my $ok = eval { _drop_privileges($uid, $gid, $obj); 1 };
@@ -634,18 +644,52 @@ sub _daemonize {
     STDOUT->autoflush(1);
 }
 
+# The pid file is never opened through a symlink: the pid goes to a fresh
+# file in the same directory (O_EXCL | O_NOFOLLOW, so nothing planted there
+# is followed), is chowned through that handle and renamed over FILE. A
+# symlink at FILE is therefore replaced, its target untouched.
 sub _write_pid {
     my ($file, $uid, $gid) = @_;
-    open my $fh, '>', $file or die "cannot write pid file $file: $!\n";
-    print {$fh} "$$\n";
-    close $fh or die "cannot write pid file $file: $!\n";
-    chown $uid // -1, $gid // -1, $file if (defined $uid || defined $gid) && $> == 0;
+    my $chown = (defined $uid || defined $gid) && $> == 0;
+    my ($fh, $tmp);
+    for (1 .. 10) {
+        $tmp = sprintf '%s.%d-%06d.tmp', $file, $$, int rand 1_000_000;
+        last if sysopen $fh, $tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0644;
+        undef $fh;
+        last unless $!{EEXIST};
+    }
+    unless ($fh) {
+        # A master that already runs as --user (hot restart) may not write
+        # in a root-owned directory; the file itself was chowned to it.
+        return _rewrite_pid($file) if $!{EACCES} || $!{EPERM};
+        die "cannot write pid file $file: $!\n";
+    }
+    my $ok = print({$fh} "$$\n") && (!$chown || chown($uid // -1, $gid // -1, $fh));
+    $ok = close($fh) && $ok;
+    $ok &&= rename $tmp, $file;
+    return if $ok;
+    my $error = $!;
+    unlink $tmp;
+    die "cannot write pid file $file: $error\n";
+}
+
+# Rewrites an existing pid file in place: only a regular file this user
+# owns, opened without following a symlink.
+sub _rewrite_pid {
+    my ($file) = @_;
+    sysopen my $fh, $file, O_WRONLY | O_NOFOLLOW | O_NONBLOCK
+        or die "cannot write pid file $file: $!\n";
+    my @st = stat $fh;
+    die "cannot write pid file $file: not a regular file owned by uid $>\n" unless -f _ && $st[4] == $>;
+    my $ok = truncate($fh, 0) && print {$fh} "$$\n";
+    $ok = close($fh) && $ok;
+    die "cannot write pid file $file: $!\n" unless $ok;
 }
 
 # Only our own: after a hot restart the file holds the new master's pid.
 sub _remove_pid {
     my ($file) = @_;
-    return unless defined $file && open my $fh, '<', $file;
+    return unless defined $file && sysopen my $fh, $file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK;
     my $pid = <$fh>;
     close $fh;
     unlink $file if defined $pid && $pid =~ /\A(\d+)/ && $1 == $$;
