@@ -80,8 +80,8 @@ my @FLAGS = (
     [ 'limit-max-requests=s', 'alias:max-requests', 'N' ],
     [ 'heartbeat-timeout=s', 'opt:heartbeat_timeout', 'N', 'kill and replace a worker whose loop is blocked for N seconds (0 = off)' ],
     [ 'D|daemonize',   'run:daemonize', '',    'detach into the background; output goes to the --access-log FILE, else /dev/null', 'off' ],
-    [ 'pid=s',         'run:pid',    'FILE',   'write the pid (after daemonizing) to FILE; removed at exit', 'none' ],
-    [ 'user=s',        'run:user',   'USER',   'run as USER after binding (when started as root)', 'none' ],
+    [ 'pid=s',         'run:pid',    'FILE',   'write the pid (after daemonizing) to FILE, never through a symlink; removed at exit', 'none' ],
+    [ 'user=s',        'run:user',   'USER',   "run as USER, with USER's supplementary groups, after binding and reading the TLS files (when started as root); with --reuseport the port must be one USER may bind", 'none' ],
     [ 'group=s',       'run:group',  'GROUP',  "run as GROUP after binding (when started as root)", "USER's group" ],
     [ 'l|loop=s',      'opt:loop_type', 'NAME', 'IO::Async loop class (Epoll, Poll, ...)', "IO::Async's choice" ],
 
@@ -309,9 +309,9 @@ sub _start {
         $server->{access_log} = undef;
     }
 
-    my ($uid, $gid);
+    my ($uid, $gid, $groups);
     if (defined $o->{user} || defined $o->{group}) {
-        ($uid, $gid) = eval { _ids($o->{user}, $o->{group}) };
+        ($uid, $gid, $groups) = eval { _ids($o->{user}, $o->{group}) };
         return _fail(2, $@) if $@;
     }
 
@@ -329,7 +329,7 @@ sub _start {
     # Bind first: a busy port is reported here, on the terminal, before
     # daemonizing and before privileges are dropped.
     if ($obj->can('bind_listeners')) {
-        return _fail(2, $@) unless eval { $obj->bind_listeners; 1 };
+        return _fail(2, $@) unless eval { $obj->bind_listeners; _check_reuseport_as_user($obj, $uid, $o->{user}); 1 };
     }
     if ($o->{daemonize} && !$ENV{PAGI_MASTER_PID}) {    # a hot-restarted master is detached already
         my $ok = eval { _daemonize($o->{access_log}); 1 };
@@ -350,7 +350,7 @@ sub _start {
         }
     }
     if (defined $uid || defined $gid) {
-        my $ok = eval { _drop_privileges($uid, $gid, $obj); 1 };
+        my $ok = eval { _drop_privileges($uid, $gid, $groups, $obj); 1 };
         unless ($ok) { _remove_pid($pid_file); return _fail(2, $@) }
     }
     my $code = eval { $obj->run };
@@ -585,27 +585,38 @@ sub _default_middleware {
 
 # ===== process management =====
 
+# (uid, gid, supplementary gids) for --user/--group. The groups are the
+# ones listing the user as a member (what initgroups(3) sets; POSIX has no
+# initgroups, so they are read with getgrent), plus gid itself.
 sub _ids {
     my ($user, $group) = @_;
-    my ($uid, $gid);
+    my ($uid, $gid, $name);
     if (defined $user) {
         my @pw = $user =~ /\A\d+\z/ ? getpwuid($user) : getpwnam($user);
         die "--user: unknown user '$user'\n" unless @pw;
-        ($uid, $gid) = @pw[ 2, 3 ];
+        ($name, $uid, $gid) = @pw[ 0, 2, 3 ];
     }
     if (defined $group) {
         my @gr = $group =~ /\A\d+\z/ ? getgrgid($group) : getgrnam($group);
         die "--group: unknown group '$group'\n" unless @gr;
         $gid = $gr[2];
     }
-    return ($uid, $gid);
+    my %groups = (defined $gid ? ($gid => 1) : ());
+    if (defined $name) {
+        setgrent();
+        while (my @gr = getgrent()) {
+            $groups{ $gr[2] } = 1 if grep { $_ eq $name } split ' ', $gr[3] // '';
+        }
+        endgrent();
+    }
+    return ($uid, $gid, [ sort { $a <=> $b } keys %groups ]);
 }
 
 sub _drop_privileges {
-    my ($uid, $gid, $server) = @_;
+    my ($uid, $gid, $groups, $server) = @_;
     if ($> != 0) {
         # Already that user (a hot-restarted master runs as who it became).
-        return if (!defined $uid || $> == $uid) && (!defined $gid || $) == $gid);
+        return if (!defined $uid || $> == $uid) && (!defined $gid || (split ' ', $))[0] == $gid);
         print STDERR "pagi-server: not running as root: --user/--group ignored\n";
         return;
     }
@@ -616,13 +627,39 @@ sub _drop_privileges {
         }
     }
     if (defined $gid) {
-        $) = "$gid $gid";    # effective gid and the supplementary groups
+        # "egid gid..." sets the effective gid, then setgroups(2) with the rest:
+        # the user's supplementary groups, never root's.
+        $) = join ' ', $gid, @$groups;
         $( = $gid;
-        die "cannot switch to group $gid: $!\n" unless $( == $gid && (split ' ', $))[0] == $gid;
+        my %have = map { $_ => 1 } split ' ', $);
+        my @missing = grep { !$have{$_} } @$groups;
+        die "cannot switch to group $gid" . (@missing ? " with groups @missing" : '') . ": $!\n"
+            unless $( == $gid && (split ' ', $))[0] == $gid && !@missing;
     }
     if (defined $uid) {
         POSIX::setuid($uid);
         die "cannot switch to user $uid: $!\n" unless $< == $uid && $> == $uid;
+    }
+}
+
+# Under --reuseport each worker binds its own socket after the master has
+# dropped privileges: a port the user may not bind would fail in every
+# worker, after the banner (and after daemonizing). Try it as the user now.
+sub _check_reuseport_as_user {
+    my ($server, $uid, $user) = @_;
+    return unless defined $uid && $uid != 0 && $> == 0;
+    for my $spec (@{ $server->{reuseport_specs} || [] }) {
+        my $error;
+        {
+            local $> = $uid;
+            $error = $@ unless eval { close PAGI::Server::Listen->reserve_tcp($spec->{host}, $spec->{port})->{reserved}; 1 };
+        }
+        next unless defined $error;
+        my ($reason) = $error =~ /: ([^:]+?)\s*\z/;
+        my $address = ($spec->{host} =~ /:/ ? "[$spec->{host}]" : $spec->{host}) . ":$spec->{port}";
+        die "--reuseport with --user $user: each worker binds its own socket on $address as that user, "
+          . "which is refused (" . ($reason // 'unknown error') . "); use a port the user may bind "
+          . "(1024 or above) or leave out --reuseport\n";
     }
 }
 
