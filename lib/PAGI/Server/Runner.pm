@@ -32,7 +32,19 @@ as one line on STDERR, and 1 when the server failed while running.
 
 One table below lists every flag: it drives both the option parser and
 C<--help>, whose defaults come from the option registry
-(L<PAGI::Server::Config>), so neither can drift from the other.
+(L<PAGI::Server::Config>), so neither can drift from the other. The
+manual page is the POD of F<bin/pagi-server> (C<perldoc pagi-server>):
+a flag added here needs its C<=item> there, with the same default, which
+F<t/cli-pod.t> checks against C<--help>.
+
+With C<--pid>, the file is written to a new file in its directory and
+renamed into place (a symlink at the path is replaced, never followed) and
+chowned through its handle; a hot-restarted master writes it only when it
+takes over. With C<--user>, the TLS files are read before privileges are
+dropped (L<PAGI::Server> hands their text to the engine), the user's
+supplementary groups are set, and C<--reuseport> is refused at startup
+when the user may not bind the port (each worker binds its own socket, as
+that user).
 
 =cut
 
