@@ -180,6 +180,49 @@ for my $case (
     };
 }
 
+# True when $user can read every file the re-executed pagi-server needs
+# (a hot restart runs as the user): the tree, the app and the cert.
+sub user_can_read {
+    my @paths = @_;
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        POSIX::setgid($primary_gid);
+        POSIX::setuid($uid);
+        POSIX::_exit((grep { !-r $_ } @paths) ? 1 : 0);
+    }
+    waitpid $pid, 0;
+    return $? == 0;
+}
+
+subtest 'USR2 as --user: the new master rereads a root:GROUP 0640 key and takes over the pid file' => sub {
+    my $root = PAGI::Test::CLI::ROOT();
+    plan skip_all => "$user cannot read the distribution under $root, so a hot restart (re-executed as $user) cannot run here"
+        unless user_can_read("$root/bin/pagi-server", "$root/lib/PAGI/Server.pm", glob("$root/blib/arch/auto/PAGI/Server/Native/Native.so"), $app);
+    # The directory is root's: the pid file can only be rewritten in place.
+    my $pid_file = "$dir/hot.pid";
+    my $child = start_cli([ '--no-access-log', '--workers', 2, '--user', $user, '--pid', $pid_file,
+        '--ssl-cert', "$dir/server.pem", '--ssl-key', "$dir/server.key", $app ]);
+    ok($child->{ready}, 'pagi-server is up') or return diag(stderr_of($child));
+    my $old = $child->{pid};
+    ok(wait_until(sub { slurp($pid_file) eq "$old\n" }, 10), 'the pid file names the master');
+    is((lstat $pid_file)[4], $uid, "and is owned by $user");
+    ok(wait_until(sub { tls_get($child->{port}) }, 15), 'an HTTPS request is answered');
+    kill 'USR2', $old;
+    my $new;
+    ok(wait_until(sub { ($new) = slurp($pid_file) =~ /\A(\d+)\n\z/; $new && $new != $old }, 30),
+        'the pid file names the new master') or diag(stderr_of($child));
+    ok(wait_until(sub { PAGI::Test::CLI::_exited($child) }, 30), 'the old master exited') or diag(stderr_of($child));
+    my $r;
+    ok(wait_until(sub { $r = tls_get($child->{port}) }, 15), 'HTTPS is served after the take-over');
+    served_as_user($r, 'after USR2');
+    unlike(stderr_of($child), qr/hot restart failed|cannot read|Permission denied/, 'no failure logged') or diag(stderr_of($child));
+    if ($new) {
+        kill 'TERM', $new;
+        ok(wait_until(sub { !kill 0, $new }, 15), 'the new master stops on TERM');
+        kill 'KILL', $new if kill 0, $new;
+    }
+};
+
 # A TCP port below 1024 that root can bind now (the user cannot).
 sub free_low_port {
     for my $port (reverse 900 .. 1023) {
