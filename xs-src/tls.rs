@@ -151,3 +151,21 @@ impl Transport for TlsStream<TcpStream> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_text_wins_and_the_file_is_never_opened() {
+        let src = pem_source(Some("TEXT"), Some("/nonexistent/key.pem"), "ssl_key").unwrap().unwrap();
+        assert_eq!(src.data, b"TEXT");
+        assert_eq!(src.name, "ssl_key_file '/nonexistent/key.pem'");
+        let err = pem_source(None, Some("/nonexistent/key.pem"), "ssl_key").err().unwrap();
+        assert!(err.contains("cannot read '/nonexistent/key.pem'"), "{err}");
+        assert!(pem_source(None, None, "ssl_ca").unwrap().is_none());
+        assert_eq!(pem_source(Some("T"), None, "ssl_ca").unwrap().unwrap().name, "ssl_ca_pem");
+        let bad = PemSource { data: b"no key here".to_vec(), name: "ssl_key_pem".into() };
+        assert_eq!(parse_key(&bad).err().unwrap(), "ssl_key_pem: no private key found");
+    }
+}
