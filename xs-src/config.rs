@@ -40,6 +40,12 @@ pub struct Config {
     pub ssl_key_file: Option<String>,
     /// PEM CA certificates that client certificates must chain to.
     pub ssl_ca_file: Option<String>,
+    /// The PEM text itself, as Perl read it before dropping privileges: when
+    /// set, the engine never opens the matching `*_file` (which then only
+    /// names the item in messages).
+    pub ssl_cert_pem: Option<String>,
+    pub ssl_key_pem: Option<String>,
+    pub ssl_ca_pem: Option<String>,
     /// `none`, `optional` or `require` a client certificate.
     pub ssl_verify_client: String,
     /// `TLSv1_2` (default) or `TLSv1_3`.
@@ -70,6 +76,9 @@ impl Default for Config {
             ssl_cert_file: None,
             ssl_key_file: None,
             ssl_ca_file: None,
+            ssl_cert_pem: None,
+            ssl_key_pem: None,
+            ssl_ca_pem: None,
             ssl_verify_client: "none".into(),
             ssl_min_version: "TLSv1_2".into(),
             ssl_cipher_list: None,
@@ -99,6 +108,9 @@ impl Config {
             "ssl_cert_file" => self.ssl_cert_file = Some(value.to_string()),
             "ssl_key_file" => self.ssl_key_file = Some(value.to_string()),
             "ssl_ca_file" => self.ssl_ca_file = Some(value.to_string()),
+            "ssl_cert_pem" => self.ssl_cert_pem = Some(value.to_string()),
+            "ssl_key_pem" => self.ssl_key_pem = Some(value.to_string()),
+            "ssl_ca_pem" => self.ssl_ca_pem = Some(value.to_string()),
             "ssl_verify_client" => self.ssl_verify_client = value.to_string(),
             "ssl_min_version" => self.ssl_min_version = value.to_string(),
             "ssl_cipher_list" => self.ssl_cipher_list = Some(value.to_string()),

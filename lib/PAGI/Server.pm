@@ -32,6 +32,9 @@ sub new {
     my $self = $class->SUPER::new;
     # Prefork workers build their own server from the same arguments.
     $self->{args}     = {%args};
+    # With the PEM text read now: a worker builds its server after pagi-server
+    # may have dropped privileges, and must not need the files again.
+    $self->{args}{ssl} = $config->{ssl} if $config->{ssl};
     $self->{config}   = $config;
     $self->{app}      = $config->{app};
     if ($config->{proxy_headers}) {
@@ -667,7 +670,11 @@ The listen() queue.
 
 Serve HTTPS (and C<wss>) on every TCP listener, with rustls in the
 engine; Unix sockets stay plain. C<cert_file> and C<key_file> (PEM) are
-required. C<verify_client> is C<none> (the default), C<optional> or
+required; C<cert_pem>, C<key_pem> and C<ca_pem> give the PEM text itself
+instead of (or ahead of) the matching file. C<new> reads the files once,
+and the engine and every worker use that text, never the files: so the
+key may be readable by root only when pagi-server drops privileges with
+C<--user> (a hot restart, exec'd as that user, reads them again). C<verify_client> is C<none> (the default), C<optional> or
 C<require> and needs C<ca_file>, the CAs that sign client certificates.
 C<min_version> is C<TLSv1_2> (default) or C<TLSv1_3>. C<cipher_list> is
 a colon-separated list of rustls suite names. C<new> croaks naming the

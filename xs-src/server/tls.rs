@@ -31,13 +31,15 @@ pub struct Tls {
 
 /// Builds the server configuration; errors name the file or option at fault.
 pub fn build(cfg: &Config) -> Result<Tls, String> {
-    let cert_file = cfg.ssl_cert_file.as_deref().ok_or("ssl_cert_file is required for TLS")?;
-    let key_file = cfg.ssl_key_file.as_deref().ok_or("ssl_key_file is required for TLS")?;
-    let certs = read_certs(cert_file)?;
+    let cert = pem_source(cfg.ssl_cert_pem.as_deref(), cfg.ssl_cert_file.as_deref(), "ssl_cert")?
+        .ok_or("ssl_cert_file is required for TLS")?;
+    let key = pem_source(cfg.ssl_key_pem.as_deref(), cfg.ssl_key_file.as_deref(), "ssl_key")?
+        .ok_or("ssl_key_file is required for TLS")?;
+    let certs = parse_certs(&cert)?;
     if certs.is_empty() {
-        return Err(format!("ssl_cert_file '{cert_file}': no certificate found"));
+        return Err(format!("{}: no certificate found", cert.name));
     }
-    let key = read_key(key_file)?;
+    let key_der = parse_key(&key)?;
     let mut provider = rustls::crypto::ring::default_provider();
     if let Some(list) = cfg.ssl_cipher_list.as_deref().filter(|l| !l.is_empty()) {
         let wanted: Vec<&str> = list.split([':', ',']).map(str::trim).filter(|s| !s.is_empty()).collect();
@@ -58,37 +60,60 @@ pub fn build(cfg: &Config) -> Result<Tls, String> {
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
         .map_err(|e| format!("TLS configuration: {e}"))?;
-    let builder = match (cfg.ssl_verify_client.as_str(), cfg.ssl_ca_file.as_deref()) {
+    let ca = pem_source(cfg.ssl_ca_pem.as_deref(), cfg.ssl_ca_file.as_deref(), "ssl_ca")?;
+    let builder = match (cfg.ssl_verify_client.as_str(), ca) {
         ("none" | "", _) => builder.with_no_client_auth(),
         (mode @ ("optional" | "require"), Some(ca)) => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in read_certs(ca)? {
-                roots.add(c).map_err(|e| format!("ssl_ca_file '{ca}': {e}"))?;
+            for c in parse_certs(&ca)? {
+                roots.add(c).map_err(|e| format!("{}: {e}", ca.name))?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = if mode == "optional" { verifier.allow_unauthenticated() } else { verifier };
-            builder.with_client_cert_verifier(verifier.build().map_err(|e| format!("ssl_ca_file '{ca}': {e}"))?)
+            builder.with_client_cert_verifier(verifier.build().map_err(|e| format!("{}: {e}", ca.name))?)
         }
         ("optional" | "require", None) => return Err("ssl_verify_client needs ssl_ca_file".into()),
         (other, _) => return Err(format!("ssl_verify_client must be none, optional or require, got '{other}'")),
     };
     let mut config = builder
-        .with_single_cert(certs.clone(), key)
-        .map_err(|e| format!("ssl_cert_file '{cert_file}' / ssl_key_file '{key_file}': {e}"))?;
+        .with_single_cert(certs.clone(), key_der)
+        .map_err(|e| format!("{} / {}: {e}", cert.name, key.name))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Tls { config: Arc::new(config), server_cert_pem: Arc::new(pem("CERTIFICATE", &certs[0])) })
 }
 
-fn read_certs(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("cannot read '{path}': {e}"))?;
-    rustls_pemfile::certs(&mut &data[..]).collect::<Result<Vec<_>, _>>().map_err(|e| format!("'{path}': bad PEM: {e}"))
+/// One PEM item (certificate chain, key or CA list) and the name messages
+/// give it.
+struct PemSource {
+    data: Vec<u8>,
+    name: String,
 }
 
-fn read_key(path: &str) -> Result<PrivateKeyDer<'static>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("cannot read '{path}': {e}"))?;
-    rustls_pemfile::private_key(&mut &data[..])
-        .map_err(|e| format!("'{path}': bad PEM: {e}"))?
-        .ok_or_else(|| format!("ssl_key_file '{path}': no private key found"))
+/// The `*_pem` text when Perl handed it over (read before privileges were
+/// dropped, so the engine never reopens the file), else the file's content.
+fn pem_source(pem: Option<&str>, file: Option<&str>, option: &str) -> Result<Option<PemSource>, String> {
+    let name = match file {
+        Some(path) => format!("{option}_file '{path}'"),
+        None => format!("{option}_pem"),
+    };
+    let data = match (pem, file) {
+        (Some(text), _) => text.as_bytes().to_vec(),
+        (None, Some(path)) => std::fs::read(path).map_err(|e| format!("cannot read '{path}': {e}"))?,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(PemSource { data, name }))
+}
+
+fn parse_certs(src: &PemSource) -> Result<Vec<CertificateDer<'static>>, String> {
+    rustls_pemfile::certs(&mut &src.data[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: bad PEM: {e}", src.name))
+}
+
+fn parse_key(src: &PemSource) -> Result<PrivateKeyDer<'static>, String> {
+    rustls_pemfile::private_key(&mut &src.data[..])
+        .map_err(|e| format!("{}: bad PEM: {e}", src.name))?
+        .ok_or_else(|| format!("{}: no private key found", src.name))
 }
 
 fn suite_name(s: &rustls::SupportedCipherSuite) -> String {
@@ -124,5 +149,23 @@ impl Transport for TlsStream<TcpStream> {
     /// Bytes must be encrypted, so files are copied, not sendfile'd.
     fn poll_send_file(&mut self, _cx: &mut std::task::Context<'_>, _file: &std::fs::File, _offset: u64, _len: u64) -> Option<std::task::Poll<std::io::Result<usize>>> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_text_wins_and_the_file_is_never_opened() {
+        let src = pem_source(Some("TEXT"), Some("/nonexistent/key.pem"), "ssl_key").unwrap().unwrap();
+        assert_eq!(src.data, b"TEXT");
+        assert_eq!(src.name, "ssl_key_file '/nonexistent/key.pem'");
+        let err = pem_source(None, Some("/nonexistent/key.pem"), "ssl_key").err().unwrap();
+        assert!(err.contains("cannot read '/nonexistent/key.pem'"), "{err}");
+        assert!(pem_source(None, None, "ssl_ca").unwrap().is_none());
+        assert_eq!(pem_source(Some("T"), None, "ssl_ca").unwrap().unwrap().name, "ssl_ca_pem");
+        let bad = PemSource { data: b"no key here".to_vec(), name: "ssl_key_pem".into() };
+        assert_eq!(parse_key(&bad).err().unwrap(), "ssl_key_pem: no private key found");
     }
 }

@@ -112,26 +112,37 @@ sub _extensions {
 
 # TLS (served by the engine with rustls): files are checked here so a bad
 # path is reported by new, naming the path, not at the first connection.
-my @SSL_KEYS = qw(ca_file cert_file cipher_list key_file min_version verify_client);
+# Each item comes from its file or, given as *_pem, as PEM text.
+my @SSL_KEYS = qw(ca_file ca_pem cert_file cert_pem cipher_list key_file key_pem min_version verify_client);
 my %SSL_KEYS = map { $_ => 1 } @SSL_KEYS;
+my %PEM_WANTED = (
+    cert => [ qr/-----BEGIN CERTIFICATE-----/,           'a PEM certificate' ],
+    key  => [ qr/-----BEGIN [A-Z ]*PRIVATE KEY-----/,    'a PEM private key' ],
+    ca   => [ qr/-----BEGIN CERTIFICATE-----/,           'a PEM certificate' ],
+);
 
 sub _ssl {
     my ($ssl) = @_;
     return 'must be a hash reference {cert_file, key_file, ...}' unless ref $ssl eq 'HASH';
     my ($unknown) = grep { !$SSL_KEYS{$_} } sort keys %$ssl;
     return "has an unknown key '$unknown' (known: @SSL_KEYS)" if defined $unknown;
-    for my $key (qw(cert_file key_file)) {
-        return "needs $key" unless defined $ssl->{$key} && length $ssl->{$key};
+    for my $item (qw(cert key)) {
+        return "needs ${item}_file (or ${item}_pem)"
+            unless grep { defined $ssl->{$_} && length $ssl->{$_} } "${item}_file", "${item}_pem";
     }
-    for my $key (qw(cert_file key_file ca_file)) {
+    for my $item (qw(cert key ca)) {
+        my ($want, $what) = @{ $PEM_WANTED{$item} };
+        if (defined(my $text = $ssl->{"${item}_pem"})) {
+            return "${item}_pem must be a string of PEM text" if ref $text;
+            return "${item}_pem does not contain $what" unless $text =~ $want;
+            next;
+        }
+        my $key = "${item}_file";
         my $path = $ssl->{$key} // next;
         return "$key '$path' not found" unless -e $path;
         return "$key '$path' is not a file" unless -f $path;
         return "$key '$path' is not readable" unless -r $path;
-        # The engine parses the files only when it starts (in each worker):
-        # a file that is plainly not PEM is caught here, at construction.
-        my $want = $key eq 'key_file' ? qr/-----BEGIN [A-Z ]*PRIVATE KEY-----/ : qr/-----BEGIN CERTIFICATE-----/;
-        my $what = $key eq 'key_file' ? 'a PEM private key' : 'a PEM certificate';
+        # A file that is plainly not PEM is caught here, at construction.
         open my $fh, '<', $path or return "$key '$path' cannot be read: $!";
         read $fh, my $head, 1 << 20;
         return "$key '$path' does not contain $what" unless ($head // '') =~ $want;
@@ -139,12 +150,28 @@ sub _ssl {
     my $verify = _verify_client($ssl->{verify_client});
     return "verify_client must be none, optional or require (got '$ssl->{verify_client}')" unless defined $verify;
     return "verify_client '$verify' needs ca_file (the CA that signs client certificates)"
-        if $verify ne 'none' && !defined $ssl->{ca_file};
+        if $verify ne 'none' && !defined $ssl->{ca_file} && !defined $ssl->{ca_pem};
     return "min_version must be TLSv1_2 or TLSv1_3 (got '$ssl->{min_version}')"
         if defined $ssl->{min_version} && !defined _min_version($ssl->{min_version});
     return "cipher_list must be colon-separated cipher suite names (got '$ssl->{cipher_list}')"
         if defined $ssl->{cipher_list} && $ssl->{cipher_list} !~ /\A[A-Za-z0-9_-]+(?::[A-Za-z0-9_-]+)*\z/;
     return undef;
+}
+
+# A copy of the ssl hash with every file's PEM text read now, while the
+# process may still read it: pagi-server drops privileges (--user) later,
+# and the engine, started after that (in each worker), gets only the text.
+sub _ssl_with_pem {
+    my ($ssl) = @_;
+    my %copy = %$ssl;
+    for my $item (qw(cert key ca)) {
+        next if defined $copy{"${item}_pem"};
+        my $path = $copy{"${item}_file"} // next;
+        open my $fh, '<', $path or Carp::croak("PAGI::Server: option 'ssl': ${item}_file '$path' cannot be read: $!");
+        local $/;
+        $copy{"${item}_pem"} = <$fh> // '';
+    }
+    return \%copy;
 }
 
 # 0/1 are accepted too: the reference server took verify_client as a boolean.
@@ -230,6 +257,7 @@ sub new {
         Carp::croak("PAGI::Server: option '$name' needs 'proxy_headers'") if $config{$name} && !$config{proxy_headers};
     }
     _check_listeners(\%args);
+    $config{ssl} = _ssl_with_pem($config{ssl}) if $config{ssl};
     $config{_explicit} = { map { $_ => 1 } keys %args };
     return bless \%config, $class;
 }
@@ -264,8 +292,11 @@ sub engine_options {
     my ($self) = @_;
     my @pairs = map { ($_ => $self->{$_}) } grep { $OPTIONS{$_}{engine} } sort keys %OPTIONS;
     if (my $ssl = $self->tls) {
-        push @pairs, ssl_cert_file => $ssl->{cert_file}, ssl_key_file => $ssl->{key_file};
-        push @pairs, ssl_ca_file => $ssl->{ca_file} if defined $ssl->{ca_file};
+        # The engine takes the PEM text; the file names are for its messages.
+        for my $item (qw(cert key ca)) {
+            push @pairs, "ssl_${item}_file" => $ssl->{"${item}_file"} if defined $ssl->{"${item}_file"};
+            push @pairs, "ssl_${item}_pem"  => $ssl->{"${item}_pem"}  if defined $ssl->{"${item}_pem"};
+        }
         push @pairs, ssl_verify_client => _verify_client($ssl->{verify_client}) if defined $ssl->{verify_client};
         push @pairs, ssl_min_version => _min_version($ssl->{min_version}) if defined $ssl->{min_version};
         push @pairs, ssl_cipher_list => $ssl->{cipher_list} if defined $ssl->{cipher_list};

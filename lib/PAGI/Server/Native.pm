@@ -171,6 +171,8 @@ made before C<fork>. Options (unknown ones croak):
 
 =item max_ws_frame_size (16 MiB: largest WebSocket message; bigger closes with 1009)
 
+=item ssl_cert_pem, ssl_key_pem, ssl_ca_pem: the PEM text itself; when given, the matching C<ssl_*_file> is never opened and only names the item in messages (PAGI::Server reads the files before privileges are dropped)
+
 =item ssl_cert_file, ssl_key_file (PEM), ssl_ca_file, ssl_verify_client (none, optional, require), ssl_min_version (TLSv1_2, TLSv1_3), ssl_cipher_list (colon-separated rustls suite names such as TLS13_AES_128_GCM_SHA256)
 
 =item ws_ping_interval (20 s; 0 = off), ws_ping_timeout (20 s; 0 = wait forever)

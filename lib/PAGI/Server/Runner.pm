@@ -6,6 +6,7 @@ our $VERSION = '0.01';
 
 use Cwd ();
 use File::Basename ();
+use Fcntl qw(O_CREAT O_EXCL O_NOFOLLOW O_NONBLOCK O_RDONLY O_WRONLY);
 use File::Spec;
 use Getopt::Long ();
 use POSIX ();
@@ -31,7 +32,19 @@ as one line on STDERR, and 1 when the server failed while running.
 
 One table below lists every flag: it drives both the option parser and
 C<--help>, whose defaults come from the option registry
-(L<PAGI::Server::Config>), so neither can drift from the other.
+(L<PAGI::Server::Config>), so neither can drift from the other. The
+manual page is the POD of F<bin/pagi-server> (C<perldoc pagi-server>):
+a flag added here needs its C<=item> there, with the same default, which
+F<t/cli-pod.t> checks against C<--help>.
+
+With C<--pid>, the file is written to a new file in its directory and
+renamed into place (a symlink at the path is replaced, never followed) and
+chowned through its handle; a hot-restarted master writes it only when it
+takes over. With C<--user>, the TLS files are read before privileges are
+dropped (L<PAGI::Server> hands their text to the engine), the user's
+supplementary groups are set, and C<--reuseport> is refused at startup
+when the user may not bind the port (each worker binds its own socket, as
+that user).
 
 =cut
 
@@ -79,8 +92,8 @@ my @FLAGS = (
     [ 'limit-max-requests=s', 'alias:max-requests', 'N' ],
     [ 'heartbeat-timeout=s', 'opt:heartbeat_timeout', 'N', 'kill and replace a worker whose loop is blocked for N seconds (0 = off)' ],
     [ 'D|daemonize',   'run:daemonize', '',    'detach into the background; output goes to the --access-log FILE, else /dev/null', 'off' ],
-    [ 'pid=s',         'run:pid',    'FILE',   'write the pid (after daemonizing) to FILE; removed at exit', 'none' ],
-    [ 'user=s',        'run:user',   'USER',   'run as USER after binding (when started as root)', 'none' ],
+    [ 'pid=s',         'run:pid',    'FILE',   'write the pid (after daemonizing) to FILE, never through a symlink; removed at exit', 'none' ],
+    [ 'user=s',        'run:user',   'USER',   "run as USER, with USER's supplementary groups, after binding and reading the TLS files (when started as root); with --reuseport the port must be one USER may bind", 'none' ],
     [ 'group=s',       'run:group',  'GROUP',  "run as GROUP after binding (when started as root)", "USER's group" ],
     [ 'l|loop=s',      'opt:loop_type', 'NAME', 'IO::Async loop class (Epoll, Poll, ...)', "IO::Async's choice" ],
 
@@ -317,9 +330,9 @@ sub _start {
         $server->{access_log} = undef;
     }
 
-    my ($uid, $gid);
+    my ($uid, $gid, $groups);
     if (defined $o->{user} || defined $o->{group}) {
-        ($uid, $gid) = eval { _ids($o->{user}, $o->{group}) };
+        ($uid, $gid, $groups) = eval { _ids($o->{user}, $o->{group}) };
         return _fail(2, $@) if $@;
     }
 
@@ -337,7 +350,7 @@ sub _start {
     # Bind first: a busy port is reported here, on the terminal, before
     # daemonizing and before privileges are dropped.
     if ($obj->can('bind_listeners')) {
-        return _fail(2, $@) unless eval { $obj->bind_listeners; 1 };
+        return _fail(2, $@) unless eval { $obj->bind_listeners; _check_reuseport_as_user($obj, $uid, $o->{user}); 1 };
     }
     if ($o->{daemonize} && !$ENV{PAGI_MASTER_PID}) {    # a hot-restarted master is detached already
         my $ok = eval { _daemonize($o->{access_log}); 1 };
@@ -346,10 +359,19 @@ sub _start {
     my $pid_file;
     if (defined $o->{pid} && !$ENV{PAGI_RELOAD_CHILD}) {
         $pid_file = File::Spec->rel2abs($o->{pid});
-        return _fail(2, $@) unless eval { _write_pid($pid_file, $uid, $gid); 1 };
+        if ($ENV{PAGI_MASTER_PID} && $server->{workers} && $obj->isa('PAGI::Server')) {
+            # A hot restart: the file names the old master until this one
+            # has taken over, so a failed restart leaves it as it was.
+            require PAGI::Server::Workers;
+            my $file = $pid_file;
+            PAGI::Server::Workers->on_take_over(sub { _write_pid($file, $uid, $gid) });
+        }
+        else {
+            return _fail(2, $@) unless eval { _write_pid($pid_file, $uid, $gid); 1 };
+        }
     }
     if (defined $uid || defined $gid) {
-        my $ok = eval { _drop_privileges($uid, $gid, $obj); 1 };
+        my $ok = eval { _drop_privileges($uid, $gid, $groups, $obj); 1 };
         unless ($ok) { _remove_pid($pid_file); return _fail(2, $@) }
     }
     my $code = eval { $obj->run };
@@ -584,27 +606,38 @@ sub _default_middleware {
 
 # ===== process management =====
 
+# (uid, gid, supplementary gids) for --user/--group. The groups are the
+# ones listing the user as a member (what initgroups(3) sets; POSIX has no
+# initgroups, so they are read with getgrent), plus gid itself.
 sub _ids {
     my ($user, $group) = @_;
-    my ($uid, $gid);
+    my ($uid, $gid, $name);
     if (defined $user) {
         my @pw = $user =~ /\A\d+\z/ ? getpwuid($user) : getpwnam($user);
         die "--user: unknown user '$user'\n" unless @pw;
-        ($uid, $gid) = @pw[ 2, 3 ];
+        ($name, $uid, $gid) = @pw[ 0, 2, 3 ];
     }
     if (defined $group) {
         my @gr = $group =~ /\A\d+\z/ ? getgrgid($group) : getgrnam($group);
         die "--group: unknown group '$group'\n" unless @gr;
         $gid = $gr[2];
     }
-    return ($uid, $gid);
+    my %groups = (defined $gid ? ($gid => 1) : ());
+    if (defined $name) {
+        setgrent();
+        while (my @gr = getgrent()) {
+            $groups{ $gr[2] } = 1 if grep { $_ eq $name } split ' ', $gr[3] // '';
+        }
+        endgrent();
+    }
+    return ($uid, $gid, [ sort { $a <=> $b } keys %groups ]);
 }
 
 sub _drop_privileges {
-    my ($uid, $gid, $server) = @_;
+    my ($uid, $gid, $groups, $server) = @_;
     if ($> != 0) {
         # Already that user (a hot-restarted master runs as who it became).
-        return if (!defined $uid || $> == $uid) && (!defined $gid || $) == $gid);
+        return if (!defined $uid || $> == $uid) && (!defined $gid || (split ' ', $))[0] == $gid);
         print STDERR "pagi-server: not running as root: --user/--group ignored\n";
         return;
     }
@@ -615,13 +648,39 @@ sub _drop_privileges {
         }
     }
     if (defined $gid) {
-        $) = "$gid $gid";    # effective gid and the supplementary groups
+        # "egid gid..." sets the effective gid, then setgroups(2) with the rest:
+        # the user's supplementary groups, never root's.
+        $) = join ' ', $gid, @$groups;
         $( = $gid;
-        die "cannot switch to group $gid: $!\n" unless $( == $gid && (split ' ', $))[0] == $gid;
+        my %have = map { $_ => 1 } split ' ', $);
+        my @missing = grep { !$have{$_} } @$groups;
+        die "cannot switch to group $gid" . (@missing ? " with groups @missing" : '') . ": $!\n"
+            unless $( == $gid && (split ' ', $))[0] == $gid && !@missing;
     }
     if (defined $uid) {
         POSIX::setuid($uid);
         die "cannot switch to user $uid: $!\n" unless $< == $uid && $> == $uid;
+    }
+}
+
+# Under --reuseport each worker binds its own socket after the master has
+# dropped privileges: a port the user may not bind would fail in every
+# worker, after the banner (and after daemonizing). Try it as the user now.
+sub _check_reuseport_as_user {
+    my ($server, $uid, $user) = @_;
+    return unless defined $uid && $uid != 0 && $> == 0;
+    for my $spec (@{ $server->{reuseport_specs} || [] }) {
+        my $error;
+        {
+            local $> = $uid;
+            $error = $@ unless eval { close PAGI::Server::Listen->reserve_tcp($spec->{host}, $spec->{port})->{reserved}; 1 };
+        }
+        next unless defined $error;
+        my ($reason) = $error =~ /: ([^:]+?)\s*\z/;
+        my $address = ($spec->{host} =~ /:/ ? "[$spec->{host}]" : $spec->{host}) . ":$spec->{port}";
+        die "--reuseport with --user $user: each worker binds its own socket on $address as that user, "
+          . "which is refused (" . ($reason // 'unknown error') . "); use a port the user may bind "
+          . "(1024 or above) or leave out --reuseport\n";
     }
 }
 
@@ -643,18 +702,52 @@ sub _daemonize {
     STDOUT->autoflush(1);
 }
 
+# The pid file is never opened through a symlink: the pid goes to a fresh
+# file in the same directory (O_EXCL | O_NOFOLLOW, so nothing planted there
+# is followed), is chowned through that handle and renamed over FILE. A
+# symlink at FILE is therefore replaced, its target untouched.
 sub _write_pid {
     my ($file, $uid, $gid) = @_;
-    open my $fh, '>', $file or die "cannot write pid file $file: $!\n";
-    print {$fh} "$$\n";
-    close $fh or die "cannot write pid file $file: $!\n";
-    chown $uid // -1, $gid // -1, $file if (defined $uid || defined $gid) && $> == 0;
+    my $chown = (defined $uid || defined $gid) && $> == 0;
+    my ($fh, $tmp);
+    for (1 .. 10) {
+        $tmp = sprintf '%s.%d-%06d.tmp', $file, $$, int rand 1_000_000;
+        last if sysopen $fh, $tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0644;
+        undef $fh;
+        last unless $!{EEXIST};
+    }
+    unless ($fh) {
+        # A master that already runs as --user (hot restart) may not write
+        # in a root-owned directory; the file itself was chowned to it.
+        return _rewrite_pid($file) if $!{EACCES} || $!{EPERM};
+        die "cannot write pid file $file: $!\n";
+    }
+    my $ok = print({$fh} "$$\n") && (!$chown || chown($uid // -1, $gid // -1, $fh));
+    $ok = close($fh) && $ok;
+    $ok &&= rename $tmp, $file;
+    return if $ok;
+    my $error = $!;
+    unlink $tmp;
+    die "cannot write pid file $file: $error\n";
+}
+
+# Rewrites an existing pid file in place: only a regular file this user
+# owns, opened without following a symlink.
+sub _rewrite_pid {
+    my ($file) = @_;
+    sysopen my $fh, $file, O_WRONLY | O_NOFOLLOW | O_NONBLOCK
+        or die "cannot write pid file $file: $!\n";
+    my @st = stat $fh;
+    die "cannot write pid file $file: not a regular file owned by uid $>\n" unless -f _ && $st[4] == $>;
+    my $ok = truncate($fh, 0) && print {$fh} "$$\n";
+    $ok = close($fh) && $ok;
+    die "cannot write pid file $file: $!\n" unless $ok;
 }
 
 # Only our own: after a hot restart the file holds the new master's pid.
 sub _remove_pid {
     my ($file) = @_;
-    return unless defined $file && open my $fh, '<', $file;
+    return unless defined $file && sysopen my $fh, $file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK;
     my $pid = <$fh>;
     close $fh;
     unlink $file if defined $pid && $pid =~ /\A(\d+)/ && $1 == $$;

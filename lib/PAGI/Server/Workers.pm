@@ -100,9 +100,13 @@ Hot restart: fork and C<exec> a new master (the same command line) that
 inherits the listening sockets through C<PAGI_REUSE> (with
 C<PAGI_MASTER_PID> and C<PAGI_ARGV>). It loads the code afresh, starts its
 workers, and once all are ready sends TERM to this master, which drains its
-workers and exits. If the new master fails, this one keeps serving. A Unix
-socket file stays in place across the hand-over. C<reuseport> listeners
-are per worker and are not handed over.
+workers and exits. If the new master fails, this one keeps serving: the new
+master exits with code 2 when the app does not load, or when any of its
+workers ends before all are ready (lifespan startup failed, a crash), so it
+never serves beside this one; pagi-server's C<--pid> file is rewritten only
+at the take-over (see L</on_take_over>). A Unix socket file stays in place
+across the hand-over. C<reuseport> listeners are per worker and are not
+handed over.
 
 =back
 
@@ -129,6 +133,26 @@ restart executes. Without it, USR2 is logged and ignored.
 sub exec_command {
     my ($class, $argv) = @_;
     @EXEC = @{ $argv || [] };
+}
+
+# Run by a hot-restarted master just before it takes over.
+my @TAKE_OVER;
+
+=head2 on_take_over
+
+    PAGI::Server::Workers->on_take_over(sub { write_pid_file() });
+
+Code a hot-restarted master runs once all its workers are ready, before it
+sends TERM to the old master (pagi-server writes its pid file here, so the
+file names the old master until the new one has taken over). When the code
+dies the new master does not take over: it logs the error and exits with
+code 2, and the old master keeps serving.
+
+=cut
+
+sub on_take_over {
+    my ($class, $code) = @_;
+    push @TAKE_OVER, $code;
 }
 
 sub new {
@@ -177,7 +201,8 @@ sub start {
 =head2 running, finished, exit_code
 
 True while serving; true once every worker is gone after shutdown (or all
-failed to start); 0 after a clean shutdown, 2 when no worker could start.
+failed to start); 0 after a clean shutdown, 2 when no worker could start or
+a hot-restarted master could not take over.
 
 =cut
 
@@ -284,6 +309,11 @@ sub _worker_ready {
 # End of a hot restart, in the new master: the old one may now drain and go.
 sub _take_over {
     my ($self) = @_;
+    unless (eval { $_->() for @TAKE_OVER; 1 }) {
+        (my $error = $@) =~ s/ at \S+ line \d+\.?\n?\z//;
+        chomp $error;
+        return $self->_abort_hot_restart($error);
+    }
     my $old = delete $self->{old_master};
     if ($old =~ /\A\d+\z/ && getppid() == $old) {
         kill 'TERM', $old;
@@ -294,6 +324,16 @@ sub _take_over {
     }
     # The Unix socket files are ours to remove from now on.
     $_->{owned} = 1 for grep { $_->{reused} && $_->{spec}{type} eq 'unix' } @{ $self->{server}{listeners} || [] };
+}
+
+# A hot-restarted master that cannot take over leaves, rather than serve
+# beside the old master, which keeps serving (and keeps its pid file).
+sub _abort_hot_restart {
+    my ($self, $why) = @_;
+    my $old = delete $self->{old_master};
+    $self->_log(error => "hot restart failed: $why; this new master exits, master $old keeps serving");
+    $self->{exit_code} = 2;
+    $self->shutdown;
 }
 
 sub _on_exit {
@@ -315,6 +355,8 @@ sub _on_exit {
         $self->_log(info => "$who stopped");
         return;
     }
+    # A hot restart goes ahead only when every new worker starts.
+    return $self->_abort_hot_restart("$who ended before the take-over ($how)") if $self->{old_master};
     if (!$worker->{ready} && !$signal && $code == 2) {
         $self->_log(error => "$who failed to start; not restarting it");
         return $self->_abort_roll($worker) if $worker->{replaces};
