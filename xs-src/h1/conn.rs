@@ -372,6 +372,7 @@ impl<S: Transport> Conn<S> {
             counters: &self.counters,
             rx: &mut self.rx,
             phase: &mut self.phase,
+            out: &mut self.out,
         };
         session.run(&mut self.stream, leftover).await;
     }

@@ -21,12 +21,34 @@ ping/pong, close codes); this object turns C<websocket.*> events into
 engine commands and engine events into what C<$receive> returns
 (PAGI-SPEC 3.2).
 
-Inbound messages are read from the socket only as fast as the app takes
-them: the engine reads ahead at most a small window of messages and gets
-one more credit each time C<$receive> hands a message to the app.
-
 States: 0 handshake pending, 1 accepted, 2 closed, 3 denying (an HTTP
 response instead of the handshake).
+
+=head2 Flow control and memory bounds
+
+Inbound messages reach this object only as fast as the app takes them: at
+most 16 messages, and at most 1 MiB of them (one message is always
+allowed, however large), are delivered and not yet taken; each message
+C<$receive> hands to the app returns one credit, and the engine releases
+the sizes it delivered oldest first. Beyond that window the engine holds
+up to 256 KiB (or 1024 messages) while it keeps reading, so pings, pongs
+and a Close are read and answered while the app is behind; then it stops
+reading and the client meets TCP backpressure. Time spent not reading
+because of that backpressure never counts against a pong.
+
+So one connection holds at most about 1.25 MiB of inbound messages plus
+the one message that crossed the limit (at most C<max_ws_frame_size>,
+16 MiB by default) plus about 80 KiB of read buffers: about 17.3 MiB with
+the defaults, about 1.3 MiB when messages are small.
+
+Outbound, C<websocket.send> waits while more than C<write_high_watermark>
+bytes are queued. Every write runs in the engine's per-connection select
+with commands and timers: a client that reads nothing for C<timeout>
+seconds (the write stall timer, 0 = off) is dropped with
+C<websocket.disconnect> 1006 C<write_timeout>, and at shutdown the app is
+told first (1001 C<server_shutdown>), the client gets a Close 1001, and
+the connection is closed within a second, or at once when the grace ends,
+whether or not the client reads.
 
 =cut
 
