@@ -23,6 +23,17 @@ use PAGI::Server::SSE;
 use PAGI::Server::Lifespan;
 use PAGI::Server::Native qw(:events);
 
+# PAGI-SPEC 8.3: apps that await Future::IO (sleep, sysread, ...) run on
+# IO::Async, not on Future::IO's blocking single-handle fallback. The
+# implementation ships with IO::Async; it needs Future::IO itself, a
+# prerequisite. A program that chose another implementation keeps it.
+our $FUTURE_IO = do {
+    no warnings 'once';
+    eval { require Future::IO; 1 } && !defined $Future::IO::IMPL
+        ? (eval { require Future::IO::Impl::IOAsync; 1 } ? 'Future::IO::Impl::IOAsync' : undef)
+        : $Future::IO::IMPL;
+};
+
 # True while events are being dispatched: commands are flushed once at the end.
 our $IN_DRAIN = 0;
 
@@ -30,34 +41,45 @@ sub new {
     my ($class, %args) = @_;
     my $config = PAGI::Server::Config->new(%args);
     my $self = $class->SUPER::new;
+    $self->{state}    = {};
+    $self->{requests} = {};
+    $self->{running}  = 0;
+    $self->_take_config(\%args, $config);
+    $self->_check_tls;
+    return $self;
+}
+
+# Everything derived from the options, so new and configure share it.
+sub _take_config {
+    my ($self, $args, $config) = @_;
     # Prefork workers build their own server from the same arguments.
-    $self->{args}     = {%args};
-    $self->{config}   = $config;
-    $self->{app}      = $config->{app};
+    $self->{args}   = {%$args};
+    $self->{config} = $config;
+    $self->{app}    = $config->{app};
+    delete $self->{proxy_trust};
     if ($config->{proxy_headers}) {
         # Applied to the server's own scope (see _dispatch_request), so the
         # access log shows the forwarded client too.
         require PAGI::Server::ProxyHeaders;
         $self->{proxy_trust} = PAGI::Server::ProxyHeaders->trust($config->{forwarded_allow_ips});
     }
-    $self->{root_path} = $config->{root_path} if length $config->{root_path};
-    $self->{state}    = {};
-    $self->{requests} = {};
-    $self->{running}  = 0;
-    $self->{high_watermark} = $config->{write_high_watermark};
-    $self->{extensions} = $config->{extensions};
+    if (length $config->{root_path}) { $self->{root_path} = $config->{root_path} }
+    else                             { delete $self->{root_path} }
+    $self->{high_watermark}  = $config->{write_high_watermark};
+    $self->{extensions}      = $config->{extensions};
     $self->{validate_events} = $config->{validate_events};
+    # Lines collected for the old destination go there first.
+    $self->_write_access_log if $self->{access_log} && length($self->{log_pending} // '');
     my $log = $config->{access_log};
     # quiet silences the default access log; an explicit one stays.
     $log = undef if $config->{quiet} && !$config->is_explicit('access_log');
     $self->{access_log} = $log;
+    delete @$self{qw(log_format log_pending)};
     if ($log) {
         require PAGI::Server::AccessLog;
         $self->{log_format}  = PAGI::Server::AccessLog->compile($config->{access_log_format});
         $self->{log_pending} = '';
     }
-    $self->_check_tls;
-    return $self;
 }
 
 # A throw-away engine builds the TLS configuration (check_tls, no thread):
@@ -79,21 +101,50 @@ sub _check_tls {
     Carp::croak("PAGI::Server: option 'ssl': $error");
 }
 
-# IO::Async::Notifier calls configure from its constructor; our options were
-# taken by new, so only the notifier's own may arrive here.
+# IO::Async::Notifier's own keys; every other key is a server option.
+my %NOTIFIER_KEYS = map { $_ => 1 } qw(notifier_name on_error);
+
+# Like IO::Async::Notifier's configure: server options may be changed after
+# new (validated as new does; unknown keys croak naming the key). Once the
+# server listens, only options read per request can change.
 sub configure {
     my ($self, %params) = @_;
-    $self->SUPER::configure(%params);
+    my %notifier = map { ($_ => delete $params{$_}) } grep { $NOTIFIER_KEYS{$_} } keys %params;
+    if (%params) {
+        # IO::Async::Notifier->new calls configure before new has a config.
+        Carp::croak('PAGI::Server::configure: construct the server with new first') unless $self->{config};
+        my %args = (%{ $self->{args} }, %params);
+        my $config = PAGI::Server::Config->new(%args);
+        if ($self->{listen_f} || $self->{listeners}) {
+            for my $name (sort keys %params) {
+                next if PAGI::Server::Config->is_live($name)
+                     || PAGI::Server::Config->same_value($config->{$name}, $self->{config}{$name});
+                Carp::croak("PAGI::Server::configure: option '$name' cannot be changed once the server is listening"
+                    . ' (options that can: ' . join(', ', PAGI::Server::Config->live_names) . ')');
+            }
+        }
+        $self->_take_config(\%args, $config);
+        $self->_check_tls if exists $params{ssl} || exists $params{disable_tls};
+    }
+    $self->SUPER::configure(%notifier);
 }
 
+# What the engine was built with (its build_info names each protocol crate).
+sub has_tls   { PAGI::Server::Native->build_info =~ /\brustls\b/ ? 1 : 0 }
+sub has_http2 { PAGI::Server::Native->build_info =~ /\bh2\b/     ? 1 : 0 }
+
+my %LOG_RANK = (debug => 0, info => 1, warn => 2, error => 3);
+
+# Log lines go through warn, so $SIG{__WARN__}, Test::Warn and log
+# collectors see them; without a handler they land on STDERR as before.
 sub _log {
     my ($self, $level, $message) = @_;
-    my %rank = (debug => 0, info => 1, warn => 2, error => 3);
-    my $min = $self->{config}{quiet} ? 2 : $rank{ $self->{config}{log_level} };
-    return if $rank{$level} < $min;
-    chomp $message;
+    my $min = $self->{config}{quiet} ? 2 : $LOG_RANK{ $self->{config}{log_level} };
+    return if ($LOG_RANK{$level} // 1) < $min;
+    $message = "$message";
+    $message =~ s/\s+\z//;
     my $who = $self->{worker_num} ? "pagi-server worker $self->{worker_num}" : 'pagi-server';
-    print STDERR "[$who] $level: $message\n";
+    warn "[$who] $level: $message\n";
 }
 
 sub listen {
@@ -203,67 +254,98 @@ sub _banner {
 }
 
 # The hot path: one drain per wake, events dispatched, commands flushed once.
+# Each event runs the app's callbacks (Futures it resolves), so each is
+# dispatched under its own eval: a callback that dies is logged and the rest
+# of the batch is served; it never unwinds the loop and ends the process.
 sub _on_wake {
     my ($self) = @_;
     my $engine = $self->{engine} or return;
     local $IN_DRAIN = 1;
     my $events = $engine->drain_events(256);
-    my $requests = $self->{requests};
     for my $ev (@$events) {
-        my $kind = $ev->[0];
-        if ($kind == EV_REQUEST) {
-            $self->_dispatch_request($ev);
-            next;
-        }
-        if ($kind == EV_DONE) {
-            my $req = delete $requests->{ $ev->[1] } or next;
-            $req->_ev_done;
-            $self->_access_log($req) if $self->{access_log};
-            $req->_ended;
-        }
-        elsif ($kind == EV_BODY) {
-            my $req = $requests->{ $ev->[1] } or next;
-            $req->_ev_body($ev->[2], $ev->[3]);
-        }
-        elsif ($kind == EV_WRITABLE) {
-            my $req = $requests->{ $ev->[1] } or next;
-            $req->_ev_writable;
-        }
-        elsif ($kind == EV_DISCONNECT) {
-            my $req = delete $requests->{ $ev->[1] } or next;
-            $req->_ev_disconnect($ev->[2]);
-            $self->_access_log($req) if $self->{access_log};
-            $req->_ended;
-        }
-        elsif ($kind == EV_WS_MESSAGE) {
-            my $req = $requests->{ $ev->[1] } or next;
-            $req->_ev_message($ev->[2], $ev->[3]);
-        }
-        elsif ($kind == EV_WS_DISCONNECT) {
-            my $req = delete $requests->{ $ev->[1] } or next;
-            $req->_ev_ws_disconnect($ev->[2], $ev->[3]);
-            $self->_access_log($req) if $self->{access_log};
-            $req->_ended;
-        }
-        elsif ($kind == EV_SHUTDOWN) {
-            my $req = $requests->{ $ev->[1] } or next;
-            $req->_ev_shutdown;
-        }
-        elsif ($kind == EV_LOG) {
-            $self->_log($ev->[2] => $ev->[3]);
-        }
-        elsif ($kind == EV_STOPPED) {
-            $self->_engine_stopped;
-        }
-        elsif ($kind == EV_FATAL) {
-            $self->_log(error => "engine failure: $ev->[2]");
-            $self->{fatal} = $ev->[2];
-            $self->_engine_stopped;
-            $self->shutdown;
-        }
+        next if eval { $self->_dispatch_event($ev); 1 };
+        $self->_event_died($ev, $@);
     }
     $engine->flush if $self->{engine};
     $self->_write_access_log if $self->{access_log} && length $self->{log_pending};
+}
+
+sub _dispatch_event {
+    my ($self, $ev) = @_;
+    my $kind = $ev->[0];
+    my $requests = $self->{requests};
+    if ($kind == EV_REQUEST) {
+        $self->_dispatch_request($ev);
+    }
+    elsif ($kind == EV_DONE) {
+        my $req = delete $requests->{ $ev->[1] } or return;
+        $self->_end_request($req, _ev_done => ());
+    }
+    elsif ($kind == EV_BODY) {
+        my $req = $requests->{ $ev->[1] } or return;
+        $req->_ev_body($ev->[2], $ev->[3]);
+    }
+    elsif ($kind == EV_WRITABLE) {
+        my $req = $requests->{ $ev->[1] } or return;
+        $req->_ev_writable;
+    }
+    elsif ($kind == EV_DISCONNECT) {
+        my $req = delete $requests->{ $ev->[1] } or return;
+        $self->_end_request($req, _ev_disconnect => $ev->[2]);
+    }
+    elsif ($kind == EV_WS_MESSAGE) {
+        my $req = $requests->{ $ev->[1] } or return;
+        $req->_ev_message($ev->[2], $ev->[3]);
+    }
+    elsif ($kind == EV_WS_DISCONNECT) {
+        my $req = delete $requests->{ $ev->[1] } or return;
+        $self->_end_request($req, _ev_ws_disconnect => $ev->[2], $ev->[3]);
+    }
+    elsif ($kind == EV_SHUTDOWN) {
+        my $req = $requests->{ $ev->[1] } or return;
+        $req->_ev_shutdown;
+    }
+    elsif ($kind == EV_LOG) {
+        $self->_log($ev->[2] => $ev->[3]);
+    }
+    elsif ($kind == EV_STOPPED) {
+        $self->_engine_stopped;
+    }
+    elsif ($kind == EV_FATAL) {
+        $self->_log(error => "engine failure: $ev->[2]");
+        $self->{fatal} = $ev->[2];
+        $self->_engine_stopped;
+        $self->shutdown;
+    }
+}
+
+# A terminal event: the request is logged and released even when a callback
+# run by the event dies (the error goes on to _event_died).
+sub _end_request {
+    my ($self, $req, $method, @args) = @_;
+    my $ok = eval { $req->$method(@args); 1 };
+    my $error = $@;
+    $self->_access_log($req) if $self->{access_log};
+    $req->_ended;
+    die $error unless $ok;
+}
+
+# An app callback died while an event was dispatched. The request it
+# belongs to, if still open, ends as after an app exception (500 before a
+# response started, else the connection is cut), so it cannot hang.
+sub _event_died {
+    my ($self, $ev, $error) = @_;
+    $error = "$error";
+    $error =~ s/\s+\z//;
+    my $kind = $ev->[0];
+    my $req = $kind == EV_LOG || $kind == EV_STOPPED || $kind == EV_FATAL ? undef : $self->{requests}{ $ev->[1] };
+    my $scope = $req && $req->{scope};
+    my $what = !$scope ? '' : $scope->{type} eq 'http'
+        ? " ($scope->{method} $scope->{path})" : " ($scope->{type} $scope->{path})";
+    $self->_log(error => "PAGI application error in a callback$what: $error");
+    return unless $req;
+    eval { $req->_callback_died; 1 }
+        or $self->_log(error => "cannot end the request after a callback error: $@");
 }
 
 sub _dispatch_request {

@@ -215,13 +215,13 @@ sub _app_outcome {
     if (blessed $f && ($f->is_failed || $f->is_cancelled)) {
         my $error = $f->is_failed ? ($f->failure)[0] : 'app future was cancelled';
         $error =~ s/\s+\z//;
-        $server->_log(error => "app error on $self->{scope}{method} $self->{scope}{path}: $error");
+        $server->_log(error => "PAGI application error: $error ($self->{scope}{method} $self->{scope}{path})");
         $self->_abort_response;
         return;
     }
     return if $self->{gone} || $self->{state} == 2;
     if ($self->{state} == 0) {
-        $server->_log(error => "app returned without sending a response for $self->{scope}{method} $self->{scope}{path}");
+        $server->_log(error => "PAGI application returned without starting a response ($self->{scope}{method} $self->{scope}{path})");
     }
     $self->_abort_response;
 }
@@ -239,6 +239,13 @@ sub _release {
     my ($self) = @_;
     my $scope = delete $self->{scope} or return;
     delete @$scope{qw(pagi.connection pagi.transport)};
+}
+
+# An app callback died while an event for this request was dispatched:
+# the same ending as an app exception, so the client is not left waiting.
+sub _callback_died {
+    my ($self) = @_;
+    $self->_abort_response;
 }
 
 sub _abort_response {
