@@ -861,8 +861,9 @@ Order and required fields are always checked.
 
 =item sync_file_threshold [65536]
 
-Accepted for compatibility and otherwise unused: file bodies are sent with
-sendfile(2) by the engine and never block the loop, whatever their size.
+Accepted for compatibility and otherwise unused: regular files are sent
+with sendfile(2) by the engine and never block the loop, whatever their
+size (see L</SCOPES> for other handles).
 
 =item lifespan_mode [auto], lifespan_startup_timeout [30]
 
@@ -993,8 +994,16 @@ C<client>, C<server>, C<state> (a shallow copy of the lifespan state),
 C<extensions>, and C<pagi.connection> / C<pagi.transport> (one object
 serving both interfaces, see L<PAGI::Server::HTTP>).
 
-File bodies (C<file> or C<fh>, with C<offset> and C<length>) are sent by
-the engine with sendfile(2): their bytes never pass through Perl.
+File bodies (C<file> or C<fh>, with C<offset> and C<length>) from a
+regular file are sent by the engine with sendfile(2): their bytes never
+pass through Perl. Any other handle (an in-memory C<open my $fh, '<',
+\$scalar>, a tied handle, a pipe, or a C<file> naming a FIFO or device) is
+read in Perl in 64 KiB chunks and streamed with backpressure: at most about
+C<write_high_watermark> plus a chunk is buffered for a slow client. The
+C<$send> Future is done once the last chunk is queued (the app may then
+close the handle); a read error fails it, and cuts the connection if part
+of the body was already sent. Such reads are synchronous: a handle that
+blocks (a pipe with a slow writer) blocks the loop while it does.
 
 =head1 SEE ALSO
 
