@@ -320,32 +320,37 @@ sub _dispatch_event {
 }
 
 # A terminal event: the request is logged and released even when a callback
-# run by the event dies (the error goes on to _event_died).
+# run by the event dies.
 sub _end_request {
     my ($self, $req, $method, @args) = @_;
     my $ok = eval { $req->$method(@args); 1 };
     my $error = $@;
     $self->_access_log($req) if $self->{access_log};
+    $self->_callback_error($req, $error) unless $ok;
     $req->_ended;
-    die $error unless $ok;
 }
 
-# An app callback died while an event was dispatched. The request it
-# belongs to, if still open, ends as after an app exception (500 before a
-# response started, else the connection is cut), so it cannot hang.
+# An event's dispatch died outside _end_request: the request it was for,
+# if still open, ends as after an app exception (500 before a response
+# started, else the connection is cut), so it cannot hang.
 sub _event_died {
     my ($self, $ev, $error) = @_;
-    $error = "$error";
-    $error =~ s/\s+\z//;
     my $kind = $ev->[0];
     my $req = $kind == EV_LOG || $kind == EV_STOPPED || $kind == EV_FATAL ? undef : $self->{requests}{ $ev->[1] };
+    $self->_callback_error($req, $error);
+    return unless $req;
+    eval { $req->_callback_died; 1 }
+        or $self->_log(error => "cannot end the request after a callback error: $@");
+}
+
+sub _callback_error {
+    my ($self, $req, $error) = @_;
+    $error = "$error";
+    $error =~ s/\s+\z//;
     my $scope = $req && $req->{scope};
     my $what = !$scope ? '' : $scope->{type} eq 'http'
         ? " ($scope->{method} $scope->{path})" : " ($scope->{type} $scope->{path})";
     $self->_log(error => "PAGI application error in a callback$what: $error");
-    return unless $req;
-    eval { $req->_callback_died; 1 }
-        or $self->_log(error => "cannot end the request after a callback error: $@");
 }
 
 sub _dispatch_request {
