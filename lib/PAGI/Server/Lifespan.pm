@@ -178,6 +178,11 @@ sub shutdown {
     return Future->done unless $self->{supported} && $self->{shutdown_f};
     my $done = $self->{shutdown_f};
     return $done if $done->is_ready;
+    # An app that already ended (a failure after startup) cannot answer.
+    if ($self->{app_f} && $self->{app_f}->is_ready) {
+        $done->done;
+        return $done;
+    }
     $self->{shutdown_asked} = 1;
     $self->_deliver({ type => 'lifespan.shutdown' });
     my $timeout = $self->{shutdown_timeout};
