@@ -668,10 +668,13 @@ PAGI::Server, so apps and tests written for it work unchanged.
 
 =head1 OPTIONS
 
-Given to C<new>. Unknown options croak naming the option; options of
-features not built yet (C<ws_idle_timeout>, C<sse_idle_timeout>, C<http2>
-and the C<h2_*> options) croak C<not supported yet> unless given their
-default. Defaults in brackets.
+Given to C<new> (or later to L</configure>). Unknown options croak naming
+the option; options of features not built yet (C<ws_idle_timeout>,
+C<sse_idle_timeout>, C<http2> and the C<h2_*> options) croak C<not
+supported yet> unless given their default. Defaults in brackets; an
+option passed as C<undef> takes its default (so C<host =E<gt> undef> is
+127.0.0.1), except C<access_log =E<gt> undef>, which turns the access log
+off.
 
 =over 4
 
@@ -781,7 +784,7 @@ dispatched and written once per batch.
 
 =item log_level [info]
 
-C<debug>, C<info>, C<warn> or C<error>.
+C<debug>, C<info>, C<warn> or C<error>. See L</LOGGING>.
 
 =item loop_type
 
@@ -889,6 +892,28 @@ failed: MESSAGE> or C<Cannot listen on ADDRESS: REASON>. With C<workers>,
 it binds, forks the workers and returns at once (each worker runs its own
 lifespan).
 
+=head2 configure
+
+    $server->configure(log_level => 'debug', app => $new_app);
+
+As L<IO::Async::Notifier/configure>: takes server options (checked as
+C<new> checks them; an unknown key croaks naming it) and the notifier's own
+C<notifier_name> and C<on_error>. Before L</listen> every option may
+change. Once listening, only options read per request or per log line may:
+C<app> (the next request gets it), C<access_log>, C<access_log_format>,
+C<quiet>, C<log_level>, C<validate_events>, C<extensions>, C<root_path>,
+C<proxy_headers>, C<forwarded_allow_ips>; another option croaks C<cannot be
+changed once the server is listening> unless given its current value. With
+workers, a change reaches only workers started afterwards.
+
+=head2 has_tls, has_http2
+
+    PAGI::Server->has_tls;     # 1: rustls is built into the engine
+    PAGI::Server->has_http2;   # 0: not built yet
+
+Class methods saying what the engine was built with (from
+L<PAGI::Server::Native/build_info>), as on the reference server.
+
 =head2 bind_listeners
 
     $server->bind_listeners;
@@ -964,6 +989,34 @@ Under L</run>:
 Workers ignore INT (the master coordinates; Ctrl-C reaches the whole
 process group) and stop gracefully on TERM or QUIT. A worker still running
 C<shutdown_timeout> + 1 seconds after being told to stop is killed.
+
+=head1 LOGGING
+
+Log lines go through C<warn>, so C<$SIG{__WARN__}>, L<Test::Warn> and log
+collectors see them; with no handler they land on STDERR. Each is one line,
+C<[pagi-server] LEVEL: MESSAGE> (C<[pagi-server worker N]> in a prefork
+worker), filtered by C<log_level>; C<quiet> keeps only C<warn> and
+C<error>. Messages use the reference server's wording where a user would
+search for it: C<PAGI application error: MESSAGE (GET /path)>, C<PAGI
+application returned without starting a response (GET /path)>, C<Lifespan
+startup timed out after Ns>, C<Lifespan app failed after startup: MESSAGE>,
+C<Lifespan not supported, continuing without it (...)>, C<Lifespan
+shutdown timed out after Ns>. The access log is not a log line: it is
+written straight to its filehandle.
+
+An app callback that dies while the server dispatches an engine event (an
+C<on_done> on a C<$receive> or C<$send> Future, say) is caught for that
+event and logged as C<PAGI application error in a callback (GET /path):
+MESSAGE>; its request ends as after an app exception (500 if no response
+started, else the connection is closed), and the rest of the batch is
+served. It never ends the process.
+
+=head1 FUTURE::IO
+
+Apps may await L<Future::IO> (C<sleep>, C<sysread>, ...): loading
+PAGI::Server loads L<Future::IO::Impl::IOAsync> (PAGI-SPEC 8.3), which
+ships with IO::Async, unless the program already chose an implementation.
+It runs on C<< IO::Async::Loop->new >>, the loop L</run> creates.
 
 =head1 WEBSOCKETS
 
