@@ -9,6 +9,7 @@ use Future::AsyncAwait;
 use File::Temp ();
 use IO::Socket::IP;
 use IO::Select;
+use Socket ();
 use Time::HiRes ();
 
 # Issue 9 item 10: a die inside event dispatch (an app callback on a Future
@@ -34,6 +35,17 @@ my $app = async sub {
         $f->on_done(sub { die "receive callback boom\n" });
         await $f;
         await $send->({ type => 'http.response.start', status => 200, headers => [] });
+        await $send->({ type => 'http.response.body', body => 'unreachable' });
+        return;
+    }
+    if ($path eq '/bad-send') {
+        # More than the high watermark: this $send waits for the engine's
+        # "writable" event, and its callback dies then.
+        await $send->({ type => 'http.response.start', status => 200, headers => [] });
+        my $f = $send->({ type => 'http.response.body', body => 'x' x (4 * 1024 * 1024), more => 1 });
+        $waiting{$path} = $f->is_ready ? 'ready' : 'pending';
+        $f->on_done(sub { die "send callback boom\n" });
+        await $f;
         await $send->({ type => 'http.response.body', body => 'unreachable' });
         return;
     }
@@ -117,6 +129,29 @@ subtest 'single process: one bad callback, the rest of the batch is served' => s
     my ($r) = parse_responses($after // '');
     is $r && $r->{body}, 'sent', 'that response went out whole';
     ok wait_for(sub { grep { /disconnect callback boom/ } @warnings }, 10), 'and the error was logged';
+
+    # A callback on a $send Future, resolved when the client drains the buffer.
+    @warnings = ();
+    my $sock = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $port,
+                                   Sockopts => [ [ Socket::SOL_SOCKET(), Socket::SO_RCVBUF(), 16 * 1024 ] ]) or die "connect: $@";
+    print {$sock} "GET /bad-send HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    ok wait_for(sub { $waiting{'/bad-send'} }, 20), 'the app sent its big body';
+    is $waiting{'/bad-send'}, 'pending', 'the next $send waits for the client';
+    $sock->blocking(0);
+    my ($got, $eof) = (0, 0);
+    my $until = Time::HiRes::time() + 30;
+    my $ok_loop = eval {
+        while (!$eof && Time::HiRes::time() < $until) {
+            loop()->loop_once(0.005);
+            my $n = sysread $sock, my $chunk, 65536;
+            if (defined $n) { $eof = 1 unless $n; $got += $n }
+        }
+        1;
+    };
+    ok $ok_loop, 'the loop survived a $send callback dying' or diag "died: $@";
+    ok $eof, 'the connection of that request was closed';
+    ok wait_for(sub { grep { /\[pagi-server\] error: PAGI application error in a callback \(GET \/bad-send\): send callback boom/ } @warnings }, 10),
+        'and the error was logged with its message';
 
     my $later = eval { http_get($port, '/ok-later')->get };
     is $later && $later->{status}, 200, 'the server keeps serving afterwards';
