@@ -7,6 +7,9 @@ requires 'IO::Async', '0.78';
 requires 'IO::Async::Loop', '0.78';    # ships with IO::Async
 requires 'Future', '0.44';
 requires 'Future::AsyncAwait', '0.50';
+# Apps awaiting Future::IO run on IO::Async under the server; the
+# implementation (Future::IO::Impl::IOAsync) ships with IO::Async.
+requires 'Future::IO', '0.11';
 requires 'IO::Socket::IP';
 requires 'Getopt::Long';
 requires 'Time::HiRes';

@@ -44,14 +44,14 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 perl_modules_ok() {
-    perl -MIO::Async::Loop -MFuture::AsyncAwait -MNet::Async::HTTP -e1 >/dev/null 2>&1
+    perl -MIO::Async::Loop -MFuture::AsyncAwait -MFuture::IO -MNet::Async::HTTP -e1 >/dev/null 2>&1
 }
 
 if command -v apt-get >/dev/null 2>&1; then
     # Test::More is core perl, so no libtest-simple-perl here. curl, openssl and
     # iproute2 (ss) are clients the tests use; under CI=true they must be there.
     want=(build-essential curl libio-async-perl libio-async-loop-epoll-perl
-          libfuture-perl libfuture-asyncawait-perl libnet-async-http-perl
+          libfuture-perl libfuture-asyncawait-perl libfuture-io-perl libnet-async-http-perl
           openssl libio-socket-ssl-perl iproute2)
     [ "$bench" = 1 ] && want+=(starman wrk libplack-perl libmojolicious-perl)
     [ "$browser" = 1 ] && want+=(chromium)
@@ -108,7 +108,7 @@ else
 fi
 
 # Catches a perl other than the system one (perlbrew, plenv) that apt cannot serve.
-perl_modules_ok || die "perl ($(command -v perl)) still cannot load IO::Async::Loop, Future::AsyncAwait and Net::Async::HTTP; for a non-system perl run: cpanm --installdeps ."
+perl_modules_ok || die "perl ($(command -v perl)) still cannot load IO::Async::Loop, Future::AsyncAwait, Future::IO and Net::Async::HTTP; for a non-system perl run: cpanm --installdeps ."
 
 [ "$ws_clients" = 1 ] || exit 0
 

@@ -80,7 +80,7 @@ subtest 'app returns without responding: 500, then close' => sub {
     is $r[0]{status}, 500, 'status 500';
     is $r[0]{header}{'content-type'}, 'text/plain', 'text/plain';
     is $r[0]{header}{connection}, 'close', 'labelled connection: close';
-    like join('', @server_log), qr/without sending a response/, 'logged';
+    like join('', @server_log), qr/PAGI application returned without starting a response \(GET \/fail\)/, 'logged';
 
     # An app that returns something that is not a Future at all.
     $handler = sub { return 42 };

@@ -23,6 +23,17 @@ use PAGI::Server::SSE;
 use PAGI::Server::Lifespan;
 use PAGI::Server::Native qw(:events);
 
+# PAGI-SPEC 8.3: apps that await Future::IO (sleep, sysread, ...) run on
+# IO::Async, not on Future::IO's blocking single-handle fallback. The
+# implementation ships with IO::Async; it needs Future::IO itself, a
+# prerequisite. A program that chose another implementation keeps it.
+our $FUTURE_IO = do {
+    no warnings 'once';
+    eval { require Future::IO; 1 } && !defined $Future::IO::IMPL
+        ? (eval { require Future::IO::Impl::IOAsync; 1 } ? 'Future::IO::Impl::IOAsync' : undef)
+        : $Future::IO::IMPL;
+};
+
 # True while events are being dispatched: commands are flushed once at the end.
 our $IN_DRAIN = 0;
 
@@ -30,13 +41,25 @@ sub new {
     my ($class, %args) = @_;
     my $config = PAGI::Server::Config->new(%args);
     my $self = $class->SUPER::new;
+    $self->{state}    = {};
+    $self->{requests} = {};
+    $self->{running}  = 0;
+    $self->_take_config(\%args, $config);
+    $self->_check_tls;
+    return $self;
+}
+
+# Everything derived from the options, so new and configure share it.
+sub _take_config {
+    my ($self, $args, $config) = @_;
     # Prefork workers build their own server from the same arguments.
-    $self->{args}     = {%args};
+    $self->{args}   = {%$args};
     # With the PEM text read now: a worker builds its server after pagi-server
     # may have dropped privileges, and must not need the files again.
     $self->{args}{ssl} = $config->{ssl} if $config->{ssl};
-    $self->{config}   = $config;
-    $self->{app}      = $config->{app};
+    $self->{config} = $config;
+    $self->{app}    = $config->{app};
+    delete $self->{proxy};
     if ($config->{proxy_headers}) {
         # Applied to the server's own scope (see _dispatch_request), so the
         # access log shows the forwarded client too.
@@ -47,24 +70,23 @@ sub new {
             forwarded_host   => $config->{forwarded_host},
         );
     }
-    $self->{root_path} = $config->{root_path} if length $config->{root_path};
-    $self->{state}    = {};
-    $self->{requests} = {};
-    $self->{running}  = 0;
-    $self->{high_watermark} = $config->{write_high_watermark};
-    $self->{extensions} = $config->{extensions};
+    if (length $config->{root_path}) { $self->{root_path} = $config->{root_path} }
+    else                             { delete $self->{root_path} }
+    $self->{high_watermark}  = $config->{write_high_watermark};
+    $self->{extensions}      = $config->{extensions};
     $self->{validate_events} = $config->{validate_events};
+    # Lines collected for the old destination go there first.
+    $self->_write_access_log if $self->{access_log} && length($self->{log_pending} // '');
     my $log = $config->{access_log};
     # quiet silences the default access log; an explicit one stays.
     $log = undef if $config->{quiet} && !$config->is_explicit('access_log');
     $self->{access_log} = $log;
+    delete @$self{qw(log_format log_pending)};
     if ($log) {
         require PAGI::Server::AccessLog;
         $self->{log_format}  = PAGI::Server::AccessLog->compile($config->{access_log_format});
         $self->{log_pending} = '';
     }
-    $self->_check_tls;
-    return $self;
 }
 
 # A throw-away engine builds the TLS configuration (check_tls, no thread):
@@ -86,21 +108,50 @@ sub _check_tls {
     Carp::croak("PAGI::Server: option 'ssl': $error");
 }
 
-# IO::Async::Notifier calls configure from its constructor; our options were
-# taken by new, so only the notifier's own may arrive here.
+# IO::Async::Notifier's own keys; every other key is a server option.
+my %NOTIFIER_KEYS = map { $_ => 1 } qw(notifier_name on_error);
+
+# Like IO::Async::Notifier's configure: server options may be changed after
+# new (validated as new does; unknown keys croak naming the key). Once the
+# server listens, only options read per request can change.
 sub configure {
     my ($self, %params) = @_;
-    $self->SUPER::configure(%params);
+    my %notifier = map { ($_ => delete $params{$_}) } grep { $NOTIFIER_KEYS{$_} } keys %params;
+    if (%params) {
+        # IO::Async::Notifier->new calls configure before new has a config.
+        Carp::croak('PAGI::Server::configure: construct the server with new first') unless $self->{config};
+        my %args = (%{ $self->{args} }, %params);
+        my $config = PAGI::Server::Config->new(%args);
+        if ($self->{listen_f} || $self->{listeners}) {
+            for my $name (sort keys %params) {
+                next if PAGI::Server::Config->is_live($name)
+                     || PAGI::Server::Config->same_value($config->{$name}, $self->{config}{$name});
+                Carp::croak("PAGI::Server::configure: option '$name' cannot be changed once the server is listening"
+                    . ' (options that can: ' . join(', ', PAGI::Server::Config->live_names) . ')');
+            }
+        }
+        $self->_take_config(\%args, $config);
+        $self->_check_tls if exists $params{ssl} || exists $params{disable_tls};
+    }
+    $self->SUPER::configure(%notifier);
 }
 
+# What the engine was built with (its build_info names each protocol crate).
+sub has_tls   { PAGI::Server::Native->build_info =~ /\brustls\b/ ? 1 : 0 }
+sub has_http2 { PAGI::Server::Native->build_info =~ /\bh2\b/     ? 1 : 0 }
+
+my %LOG_RANK = (debug => 0, info => 1, warn => 2, error => 3);
+
+# Log lines go through warn, so $SIG{__WARN__}, Test::Warn and log
+# collectors see them; without a handler they land on STDERR as before.
 sub _log {
     my ($self, $level, $message) = @_;
-    my %rank = (debug => 0, info => 1, warn => 2, error => 3);
-    my $min = $self->{config}{quiet} ? 2 : $rank{ $self->{config}{log_level} };
-    return if $rank{$level} < $min;
-    chomp $message;
+    my $min = $self->{config}{quiet} ? 2 : $LOG_RANK{ $self->{config}{log_level} };
+    return if ($LOG_RANK{$level} // 1) < $min;
+    $message = "$message";
+    $message =~ s/\s+\z//;
     my $who = $self->{worker_num} ? "pagi-server worker $self->{worker_num}" : 'pagi-server';
-    print STDERR "[$who] $level: $message\n";
+    warn "[$who] $level: $message\n";
 }
 
 sub listen {
@@ -210,67 +261,103 @@ sub _banner {
 }
 
 # The hot path: one drain per wake, events dispatched, commands flushed once.
+# Each event runs the app's callbacks (Futures it resolves), so each is
+# dispatched under its own eval: a callback that dies is logged and the rest
+# of the batch is served; it never unwinds the loop and ends the process.
 sub _on_wake {
     my ($self) = @_;
     my $engine = $self->{engine} or return;
     local $IN_DRAIN = 1;
     my $events = $engine->drain_events(256);
-    my $requests = $self->{requests};
     for my $ev (@$events) {
-        my $kind = $ev->[0];
-        if ($kind == EV_REQUEST) {
-            $self->_dispatch_request($ev);
-            next;
-        }
-        if ($kind == EV_DONE) {
-            my $req = delete $requests->{ $ev->[1] } or next;
-            $req->_ev_done;
-            $self->_access_log($req) if $self->{access_log};
-            $req->_ended;
-        }
-        elsif ($kind == EV_BODY) {
-            my $req = $requests->{ $ev->[1] } or next;
-            $req->_ev_body($ev->[2], $ev->[3]);
-        }
-        elsif ($kind == EV_WRITABLE) {
-            my $req = $requests->{ $ev->[1] } or next;
-            $req->_ev_writable;
-        }
-        elsif ($kind == EV_DISCONNECT) {
-            my $req = delete $requests->{ $ev->[1] } or next;
-            $req->_ev_disconnect($ev->[2]);
-            $self->_access_log($req) if $self->{access_log};
-            $req->_ended;
-        }
-        elsif ($kind == EV_WS_MESSAGE) {
-            my $req = $requests->{ $ev->[1] } or next;
-            $req->_ev_message($ev->[2], $ev->[3]);
-        }
-        elsif ($kind == EV_WS_DISCONNECT) {
-            my $req = delete $requests->{ $ev->[1] } or next;
-            $req->_ev_ws_disconnect($ev->[2], $ev->[3]);
-            $self->_access_log($req) if $self->{access_log};
-            $req->_ended;
-        }
-        elsif ($kind == EV_SHUTDOWN) {
-            my $req = $requests->{ $ev->[1] } or next;
-            $req->_ev_shutdown;
-        }
-        elsif ($kind == EV_LOG) {
-            $self->_log($ev->[2] => $ev->[3]);
-        }
-        elsif ($kind == EV_STOPPED) {
-            $self->_engine_stopped;
-        }
-        elsif ($kind == EV_FATAL) {
-            $self->_log(error => "engine failure: $ev->[2]");
-            $self->{fatal} = $ev->[2];
-            $self->_engine_stopped;
-            $self->shutdown;
-        }
+        next if eval { $self->_dispatch_event($ev); 1 };
+        $self->_event_died($ev, $@);
     }
     $engine->flush if $self->{engine};
     $self->_write_access_log if $self->{access_log} && length $self->{log_pending};
+}
+
+sub _dispatch_event {
+    my ($self, $ev) = @_;
+    my $kind = $ev->[0];
+    my $requests = $self->{requests};
+    if ($kind == EV_REQUEST) {
+        $self->_dispatch_request($ev);
+    }
+    elsif ($kind == EV_DONE) {
+        my $req = delete $requests->{ $ev->[1] } or return;
+        $self->_end_request($req, _ev_done => ());
+    }
+    elsif ($kind == EV_BODY) {
+        my $req = $requests->{ $ev->[1] } or return;
+        $req->_ev_body($ev->[2], $ev->[3]);
+    }
+    elsif ($kind == EV_WRITABLE) {
+        my $req = $requests->{ $ev->[1] } or return;
+        $req->_ev_writable;
+    }
+    elsif ($kind == EV_DISCONNECT) {
+        my $req = delete $requests->{ $ev->[1] } or return;
+        $self->_end_request($req, _ev_disconnect => $ev->[2]);
+    }
+    elsif ($kind == EV_WS_MESSAGE) {
+        my $req = $requests->{ $ev->[1] } or return;
+        $req->_ev_message($ev->[2], $ev->[3]);
+    }
+    elsif ($kind == EV_WS_DISCONNECT) {
+        my $req = delete $requests->{ $ev->[1] } or return;
+        $self->_end_request($req, _ev_ws_disconnect => $ev->[2], $ev->[3]);
+    }
+    elsif ($kind == EV_SHUTDOWN) {
+        my $req = $requests->{ $ev->[1] } or return;
+        $req->_ev_shutdown;
+    }
+    elsif ($kind == EV_LOG) {
+        $self->_log($ev->[2] => $ev->[3]);
+    }
+    elsif ($kind == EV_STOPPED) {
+        $self->_engine_stopped;
+    }
+    elsif ($kind == EV_FATAL) {
+        $self->_log(error => "engine failure: $ev->[2]");
+        $self->{fatal} = $ev->[2];
+        $self->_engine_stopped;
+        $self->shutdown;
+    }
+}
+
+# A terminal event: the request is logged and released even when a callback
+# run by the event dies.
+sub _end_request {
+    my ($self, $req, $method, @args) = @_;
+    my $ok = eval { $req->$method(@args); 1 };
+    my $error = $@;
+    $self->_access_log($req) if $self->{access_log};
+    $self->_callback_error($req, $error) unless $ok;
+    $req->_ended;
+}
+
+# An event's dispatch died outside _end_request: the request it was for,
+# if still open, ends as after an app exception (500 before a response
+# started, else the connection is cut), so it cannot hang.
+sub _event_died {
+    my ($self, $ev, $error) = @_;
+    my $kind = $ev->[0];
+    my $req = $kind == EV_LOG || $kind == EV_STOPPED || $kind == EV_FATAL ? undef : $self->{requests}{ $ev->[1] };
+    $self->_callback_error($req, $error);
+    return unless $req;
+    eval { $req->_callback_died; 1 }
+        or $self->_log(error => "cannot end the request after a callback error: $@");
+}
+
+sub _callback_error {
+    my ($self, $req, $error) = @_;
+    $error = "$error";
+    $error =~ s/\s+\z//;
+    my $scope = $req && $req->{scope};
+    my $what = !$scope ? '' : $scope->{type} eq 'http'
+        ? " ($scope->{method} $scope->{path})" : " ($scope->{type} $scope->{path})";
+    $self->_log(error => "PAGI application error in a callback$what: $error");
 }
 
 sub _dispatch_request {
@@ -603,10 +690,13 @@ PAGI::Server, so apps and tests written for it work unchanged.
 
 =head1 OPTIONS
 
-Given to C<new>. Unknown options croak naming the option; options of
-features not built yet (C<ws_idle_timeout>, C<sse_idle_timeout>, C<http2>
-and the C<h2_*> options) croak C<not supported yet> unless given their
-default. Defaults in brackets.
+Given to C<new> (or later to L</configure>). Unknown options croak naming
+the option; options of features not built yet (C<ws_idle_timeout>,
+C<sse_idle_timeout>, C<http2> and the C<h2_*> options) croak C<not
+supported yet> unless given their default. Defaults in brackets; an
+option passed as C<undef> takes its default (so C<host =E<gt> undef> is
+127.0.0.1), except C<access_log =E<gt> undef>, which turns the access log
+off.
 
 =over 4
 
@@ -740,7 +830,7 @@ dispatched and written once per batch.
 
 =item log_level [info]
 
-C<debug>, C<info>, C<warn> or C<error>.
+C<debug>, C<info>, C<warn> or C<error>. See L</LOGGING>.
 
 =item loop_type
 
@@ -830,8 +920,9 @@ Order and required fields are always checked.
 
 =item sync_file_threshold [65536]
 
-Accepted for compatibility and otherwise unused: file bodies are sent with
-sendfile(2) by the engine and never block the loop, whatever their size.
+Accepted for compatibility and otherwise unused: regular files are sent
+with sendfile(2) by the engine and never block the loop, whatever their
+size (see L</SCOPES> for other handles).
 
 =item lifespan_mode [auto], lifespan_startup_timeout [30]
 
@@ -851,6 +942,28 @@ then starts the engine. Returns a Future that fails with C<Lifespan startup
 failed: MESSAGE> or C<Cannot listen on ADDRESS: REASON>. With C<workers>,
 it binds, forks the workers and returns at once (each worker runs its own
 lifespan).
+
+=head2 configure
+
+    $server->configure(log_level => 'debug', app => $new_app);
+
+As L<IO::Async::Notifier/configure>: takes server options (checked as
+C<new> checks them; an unknown key croaks naming it) and the notifier's own
+C<notifier_name> and C<on_error>. Before L</listen> every option may
+change. Once listening, only options read per request or per log line may:
+C<app> (the next request gets it), C<access_log>, C<access_log_format>,
+C<quiet>, C<log_level>, C<validate_events>, C<extensions>, C<root_path>,
+C<proxy_headers>, C<forwarded_allow_ips>; another option croaks C<cannot be
+changed once the server is listening> unless given its current value. With
+workers, a change reaches only workers started afterwards.
+
+=head2 has_tls, has_http2
+
+    PAGI::Server->has_tls;     # 1: rustls is built into the engine
+    PAGI::Server->has_http2;   # 0: not built yet
+
+Class methods saying what the engine was built with (from
+L<PAGI::Server::Native/build_info>), as on the reference server.
 
 =head2 bind_listeners
 
@@ -928,6 +1041,34 @@ Workers ignore INT (the master coordinates; Ctrl-C reaches the whole
 process group) and stop gracefully on TERM or QUIT. A worker still running
 C<shutdown_timeout> + 1 seconds after being told to stop is killed.
 
+=head1 LOGGING
+
+Log lines go through C<warn>, so C<$SIG{__WARN__}>, L<Test::Warn> and log
+collectors see them; with no handler they land on STDERR. Each is one line,
+C<[pagi-server] LEVEL: MESSAGE> (C<[pagi-server worker N]> in a prefork
+worker), filtered by C<log_level>; C<quiet> keeps only C<warn> and
+C<error>. Messages use the reference server's wording where a user would
+search for it: C<PAGI application error: MESSAGE (GET /path)>, C<PAGI
+application returned without starting a response (GET /path)>, C<Lifespan
+startup timed out after Ns>, C<Lifespan app failed after startup: MESSAGE>,
+C<Lifespan not supported, continuing without it (...)>, C<Lifespan
+shutdown timed out after Ns>. The access log is not a log line: it is
+written straight to its filehandle.
+
+An app callback that dies while the server dispatches an engine event (an
+C<on_done> on a C<$receive> or C<$send> Future, say) is caught for that
+event and logged as C<PAGI application error in a callback (GET /path):
+MESSAGE>; its request ends as after an app exception (500 if no response
+started, else the connection is closed), and the rest of the batch is
+served. It never ends the process.
+
+=head1 FUTURE::IO
+
+Apps may await L<Future::IO> (C<sleep>, C<sysread>, ...): loading
+PAGI::Server loads L<Future::IO::Impl::IOAsync> (PAGI-SPEC 8.3), which
+ships with IO::Async, unless the program already chose an implementation.
+It runs on C<< IO::Async::Loop->new >>, the loop L</run> creates.
+
 =head1 WEBSOCKETS
 
 A GET request with C<Upgrade: websocket>, C<Connection: upgrade>, a valid
@@ -962,8 +1103,16 @@ C<client>, C<server>, C<state> (a shallow copy of the lifespan state),
 C<extensions>, and C<pagi.connection> / C<pagi.transport> (one object
 serving both interfaces, see L<PAGI::Server::HTTP>).
 
-File bodies (C<file> or C<fh>, with C<offset> and C<length>) are sent by
-the engine with sendfile(2): their bytes never pass through Perl.
+File bodies (C<file> or C<fh>, with C<offset> and C<length>) from a
+regular file are sent by the engine with sendfile(2): their bytes never
+pass through Perl. Any other handle (an in-memory C<open my $fh, '<',
+\$scalar>, a tied handle, a pipe, or a C<file> naming a FIFO or device) is
+read in Perl in 64 KiB chunks and streamed with backpressure: at most about
+C<write_high_watermark> plus a chunk is buffered for a slow client. The
+C<$send> Future is done once the last chunk is queued (the app may then
+close the handle); a read error fails it, and cuts the connection if part
+of the body was already sent. Such reads are synchronous: a handle that
+blocks (a pipe with a slow writer) blocks the loop while it does.
 
 =head1 SEE ALSO
 

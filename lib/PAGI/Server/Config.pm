@@ -12,16 +12,16 @@ use PAGI::Server::Listen ();
 # options whose feature is not built yet: setting them to anything but their
 # default croaks instead of being silently ignored.
 my %OPTIONS = (
-    app                      => { required => 1 },
+    app                      => { live => 1, required => 1 },
     host                     => { default => '127.0.0.1' },
     port                     => { default => 5000, check => \&_port },
-    quiet                    => { default => 0 },
-    access_log               => { default => \*STDERR },
-    access_log_format        => { default => 'clf', check => sub {
+    quiet                    => { live => 1, default => 0 },
+    access_log               => { default => \*STDERR, undef_ok => 1, live => 1 },
+    access_log_format        => { live => 1, default => 'clf', check => sub {
         require PAGI::Server::AccessLog;
         PAGI::Server::AccessLog->is_valid($_[0]) ? undef : ($@ =~ s/ at \S+ line \d+\.?\n\z//r);
     } },
-    log_level                => { default => 'info', check => sub { $_[0] =~ /\A(?:debug|info|warn|error)\z/ ? undef : 'must be debug, info, warn or error' } },
+    log_level                => { live => 1, default => 'info', check => sub { $_[0] =~ /\A(?:debug|info|warn|error)\z/ ? undef : 'must be debug, info, warn or error' } },
     loop_type                => { default => undef, check => sub { $_[0] =~ /\A[A-Za-z]\w*(?:::\w+)*\z/ ? undef : 'is not a loop class name' } },
     listener_backlog         => { default => 2048, check => \&_positive },
     max_body_size            => { default => 10_000_000, engine => 1, check => \&_non_negative },
@@ -48,10 +48,10 @@ my %OPTIONS = (
     # there is nothing to tune; kept so configurations written for the
     # reference server still load.
     sync_file_threshold      => { default => 65536, check => \&_non_negative },
-    validate_events          => { default => sub { ($ENV{PAGI_ENV} // '') eq 'development' ? 1 : 0 } },
+    validate_events          => { live => 1, default => sub { ($ENV{PAGI_ENV} // '') eq 'development' ? 1 : 0 } },
     lifespan_mode            => { default => 'auto', check => sub { $_[0] =~ /\A(?:auto|on|off)\z/ ? undef : 'must be auto, on or off' } },
     lifespan_startup_timeout => { default => 30, check => \&_seconds },
-    extensions               => { default => {}, check => \&_extensions },
+    extensions               => { live => 1, default => {}, check => \&_extensions },
 
     # Where to listen (PAGI::Server::Listen); exclusivity is checked in new.
     socket                   => { default => undef, check => sub { ref $_[0] || $_[0] eq '' ? 'must be a path' : undef } },
@@ -66,11 +66,11 @@ my %OPTIONS = (
     max_requests             => { default => 0, check => \&_non_negative },
     heartbeat_timeout        => { default => 50, check => \&_seconds },
     # Scope rewriting in front of the app.
-    proxy_headers            => { default => 0 },
-    forwarded_allow_ips      => { default => \&_forwarded_allow_ips_default, check => \&_trusted_list },
-    forwarded_header         => { default => 0 },
-    forwarded_host           => { default => 0 },
-    root_path                => { default => '', check => sub { ref $_[0] ? 'must be a string' : $_[0] =~ m{\A(?:/.*[^/])?\z}s ? undef : "must be empty or start with '/' and not end with '/'" } },
+    proxy_headers            => { live => 1, default => 0 },
+    forwarded_allow_ips      => { live => 1, default => \&_forwarded_allow_ips_default, check => \&_trusted_list },
+    forwarded_header         => { live => 1, default => 0 },
+    forwarded_host           => { live => 1, default => 0 },
+    root_path                => { live => 1, default => '', check => sub { ref $_[0] ? 'must be a string' : $_[0] =~ m{\A(?:/.*[^/])?\z}s ? undef : "must be empty or start with '/' and not end with '/'" } },
 
     # Known, not built yet.
     ws_idle_timeout            => { todo => 1, default => 0 },
@@ -232,6 +232,9 @@ sub new {
         my $spec = $OPTIONS{$name}
             or Carp::croak("PAGI::Server: unknown option '$name'");
         my $value = $args{$name};
+        # undef means "not given", as the reference's `//` defaults do;
+        # only access_log gives undef a meaning of its own (no access log).
+        next if !defined $value && !$spec->{undef_ok};
         if ($spec->{todo}) {
             next if _same($value, $spec->{default});
             Carp::croak("PAGI::Server: option '$name' is not supported yet");
@@ -258,7 +261,7 @@ sub new {
     }
     _check_listeners(\%args);
     $config{ssl} = _ssl_with_pem($config{ssl}) if $config{ssl};
-    $config{_explicit} = { map { $_ => 1 } keys %args };
+    $config{_explicit} = { map { $_ => 1 } grep { defined $args{$_} || $OPTIONS{$_}{undef_ok} } keys %args };
     return bless \%config, $class;
 }
 
@@ -338,10 +341,50 @@ sub names { sort keys %OPTIONS }
 
     PAGI::Server::Config->default('timeout');   # 60
 
+An option passed as C<undef> takes this default (as the reference server's
+C<//> defaults do); only C<access_log =E<gt> undef> means something else:
+no access log.
+
 =cut
 
-sub default { $OPTIONS{ $_[1] } ? $OPTIONS{ $_[1] }{default} : undef }
+sub default {
+    my $spec = $OPTIONS{ $_[1] } or return undef;
+    return ref $spec->{default} eq 'CODE' ? $spec->{default}->() : $spec->{default};
+}
+
+=head2 is_live, live_names
+
+    PAGI::Server::Config->is_live('log_level');   # 1
+
+Options read per request or per log line, which
+L<PAGI::Server/configure> may change on a server that is already
+listening: C<app>, C<access_log>, C<access_log_format>, C<quiet>,
+C<log_level>, C<validate_events>, C<extensions>, C<root_path>,
+C<proxy_headers>, C<forwarded_allow_ips>.
+
+=cut
+
+sub is_live { $OPTIONS{ $_[1] } && $OPTIONS{ $_[1] }{live} ? 1 : 0 }
+
+sub live_names { grep { $OPTIONS{$_}{live} } sort keys %OPTIONS }
+
+=head2 same_value
+
+    PAGI::Server::Config->same_value($a, $b);
+
+True when two option values are the same: both undef, equal strings, or
+the same reference.
+
+=cut
+
+sub same_value {
+    my (undef, $a, $b) = @_;
+    return !defined $b if !defined $a;
+    return 0 if !defined $b || ref $a ne ref $b;
+    return ref $a ? Scalar::Util::refaddr($a) == Scalar::Util::refaddr($b) : $a eq $b;
+}
 
 require overload;
+require Scalar::Util;
 
 1;

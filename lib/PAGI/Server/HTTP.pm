@@ -133,7 +133,8 @@ sub _body {
         if ref $body;
     return $DONE if $self->{gone};
     return _fail('http.response.body: sent before http.response.start') unless $self->{state};
-    return _fail('http.response.body: the response is already complete') if $self->{state} == 2 || $self->{body_ended};
+    return _fail('http.response.body: the response is already complete')
+        if $self->{state} == 2 || $self->{body_ended} || $self->{streaming};
     my $more = $event->{more} ? 1 : 0;
     my $engine = $self->{engine};
     my $buffered = eval { $engine->http_body($self->{id}, $body // '', $more) };
@@ -146,8 +147,10 @@ sub _body {
     return $self->_after_send($buffered);
 }
 
-# `file` / `fh` bodies complete the response; the engine sends them with
-# sendfile(2), so their bytes never pass through Perl.
+# `file` / `fh` bodies complete the response. A regular file goes to the
+# engine, which sends it with sendfile(2): its bytes never pass through
+# Perl. Any other handle the reference accepts (in-memory, tied, a pipe, a
+# path to a FIFO or device) is read here and streamed in chunks.
 sub _file_body {
     my ($self, $event) = @_;
     my ($file, $fh) = @$event{qw(file fh)};
@@ -160,20 +163,132 @@ sub _file_body {
     }
     return _fail("http.response.body: 'file' must be a path") if defined $file && ref $file;
     return _fail("http.response.body: 'fh' must be an open filehandle")
-        if defined $fh && !(openhandle($fh) && (fileno($fh) // -1) >= 0);
+        if defined $fh && !(ref $fh && openhandle($fh));
     return $DONE if $self->{gone};
     return _fail('http.response.body: sent before http.response.start') unless $self->{state};
-    return _fail('http.response.body: the response is already complete') if $self->{state} == 2 || $self->{body_ended};
+    return _fail('http.response.body: the response is already complete')
+        if $self->{state} == 2 || $self->{body_ended} || $self->{streaming};
     my ($offset, $length) = ($event->{offset} // 0, $event->{length});
+    if (defined $fh ? !_is_regular_file($fh) : (-p $file || -c _)) {
+        my $handle = $fh;
+        if (!defined $handle) {
+            open $handle, '<:raw', $file
+                or return _fail("http.response.body: cannot open '$file': $!");
+        }
+        return $self->_stream_handle($handle, $offset, $length);
+    }
     my $ok = eval { $self->{engine}->http_file($self->{id}, $file // $fh, $offset, $length); 1 };
     return _engine_error('http.response.body', $@) unless $ok;
     my $size = defined $file ? -s $file : -s $fh;
     my $available = ($size // 0) > $offset ? $size - $offset : 0;
     $self->{bytes_sent} += defined $length && $length < $available ? $length : $available;
-    if   ($self->{trailers}) { $self->{body_ended} = 1 }
-    else                     { $self->{state} = 2 }
+    $self->_body_complete;
     $self->{server}->_flush_soon;
     return $DONE;
+}
+
+# sendfile needs a real descriptor on a regular file: not an in-memory
+# handle (fileno -1), not a tied one (its FILENO, if any, is its own affair).
+sub _is_regular_file {
+    my ($fh) = @_;
+    return 0 if (Scalar::Util::reftype($fh) // '') eq 'GLOB' && tied *$fh;
+    my $fd = eval { fileno $fh };
+    return defined $fd && $fd >= 0 && -f $fh ? 1 : 0;
+}
+
+sub _body_complete {
+    my ($self) = @_;
+    if   ($self->{trailers}) { $self->{body_ended} = 1 }
+    else                     { $self->{state} = 2 }
+}
+
+my $STREAM_CHUNK = 65536;
+
+# Streams a handle read in Perl: chunks of 64 KiB, each waiting for the
+# write buffer to fall below the low watermark once it reached the high
+# one, so a slow client holds at most about a watermark of it in memory.
+# The returned Future is done once the last byte was queued (the app may
+# then close the handle) or the client left; it fails when the handle
+# cannot be read, and the connection is cut.
+sub _stream_handle {
+    my ($self, $fh, $offset, $length) = @_;
+    if ($offset) {
+        # seek when the handle can (in-memory, files); else read past.
+        my $sought = eval { seek $fh, $offset, 0 };
+        unless ($sought) {
+            my $skip = $offset;
+            while ($skip > 0) {
+                my $discard = '';
+                my $n = eval { read $fh, $discard, $skip < $STREAM_CHUNK ? $skip : $STREAM_CHUNK };
+                return $self->_stream_failed(undef, $@ || $!) unless defined $n;
+                last unless $n;
+                $skip -= $n;
+            }
+        }
+    }
+    $self->{streaming} = 1;
+    my $done = $self->_new_future;
+    $self->_stream_chunks($fh, $length, $done);
+    return $done;
+}
+
+sub _stream_chunks {
+    my ($self, $fh, $left, $done) = @_;
+    my ($engine, $id) = @$self{qw(engine id)};
+    while (1) {
+        if (defined $self->{gone} || $self->{aborted}) {
+            delete $self->{streaming};
+            $done->done unless $done->is_ready;
+            return;
+        }
+        my $want = defined $left && $left < $STREAM_CHUNK ? $left : $STREAM_CHUNK;
+        my $chunk = '';
+        my $n = $want ? eval { read $fh, $chunk, $want } : 0;
+        return $self->_stream_failed($done, $@ || "$!") unless defined $n;
+        $left -= $n if defined $left;
+        my $last = !$n || (defined $left && !$left);
+        my $buffered = eval { $engine->http_body($id, $chunk, $last ? 0 : 1) };
+        unless (defined $buffered) {
+            my $failed = _engine_error('http.response.body', $@);
+            return $self->_stream_failed($done, ($failed->failure)[0], 1);
+        }
+        $self->{bytes_sent} += $n;
+        $self->{stream_started} = 1;
+        if ($last) {
+            delete $self->{streaming};
+            $self->_body_complete;
+            $self->{server}->_flush_soon;
+            $done->done;
+            return;
+        }
+        my $wait = $self->_after_send($buffered);
+        next if $wait->is_ready;
+        $wait->on_done(sub { $self->_stream_chunks($fh, $left, $done) });
+        return;
+    }
+}
+
+sub _stream_failed {
+    my ($self, $done, $error, $is_message) = @_;
+    $error =~ s/\s+\z//;
+    my $message = $is_message ? "$error\n" : "http.response.body: cannot read fh: $error\n";
+    delete $self->{streaming};
+    # Nothing queued yet: like a file that cannot be opened, only the
+    # $send fails and the app may still answer otherwise.
+    unless ($self->{stream_started}) {
+        return Future->fail($message, 'pagi') unless $done;
+        $done->fail($message, 'pagi') unless $done->is_ready;
+        return;
+    }
+    # Bytes already went out under the announced framing: only a cut
+    # connection tells the client the body is short.
+    $self->{state} = 2 if $self->{state} == 1;
+    $self->{aborted} = 1;
+    $self->{engine}->abort($self->{id});
+    $self->{server}->_flush_soon;
+    return Future->fail($message, 'pagi') unless $done;
+    $done->fail($message, 'pagi') unless $done->is_ready;
+    return;
 }
 
 sub _trailers {
@@ -186,7 +301,7 @@ sub _trailers {
         unless $self->{state} && $self->{trailers};
     return _fail('http.response.trailers: the response is already complete') if $self->{state} == 2;
     return _fail('http.response.trailers: send the final http.response.body (more => 0) first')
-        unless $self->{body_ended};
+        unless $self->{body_ended} && !$self->{streaming};
     my $ok = eval { $self->{engine}->http_trailers($self->{id}, $headers // []); 1 };
     return _engine_error('http.response.trailers', $@) unless $ok;
     $self->{state} = 2;
@@ -215,13 +330,14 @@ sub _app_outcome {
     if (blessed $f && ($f->is_failed || $f->is_cancelled)) {
         my $error = $f->is_failed ? ($f->failure)[0] : 'app future was cancelled';
         $error =~ s/\s+\z//;
-        $server->_log(error => "app error on $self->{scope}{method} $self->{scope}{path}: $error");
+        $server->_log(error => "PAGI application error: $error ($self->{scope}{method} $self->{scope}{path})");
         $self->_abort_response;
         return;
     }
-    return if $self->{gone} || $self->{state} == 2;
+    # A handle still streaming finishes on its own (the app did not await it).
+    return if $self->{gone} || $self->{state} == 2 || $self->{streaming};
     if ($self->{state} == 0) {
-        $server->_log(error => "app returned without sending a response for $self->{scope}{method} $self->{scope}{path}");
+        $server->_log(error => "PAGI application returned without starting a response ($self->{scope}{method} $self->{scope}{path})");
     }
     $self->_abort_response;
 }
@@ -241,9 +357,17 @@ sub _release {
     delete @$scope{qw(pagi.connection pagi.transport)};
 }
 
+# An app callback died while an event for this request was dispatched:
+# the same ending as an app exception, so the client is not left waiting.
+sub _callback_died {
+    my ($self) = @_;
+    $self->_abort_response;
+}
+
 sub _abort_response {
     my ($self) = @_;
     return if $self->{gone};
+    $self->{aborted} = 1;
     my $engine = $self->{engine};
     if ($self->{state} == 0) {
         $self->{status} = 500;

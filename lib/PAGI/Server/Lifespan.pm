@@ -89,7 +89,11 @@ sub startup {
     my $timer = $self->{loop}->delay_future(after => $timeout);
     return Future->wait_any(
         $startup,
-        $timer->then(sub { Future->fail("Lifespan startup failed: timed out after ${timeout}s") }),
+        $timer->then(sub {
+            my $message = "Lifespan startup timed out after ${timeout}s";
+            $self->{log}->(error => $message);
+            Future->fail("Lifespan startup failed: $message");
+        }),
     );
 }
 
@@ -97,19 +101,22 @@ sub _app_finished {
     my ($self, $f) = @_;
     my $startup = $self->{startup_f};
     if ($startup && !$startup->is_ready) {
-        my $why = $f->is_failed ? ($f->failure)[0] : 'returned without answering lifespan.startup';
+        # The exception's own text, location included, is kept: a real
+        # startup failure can look like a decline.
+        my $why = $f->is_failed ? 'the application raised: ' . ($f->failure)[0]
+                                : 'the application returned without answering lifespan.startup';
         $why =~ s/\s+\z//;
         if ($self->{mode} eq 'on') {
-            $startup->fail("Lifespan startup failed: app does not support lifespan ($why)");
+            $startup->fail("Lifespan startup failed: lifespan_mode is 'on' but $why");
         }
         else {
-            $self->{log}->(info => "lifespan not supported by the app ($why); continuing");
+            $self->{log}->(info => "Lifespan not supported, continuing without it ($why)");
             $startup->done(0);
         }
     }
     elsif ($f->is_failed) {
         my $err = ($f->failure)[0];
-        $self->{log}->(error => "lifespan app raised after startup: $err");
+        $self->{log}->(error => "Lifespan app failed after startup: $err");
     }
     my $shutdown = $self->{shutdown_f};
     $shutdown->done if $shutdown && !$shutdown->is_ready && !$self->{supported};
@@ -149,7 +156,7 @@ sub _send {
         $self->{shutdown_f}->done unless $self->{shutdown_f}->is_ready;
     }
     elsif ($type eq 'lifespan.shutdown.failed') {
-        $self->{log}->(error => 'lifespan shutdown failed: ' . ($event->{message} // ''));
+        $self->{log}->(error => 'Lifespan shutdown failed: ' . ($event->{message} // ''));
         $self->{shutdown_f}->done unless $self->{shutdown_f}->is_ready;
     }
     else {
@@ -171,6 +178,11 @@ sub shutdown {
     return Future->done unless $self->{supported} && $self->{shutdown_f};
     my $done = $self->{shutdown_f};
     return $done if $done->is_ready;
+    # An app that already ended (a failure after startup) cannot answer.
+    if ($self->{app_f} && $self->{app_f}->is_ready) {
+        $done->done;
+        return $done;
+    }
     $self->{shutdown_asked} = 1;
     $self->_deliver({ type => 'lifespan.shutdown' });
     my $timeout = $self->{shutdown_timeout};
@@ -178,7 +190,7 @@ sub shutdown {
     return Future->wait_any(
         $done,
         $self->{loop}->delay_future(after => $timeout)->then(sub {
-            $self->{log}->(warn => "lifespan shutdown timed out after ${timeout}s");
+            $self->{log}->(warn => "Lifespan shutdown timed out after ${timeout}s");
             Future->done;
         }),
     );

@@ -226,7 +226,7 @@ sub _app_outcome {
     if ($failed) {
         my $error = $f->is_failed ? ($f->failure)[0] : 'app future was cancelled';
         $error =~ s/\s+\z//;
-        $self->{server}->_log(error => "app error on sse $self->{scope}{path}: $error");
+        $self->{server}->_log(error => "PAGI application error: $error (sse $self->{scope}{path})");
     }
     return if defined $self->{gone} || $self->{state} == 2;
     if ($self->{state} == 1 && !$failed) {

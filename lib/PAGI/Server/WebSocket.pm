@@ -242,7 +242,7 @@ sub app_finished {
     if ($failed) {
         my $error = $f->is_failed ? ($f->failure)[0] : 'app future was cancelled';
         $error =~ s/\s+\z//;
-        $self->{server}->_log(error => "app error on websocket $self->{scope}{path}: $error");
+        $self->{server}->_log(error => "PAGI application error: $error (websocket $self->{scope}{path})");
     }
     unless ($self->{gone}) {
         if ($self->{state} == 0 && $failed) {
@@ -265,6 +265,27 @@ sub app_finished {
     }
     $self->{app_done} = 1;
     delete $self->{scope} if $self->{ended};
+}
+
+# An app callback died while an event for this connection was dispatched:
+# ended as after an app exception (500 before the handshake, 1011 after).
+sub _callback_died {
+    my ($self) = @_;
+    return if $self->{gone} || $self->{state} == 2;
+    my $engine = $self->{engine};
+    if ($self->{state} == 0) {
+        $self->{status} = 500;
+        $engine->respond_full($self->{id}, 500, [ [ 'content-type', 'text/plain' ], [ 'connection', 'close' ] ], "Internal Server Error\n");
+        $engine->abort($self->{id});
+    }
+    elsif ($self->{state} == 1) {
+        $engine->ws_close($self->{id}, 1011, '');
+    }
+    else {
+        $engine->abort($self->{id});
+    }
+    $self->{state} = 2;
+    $self->{server}->_flush_soon;
 }
 
 # Engine events (called by PAGI::Server).
