@@ -1,7 +1,8 @@
 # Rust panics must never take perl down. PAGI_NATIVE_TEST_PANIC (read once,
 # at `new`) makes the engine panic in one chosen place: an extern function
 # called from Perl (stats), the IO thread itself (io_thread), or a
-# connection task (request).
+# connection task (request), an accept loop (accept) or the command
+# dispatcher (dispatch).
 use strict;
 use warnings;
 use Test::More;
@@ -110,5 +111,30 @@ subtest 'a panic in a connection task is logged and closes that connection' => s
     $e->shutdown(0.5);
     ok(pump_until($s, sub { count_kind($_[0], EV_STOPPED) }), 'the engine stops cleanly');
 };
+
+# Panics in the tasks the engine cannot work without: fatal, never a hang.
+for my $case (['accept', 'an accept loop', sub { my ($s) = @_; my $c = client($s->{port}); $s->{keep} = $c }],
+              ['dispatch', 'the command dispatcher', sub {
+                  my ($s) = @_;
+                  my $c = client($s->{port});
+                  print {$c} get_request('/x');
+                  pump_until($s, sub { count_kind($_[0], EV_REQUEST) }, 5);
+                  my ($req) = take($s, EV_REQUEST);
+                  $s->{engine}->respond_full($req->[1], 200, [], 'x') if $req;
+                  $s->{engine}->flush;
+                  $s->{keep} = $c;
+              }]) {
+    my ($mode, $what, $provoke) = @$case;
+    subtest "a panic in $what arrives as EV_FATAL" => sub {
+        my $s = started_engine(build => panicky($mode));
+        $provoke->($s);
+        ok(pump_until($s, sub { count_kind($_[0], EV_FATAL) }, 5), 'EV_FATAL arrives within 5 s')
+            or diag captured_stderr();
+        my ($fatal) = take($s, EV_FATAL);
+        like($fatal->[2] // '', qr/\Q$what\E panicked: .*PAGI_NATIVE_TEST_PANIC=$mode/, 'naming the task and the panic');
+        $s->{engine}->shutdown(0.5);
+        ok(pump_until($s, sub { count_kind($_[0], EV_STOPPED) }, 5), 'and the engine still shuts down');
+    };
+}
 
 done_testing;

@@ -75,16 +75,18 @@ async fn io_main(shared: Arc<Shared>, listeners: Vec<StdListener>) {
     // shutdown with a shorter grace (DESTROY uses 0) brings it forward.
     let (deadline_tx, mut deadline_rx) = watch::channel(None::<tokio::time::Instant>);
     tokio::task::spawn_local(fatal_on_panic(shared.clone(), "the command dispatcher", crate::server::dispatch::dispatch(ctx.clone(), deadline_tx)));
-    let _ = deadline_rx.wait_for(|d| d.is_some()).await;
+    // A dispatcher that died (panicked) can deliver no shutdown command: the
+    // engine then closes at once instead of waiting for one for ever.
+    let mut dispatcher_alive = deadline_rx.wait_for(|d| d.is_some()).await.is_ok();
     let _ = phase_tx.send(Phase::Draining);
     loop {
         if ctx.live.get() == 0 && ctx.accepting.get() == 0 {
             return;
         }
-        let deadline = deadline_rx.borrow().expect("set before draining");
+        let deadline = deadline_rx.borrow().unwrap_or_else(tokio::time::Instant::now);
         tokio::select! {
             _ = ctx.all_closed.notified() => {}
-            _ = deadline_rx.changed() => {}
+            r = deadline_rx.changed(), if dispatcher_alive => dispatcher_alive = r.is_ok(),
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
