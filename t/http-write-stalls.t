@@ -296,6 +296,38 @@ SKIP: {
         cmp_ok($last // 99, '<', 10, 'promptly');
         stop_server($server);
     };
+    subtest 'TLS: handshakes in progress hold a connection slot; over the cap a TLS client reads its 503' => sub {
+        my $app = async sub {
+            my ($scope, $receive, $send) = @_;
+            return if $scope->{type} ne 'http';
+            await $send->({ type => 'http.response.start', status => 200, headers => [] });
+            await $send->({ type => 'http.response.body', body => 'served' });
+        };
+        my ($server, $port) = start_server(app => $app, max_connections => 2, header_timeout => 20,
+            ssl => { cert_file => "$dir/cert.pem", key_file => "$dir/key.pem" });
+        # Two clients that connect and never start their handshake. The kernel
+        # queues connections in order, so the engine takes these two first.
+        my @silent = map { IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $port) or die $! } 1 .. 2;
+        my $report = in_child(sub {
+            my $s = $tls_client->($port);
+            print {$s} get('/', "Connection: close\r\n");
+            my $got = '';
+            while (1) { my $n = sysread($s, $got, 65536, length $got); last unless $n }
+            return $got;
+        }, 20) // '';
+        like($report, qr{\AHTTP/1\.1 503 }, 'the third client gets a 503, over TLS');
+        like($report, qr/retry-after: 5/i, 'with Retry-After');
+        close $_ for @silent;
+        my $after = in_child(sub {
+            my $s = $tls_client->($port);
+            print {$s} get('/', "Connection: close\r\n");
+            my $got = '';
+            while (1) { my $n = sysread($s, $got, 65536, length $got); last unless $n }
+            return $got;
+        }, 20) // '';
+        like($after, qr{\AHTTP/1\.1 200 .*served\z}s, 'once they left, a client is served');
+        stop_server($server);
+    };
 }
 
 done_testing;

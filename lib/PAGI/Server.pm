@@ -852,11 +852,20 @@ Request head limits (431, 431, 414).
 =item timeout [60]
 
 Seconds a keep-alive connection may idle between requests (0 = forever).
+It is also the write stall timer of every connection (HTTP, SSE and
+WebSocket alike): output that makes no progress for this long, because
+the client stopped reading, closes the connection and frees its slot; the
+app sees C<http.disconnect> (or C<websocket.disconnect> 1006) with reason
+C<write_timeout>.
 
 =item header_timeout [30]
 
-Seconds a client has to send a complete request head (0 = forever); the
-slowloris guard.
+Seconds a client has to send a complete request head, counted from its
+first byte (0 = forever); the slowloris guard. The same deadline bounds
+the other reads the server makes on its own before or after the app's part:
+a small request body read together with its head, and an unread body
+skipped after the response to keep the connection alive. A TLS handshake
+must finish within it too. At most 8 empty lines may precede a request line.
 
 =item body_timeout [60]
 
@@ -865,14 +874,17 @@ then 408 (if no response started) and close, reason C<client_timeout>.
 
 =item request_timeout [0]
 
-Closes a request that sees no read or write for this many seconds
-(0 = off).
+A stall timer: closes a request that sees no read or write progress for
+this many seconds (0 = off). Any byte read or written resets it, so a slow
+but steady download is never cut off.
 
 =item max_connections [0, meaning 1000]
 
-Concurrent connections per process. Beyond it a new connection gets
-C<503 Service Unavailable> with C<Retry-After: 5> and is closed; existing
-connections are unaffected.
+Concurrent connections per process, TLS handshakes in progress included.
+Beyond it a new connection gets C<503 Service Unavailable> with
+C<Retry-After: 5> and is closed (on a TLS listener the handshake is
+completed first, so the answer is readable); existing connections are
+unaffected.
 
 =item write_high_watermark [65536], write_low_watermark [16384]
 
@@ -903,9 +915,10 @@ its connection.
 
 =item max_receive_queue [1000]
 
-Accepted for compatibility: the engine reads WebSocket messages only as
-the app takes them (at most 16 ahead), so no queue builds up to this bound
-and 1008 is never needed.
+Accepted for compatibility: the engine hands WebSocket messages to Perl
+only as the app takes them (at most 16 messages and 1 MiB ahead; see
+L<PAGI::Server::WebSocket> for the whole per-connection bound), so no queue
+builds up to this bound and 1008 is never needed.
 
 =item extensions [{}]
 
