@@ -352,7 +352,7 @@ subtest 'log_level: messages below the level are not logged, the others are' => 
         info  => qr/^\[pagi-server\] info: listening on http:\/\/127\.0\.0\.1:\d+\/$/m,
         info2 => qr/^\[pagi-server\] info: SIGHUP ignored in single-process mode/m,
         warn  => qr/^\[pagi-server\] warn: SIGUSR2 ignored: hot restart needs workers$/m,
-        error => qr/^\[pagi-server\] error: app error on GET \/boom: kaboom from the app$/m,
+        error => qr/^\[pagi-server\] error: PAGI application error: kaboom from the app \(GET \/boom\)$/m,
     );
     my %shown = (info => [qw(info info2 warn error)], warn => [qw(warn error)], error => [qw(error)]);
     for my $level (qw(info warn error)) {
