@@ -11,6 +11,7 @@ use Future;
 use IO::Async::Handle;
 use IO::Handle ();
 use IO::Socket::IP;
+use POSIX ();
 use Scalar::Util qw(blessed weaken);
 use Socket qw(SOMAXCONN);
 use Time::HiRes ();
@@ -102,14 +103,25 @@ sub listen {
     return $self->{listen_f} if $self->{listen_f};
     my $config = $self->{config};
 
+    # The signal handlers of run, installed here (as the reference does) so an
+    # embedded server behaves the same; from the start, so a TERM during
+    # lifespan startup lets startup finish, then shuts down. A worker
+    # installs its own.
+    $self->_attach_signals($loop) unless $self->{worker_num};
+
     if ($config->{workers} && !$self->{worker_num}) {
         require PAGI::Server::Workers;
         $self->{master} = PAGI::Server::Workers->new(server => $self, loop => $loop);
-        return $self->{listen_f} = $self->{master}->start;
+        my $f = $self->{master}->start;
+        $self->_detach_signals if $f->is_failed;
+        return $self->{listen_f} = $f;
     }
 
     my $ok = eval { $self->bind_listeners; 1 };
-    return $self->{listen_f} = Future->fail($@ =~ s/ at \S+ line \d+\.?\n\z/\n/r) unless $ok;
+    unless ($ok) {
+        $self->_detach_signals;
+        return $self->{listen_f} = Future->fail($@ =~ s/ at \S+ line \d+\.?\n\z/\n/r);
+    }
 
     $self->{lifespan} = PAGI::Server::Lifespan->new(
         worker_num       => $self->{worker_num},
@@ -123,7 +135,11 @@ sub listen {
     );
     weaken(my $weak = $self);
     return $self->{listen_f} = $self->{lifespan}->startup->then(sub {
-        return Future->done($weak) if eval { $weak->_start_engine; 1 };
+        if (eval { $weak->_start_engine; 1 }) {
+            # A stop signal came during lifespan startup.
+            $weak->shutdown if delete $weak->{stop_after_listen};
+            return Future->done($weak);
+        }
         # The engine refused to start (a TLS key that does not match its
         # certificate is only found now): the app started, so it gets its
         # lifespan shutdown before the failure is reported.
@@ -131,7 +147,10 @@ sub listen {
         return $weak->{lifespan}->shutdown->then(sub { Future->fail($error) });
     })->else(sub {
         my ($error) = @_;
-        $weak->_close_listeners if $weak;
+        if ($weak) {
+            $weak->_close_listeners;
+            $weak->_detach_signals;
+        }
         Future->fail($error =~ /\n\z/ ? $error : "$error\n");
     });
 }
@@ -311,10 +330,13 @@ sub _dispatch_request {
 }
 
 # Stops accepting at once (the request that reached the limit and any in
-# flight still finish), so no new connection lands on this worker.
+# flight still finish): connections wait on the shared socket for the
+# other workers. A reuseport socket is this worker's own, so there the
+# master first starts a replacement, then stops this one.
 sub _recycle {
     my ($self) = @_;
     $self->_log(info => "served max_requests ($self->{config}{max_requests}); recycling worker (pid $$)");
+    return $self->{recycle_via_master}->() if $self->{recycle_via_master};
     $self->shutdown;
 }
 
@@ -375,6 +397,7 @@ sub shutdown {
     else {
         $engine_stopped->done unless $engine_stopped->is_ready;
     }
+    $self->_close_reuseport_listeners;
     weaken(my $weak = $self);
     return $self->{shutdown_f} = $engine_stopped->then(sub {
         $weak->_write_access_log if $weak && $weak->{access_log} && length $weak->{log_pending};
@@ -382,13 +405,37 @@ sub shutdown {
         $weak->_close_listeners;
         $weak->{lifespan} ? $weak->{lifespan}->shutdown : Future->done;
     })->then(sub {
-        if ($weak && $weak->{wake}) {
-            $weak->remove_child(delete $weak->{wake});
-        }
-        # run() waits on the loop; whatever ended the server ends that wait.
-        $weak->{run_loop}->stop if $weak && $weak->{run_loop};
+        return Future->done unless $weak;
+        $weak->remove_child(delete $weak->{wake}) if $weak->{wake};
+        $weak->_served_out;
         Future->done;
     });
+}
+
+# The end of serving, single process or master: the signal handlers go, and
+# the loop stops when run() waits on it (whatever ended the server ends that
+# wait) or when a signal, not the caller, ended it (an embedding script's
+# $loop->run returns, as with the reference server).
+sub _served_out {
+    my ($self) = @_;
+    my $loop = $self->{run_loop} // ($self->{stop_loop} ? $self->loop : undef);
+    $loop->stop if $loop;
+    # Not from here: this may run inside the loop's own walk over the
+    # signals it watches (a worker's exit comes with SIGCHLD).
+    weaken(my $weak = $self);
+    $self->{signal_loop}->later(sub { $weak->_detach_signals if $weak }) if $self->{signal_loop};
+}
+
+# A draining process closes its own SO_REUSEPORT sockets at once: the
+# kernel stops queueing connections on them (other processes of the group
+# take them), and the engine's duplicate, which still serves what is
+# already queued, is then the last reference, dropped as soon as it has.
+sub _close_reuseport_listeners {
+    my ($self) = @_;
+    my $listeners = $self->{listeners} or return;
+    my @own = grep { $_->{reuseport} } @$listeners or return;
+    @$listeners = grep { !$_->{reuseport} } @$listeners;
+    PAGI::Server::Listen->close_all(\@own);
 }
 
 sub _engine_stopped {
@@ -416,67 +463,92 @@ sub run {
         $loop = $self->_new_loop;
         $loop->add($self);
     }
-    return $self->_run_master($loop) if $self->{config}{workers};
-    # Signals are handled from the start: a TERM during lifespan startup lets
-    # startup finish (requests already sent are served), then shuts down.
-    my $stop = sub {
-        my ($name) = @_;
-        $self->_log(info => "received SIG$name, shutting down");
-        if ($self->{engine}) { $self->shutdown }
-        else                 { $self->{stop_after_listen} = 1 }
-    };
-    my %handlers = (
-        (map { my $sig = $_; ($sig => sub { $stop->($sig) }) } qw(TERM INT QUIT)),
-        HUP  => sub { $self->_log(info => 'SIGHUP ignored in single-process mode (restart needs workers)') },
-        USR2 => sub { $self->_log(warn => 'SIGUSR2 ignored: hot restart needs workers') },
-        # Their default action would stop the process.
-        TTIN => sub { $self->_log(info => 'SIGTTIN ignored in single-process mode') },
-        TTOU => sub { $self->_log(info => 'SIGTTOU ignored in single-process mode') },
-    );
-    my $detach = $self->_attach_signals($loop, \%handlers);
-    unless (eval { $self->listen->get; 1 }) {
-        my $error = $@;
-        $detach->();
-        die $error;
-    }
+    # listen installs the signal handlers (see SIGNALS).
+    $self->listen->get;
     $self->{run_loop} = $loop;
-    $self->shutdown if delete $self->{stop_after_listen};
-    $loop->run unless $self->{shutdown_f} && $self->{shutdown_f}->is_ready;
+    $loop->run unless $self->_served;
     delete $self->{run_loop};
-    $detach->();
-    return $self->{fatal} ? 1 : 0;
+    $self->_detach_signals;
+    return $self->{master} ? $self->{master}->exit_code : $self->{fatal} ? 1 : 0;
 }
 
-# The prefork master: no engine, no lifespan; it binds, forks, watches.
-sub _run_master {
-    my ($self, $loop) = @_;
-    my %handlers = (
-        (map { my $sig = $_; ($sig => sub {
-            $self->_log(info => "received SIG$sig, shutting down");
-            $self->shutdown;
-        }) } qw(TERM INT QUIT)),
-        HUP  => sub { $self->{master}->restart if $self->{master} },
-        TTIN => sub { $self->{master}->add_worker if $self->{master} },
-        TTOU => sub { $self->{master}->remove_worker if $self->{master} },
-        USR2 => sub { $self->{master}->hot_restart if $self->{master} },
-    );
-    my $detach = $self->_attach_signals($loop, \%handlers);
-    unless (eval { $self->listen->get; 1 }) {
-        my $error = $@;
-        $detach->();
-        die $error;
+sub _served {
+    my ($self) = @_;
+    return $self->{master}->finished if $self->{master};
+    return $self->{shutdown_f} && $self->{shutdown_f}->is_ready;
+}
+
+# TERM/INT/QUIT stop gracefully; with workers HUP, TTIN, TTOU and USR2 go
+# to the master, in a single process they are logged and ignored (their
+# default action would end or stop the process).
+sub _signal_handlers {
+    my ($self) = @_;
+    weaken(my $weak = $self);
+    my %stop = map { my $sig = $_; ($sig => sub { $weak->_stop_by_signal($sig) if $weak }) } qw(TERM INT QUIT);
+    if ($self->{config}{workers}) {
+        my $to_master = sub {
+            my ($method) = @_;
+            sub { $weak->{master}->$method if $weak && $weak->{master} };
+        };
+        return (%stop,
+            HUP  => $to_master->('restart'),
+            TTIN => $to_master->('add_worker'),
+            TTOU => $to_master->('remove_worker'),
+            USR2 => $to_master->('hot_restart'),
+        );
     }
-    $self->{run_loop} = $loop;
-    $loop->run unless $self->{master}->finished;
-    delete $self->{run_loop};
-    $detach->();
-    return $self->{master}->exit_code;
+    my $note = sub {
+        my ($level, $text) = @_;
+        sub { $weak->_log($level => $text) if $weak };
+    };
+    return (%stop,
+        HUP  => $note->(info => 'SIGHUP ignored in single-process mode (restart needs workers)'),
+        USR2 => $note->(warn => 'SIGUSR2 ignored: hot restart needs workers'),
+        TTIN => $note->(info => 'SIGTTIN ignored in single-process mode'),
+        TTOU => $note->(info => 'SIGTTOU ignored in single-process mode'),
+    );
+}
+
+sub _stop_by_signal {
+    my ($self, $name) = @_;
+    $self->_log(info => "received SIG$name, shutting down");
+    $self->{stop_loop} = 1;
+    if ($self->{master} || $self->{engine}) { $self->shutdown }
+    else                                    { $self->{stop_after_listen} = 1 }
 }
 
 sub _attach_signals {
-    my ($self, $loop, $handlers) = @_;
-    my %ids = map { ($_ => $loop->attach_signal($_ => $handlers->{$_})) } keys %$handlers;
-    return sub { $loop->detach_signal($_, $ids{$_}) for keys %ids };
+    my ($self, $loop) = @_;
+    return if $self->{signal_ids};
+    my %handlers = $self->_signal_handlers;
+    $self->{signal_loop} = $loop;
+    $self->{signal_ids} = { map { ($_ => $loop->attach_signal($_ => $handlers{$_})) } keys %handlers };
+    $self->_deliver_signals($loop, keys %handlers);
+}
+
+# IO::Async::Loop::Epoll (and ::Ppoll) keep the signals they watch blocked
+# and take them inside epoll_pwait/ppoll; every other loop (Poll, Select,
+# EV, ...) takes them from a handler, which a blocked signal never reaches:
+# a mask inherited through fork or exec must not keep them out.
+sub _deliver_signals {
+    my ($class, $loop, @names) = @_;
+    return if grep { $loop->isa("IO::Async::Loop::$_") } qw(Epoll Ppoll);
+    my $set = POSIX::SigSet->new(map { POSIX->can("SIG$_")->() } @names);
+    POSIX::sigprocmask(POSIX::SIG_UNBLOCK(), $set);
+}
+
+sub _detach_signals {
+    my ($self) = @_;
+    my $ids = delete $self->{signal_ids} or return;
+    my $loop = delete $self->{signal_loop};
+    $loop->detach_signal($_, $ids->{$_}) for keys %$ids;
+}
+
+# Removed from its loop without a shutdown: the handlers go with it.
+sub _remove_from_loop {
+    my ($self, $loop) = @_;
+    $self->_detach_signals;
+    $self->SUPER::_remove_from_loop($loop);
 }
 
 # A loop of the configured class; apps calling IO::Async::Loop->new get it.

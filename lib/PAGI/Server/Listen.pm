@@ -300,6 +300,10 @@ sub _spec_of_address {
 
     my $listener = PAGI::Server::Listen->bind_tcp($host, $port, $backlog, $reuseport);
 
+With C<$reuseport> the socket has C<SO_REUSEPORT> and the listener's
+C<reuseport> is true: such a socket is this process's own member of the
+port's group, and L<PAGI::Server> closes it as soon as it starts draining.
+
 =cut
 
 sub bind_tcp {
@@ -313,7 +317,7 @@ sub bind_tcp {
         Proto     => 'tcp',
     ) or die 'Cannot listen on ' . _host_port($host, $port) . ': ' . (_reason($@) || $!) . "\n";
     return { spec => { type => 'tcp', host => $socket->sockhost, port => $socket->sockport },
-             handle => $socket, owned => 0, inherited => 0 };
+             handle => $socket, owned => 0, inherited => 0, reuseport => $reuseport ? 1 : 0 };
 }
 
 # IO::Socket::IP prefixes its own context; the OS reason is what helps.

@@ -206,16 +206,22 @@ sub _spawn {
     STDOUT->flush;
     STDERR->flush;
     weaken(my $weak = $self);
+    # A TERM sent to the new worker before it watches TERM waits, blocked,
+    # instead of killing it (the fork resets the handlers to the default).
+    my $mask = POSIX::SigSet->new;
+    POSIX::sigprocmask(POSIX::SIG_BLOCK(), POSIX::SigSet->new(POSIX::SIGTERM(), POSIX::SIGQUIT()), $mask);
     my $pid = eval {
         $self->{loop}->fork(
             code    => sub { close $r; $self->_worker_main($num, $w) },
             on_exit => sub { $weak->_on_exit(@_) if $weak },
         );
     };
+    my $fork_error = $@;
+    POSIX::sigprocmask(POSIX::SIG_SETMASK(), $mask);
     close $w;
     unless ($pid) {
         close $r;
-        $self->_log(error => "cannot fork worker $num: " . ($@ || $!));
+        $self->_log(error => "cannot fork worker $num: " . ($fork_error || $!));
         $self->_respawn_later($num, 1) unless $self->{stopping};
         return;
     }
@@ -242,7 +248,8 @@ sub _respawn_later {
     });
 }
 
-# Messages from a worker: 'R' once ready, 'H' for each heartbeat.
+# Messages from a worker: 'R' once ready, 'H' for each heartbeat, 'M' when
+# it has served max_requests under reuseport and wants a replacement.
 sub _on_pipe {
     my ($self, $pid) = @_;
     my $worker = $self->{workers}{$pid} or return;
@@ -253,6 +260,21 @@ sub _on_pipe {
     }
     $worker->{last_beat} = _now();
     $self->_worker_ready($worker) if !$worker->{ready} && index($buf, 'R') >= 0;
+    $self->_recycle($worker) if index($buf, 'M') >= 0;
+}
+
+# max_requests under reuseport: the worker's socket is its own, so it keeps
+# accepting until its replacement accepts too, then is retired like a HUP
+# restart retires one (no moment when fewer processes listen).
+sub _recycle {
+    my ($self, $worker) = @_;
+    return if $self->{stopping} || $worker->{retiring} || $worker->{being_replaced};
+    $self->_log(info => "worker $worker->{num} (pid $worker->{pid}) served max_requests; starting its replacement");
+    $worker->{being_replaced} = 1;
+    return if $self->_spawn($worker->{num}, replaces => $worker, recycle => 1);
+    # No replacement: it goes anyway, as without reuseport.
+    delete $worker->{being_replaced};
+    $self->_retire($worker);
 }
 
 sub _unwatch_pipe {
@@ -268,9 +290,9 @@ sub _worker_ready {
     $worker->{last_beat} = _now();
     $self->_log(debug => "worker $worker->{num} (pid $worker->{pid}) is ready");
     if (my $old = delete $worker->{replaces}) {
-        # HUP: the replacement serves now; the old one may go.
+        # HUP or recycle: the replacement serves now; the old one may go.
         $self->_retire($old) if $self->{workers}{ $old->{pid} };
-        $self->_roll_next;
+        $self->_roll_next unless delete $worker->{recycle};
     }
     return if $self->{all_ready};
     my @serving = grep { !$_->{retiring} } values %{ $self->{workers} };
@@ -406,7 +428,7 @@ sub restart {
         return;
     }
     my @old = sort { $a->{num} <=> $b->{num} }
-        grep { !$_->{retiring} && !$_->{replaces} } values %{ $self->{workers} };
+        grep { !$_->{retiring} && !$_->{replaces} && !$_->{being_replaced} } values %{ $self->{workers} };
     $self->_log(info => 'SIGHUP: restarting ' . scalar(@old) . ' worker' . (@old == 1 ? '' : 's') . ' one at a time');
     $self->{rolling} = \@old;
     $self->_roll_next;
@@ -430,6 +452,11 @@ sub _abort_roll {
     my ($self, $replacement) = @_;
     my $old = delete $replacement->{replaces};
     delete $old->{being_replaced} if $old;
+    if ($replacement->{recycle}) {
+        # Better past max_requests than one listener fewer.
+        $self->_log(error => "worker $replacement->{num} keeps serving: its replacement failed");
+        return;
+    }
     delete $self->{rolling};
     $self->_log(error => 'restart aborted: the remaining workers keep serving');
 }
@@ -576,9 +603,13 @@ sub _finish {
         $self->{loop}->remove($timer);
     }
     my $server = $self->{server};
-    $server->_close_listeners if $server;
+    return $self->{done_f}->done unless $server;
+    $server->_close_listeners;
+    # No worker could start: the master's work has ended by itself, as
+    # under run, which exits 2.
+    $server->{stop_loop} = 1 if $self->exit_code == 2;
     $self->{done_f}->done;
-    $server->{run_loop}->stop if $server && $server->{run_loop};
+    $server->_served_out;
 }
 
 # ===== the worker process =====
@@ -611,6 +642,8 @@ sub _worker_main {
     return 2 unless $self->_worker_listeners($server, $master);
     if (my $max = $server->{config}{max_requests}) {
         $server->{requests_left} = $max + int rand($max / 10 + 1);
+        # Under reuseport the master starts the replacement first (see _recycle).
+        $server->{recycle_via_master} = sub { defined syswrite($pipe, 'M') or $server->shutdown } if $server->{config}{reuseport};
     }
     # A fresh loop: the master's one (and its epoll set) must stay untouched.
     my $loop = $server->_new_loop;
@@ -623,6 +656,9 @@ sub _worker_main {
             else                   { $stop_after_listen = 1 }
         });
     }
+    # Under Poll or Select (not Epoll) the handlers only run once the
+    # signals are unblocked; one that came since the fork runs now.
+    $server->_deliver_signals($loop, qw(TERM QUIT));
     unless (eval { $server->listen->get; 1 }) {
         (my $error = $@) =~ s/ at \S+ line \d+\.?\n\z/\n/;
         $server->_log(error => $error);
