@@ -162,19 +162,44 @@ sub bind_listeners {
     return $self if $self->{listeners};
     my $config = $self->{config};
     my @wanted = PAGI::Server::Listen->requested($config);
-    # A prefork master under reuseport leaves TCP to the workers: each binds
-    # its own SO_REUSEPORT socket and the kernel spreads connections.
+    # A prefork master under reuseport gives each worker its own
+    # SO_REUSEPORT socket (the kernel spreads connections over them): one
+    # per worker slot, bound here and kept by the master, so a worker's
+    # replacement takes over its socket and the queue on it (see WORKERS).
     my $defer = $config->{reuseport} && $config->{workers} && !$self->{worker_num};
     my ($listeners, $deferred) = PAGI::Server::Listen->open_all(\@wanted,
         backlog   => $config->{listener_backlog},
         reuseport => $config->{reuseport},
         defer_tcp => $defer,
     );
-    die "No listening socket: nothing to listen on\n" unless @$listeners || @$deferred;
     $self->{listeners} = $listeners;
     $self->{reuseport_specs} = $deferred;
+    unless (@$listeners || @$deferred) {
+        $self->_close_listeners;
+        die "No listening socket: nothing to listen on\n";
+    }
+    if (@$deferred) {
+        my $ok = eval { $self->_reuseport_slot($_) for 1 .. $config->{workers}; 1 };
+        unless ($ok) {
+            my $error = $@;
+            $self->_close_listeners;
+            die $error;
+        }
+    }
     $self->_note_port;
     return $self;
+}
+
+# The SO_REUSEPORT sockets of worker slot $num, bound on first use.
+sub _reuseport_slot {
+    my ($self, $num) = @_;
+    return $self->{reuseport_slots}{$num} //=
+        PAGI::Server::Listen->bind_group_member($self->{reuseport_specs}, $self->{config}{listener_backlog});
+}
+
+sub _close_reuseport_slot {
+    my ($self, $num) = @_;
+    PAGI::Server::Listen->close_all(delete $self->{reuseport_slots}{$num});
 }
 
 sub _note_port {
@@ -453,6 +478,7 @@ sub _engine_stopped {
 sub _close_listeners {
     my ($self) = @_;
     PAGI::Server::Listen->close_all(delete $self->{listeners});
+    $self->_close_reuseport_slot($_) for keys %{ $self->{reuseport_slots} || {} };
     close $_->{reserved} for grep { $_->{reserved} } @{ delete $self->{reuseport_specs} || [] };
 }
 

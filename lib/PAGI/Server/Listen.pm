@@ -52,8 +52,10 @@ comma-separated).
 A listener is a hash: C<spec> (the normalised spec that
 L<PAGI::Server/listeners> reports: C<< {type => 'tcp', host, port} >> or
 C<< {type => 'unix', path} >>), C<handle> (the socket), C<owned> (true when
-this process created a Unix socket file and so removes it at shutdown) and
-C<inherited> (true when the socket came from another process).
+this process created a Unix socket file and so removes it at shutdown),
+C<inherited> (true when the socket came from another process) and
+C<reuseport> (true for an C<SO_REUSEPORT> TCP socket, one member of the
+port's group).
 
 =head1 METHODS
 
@@ -350,6 +352,31 @@ sub reserve_tcp {
         Type => SOCK_STREAM,
     ) or die 'Cannot listen on ' . _host_port($host, $port) . ': ' . (_reason($@) || $!) . "\n";
     return { type => 'tcp', host => $host, port => $socket->sockport, reserved => $socket };
+}
+
+=head2 bind_group_member
+
+    my $listeners = PAGI::Server::Listen->bind_group_member(\@reserved, $backlog);
+
+One listening C<SO_REUSEPORT> socket on each address L</reserve_tcp>
+reserved: one worker slot's members of the ports' groups. Dies with
+C<Cannot listen on ADDRESS: REASON> after closing what it opened.
+
+=cut
+
+sub bind_group_member {
+    my ($class, $reserved, $backlog) = @_;
+    my @out;
+    for my $spec (@$reserved) {
+        my $l = eval { $class->bind_tcp($spec->{host}, $spec->{port}, $backlog, 1) };
+        unless ($l) {
+            my $error = $@;
+            $class->close_all(\@out);
+            die $error;
+        }
+        push @out, $l;
+    }
+    return \@out;
 }
 
 =head2 bind_unix

@@ -197,6 +197,11 @@ sub worker_pids { [ sort { $a <=> $b } keys %{ $_[0]{workers} } ] }
 
 sub _spawn {
     my ($self, $num, %opt) = @_;
+    my $server = $self->{server};
+    if (@{ $server->{reuseport_specs} || [] } && !eval { $server->_reuseport_slot($num); 1 }) {
+        $self->_log(error => "cannot bind the sockets of worker $num: $@");
+        return;
+    }
     my ($r, $w);
     unless (pipe $r, $w) {
         $self->_log(error => "cannot create a pipe for worker $num: $!");
@@ -326,6 +331,12 @@ sub _on_exit {
     my $worker = delete $self->{workers}{$pid} or return;
     $self->_unwatch_pipe($worker);
     $self->{loop}->unwatch_time(delete $worker->{kill_timer}) if $worker->{kill_timer};
+    $self->_worker_exited($worker, $pid, $status);
+    $self->_release_slot($worker->{num});
+}
+
+sub _worker_exited {
+    my ($self, $worker, $pid, $status) = @_;
     my ($code, $signal) = ($status >> 8, $status & 127);
     my $how = $signal ? "signal $signal" : "exit code $code";
     my $who = "worker $worker->{num} (pid $pid)";
@@ -473,7 +484,7 @@ sub add_worker {
     $self->{target}++;
     my $num = $self->_free_num;
     $self->_log(info => "SIGTTIN: adding worker $num ($self->{target} wanted)");
-    $self->_spawn($num);
+    $self->{target}-- unless $self->_spawn($num);
 }
 
 sub remove_worker {
@@ -488,11 +499,28 @@ sub remove_worker {
         grep { !$_->{retiring} && !$_->{being_replaced} && !$_->{replaces} } values %{ $self->{workers} };
     if (!$victim) {
         my ($num) = sort { $b <=> $a } keys %{ $self->{respawn} };
-        $self->{loop}->unwatch_time(delete $self->{respawn}{$num}) if defined $num;
+        return unless defined $num;
+        $self->{loop}->unwatch_time(delete $self->{respawn}{$num});
+        $self->_release_slot($num);
         return;
     }
     $self->_log(info => "SIGTTOU: stopping worker $victim->{num} ($self->{target} wanted)");
     $self->_retire($victim);
+    $self->_release_slot($victim->{num});
+}
+
+# Under reuseport, the master closes its copy of a worker slot's sockets
+# once no worker will serve them any more (a stopping one keeps its own
+# copy only while it serves what is queued): the kernel then stops
+# queueing connections there. A slot whose worker is replaced (HUP,
+# max_requests, a crash) stays open, so its queue waits for the new one.
+sub _release_slot {
+    my ($self, $num) = @_;
+    my $server = $self->{server} or return;
+    return unless $server->{reuseport_slots} && $server->{reuseport_slots}{$num};
+    return if $self->{respawn}{$num};
+    return if grep { $_->{num} == $num && !$_->{retiring} } values %{ $self->{workers} };
+    $server->_close_reuseport_slot($num);
 }
 
 sub _free_num {
@@ -584,6 +612,7 @@ sub shutdown {
     $self->{loop}->unwatch_time($_) for values %{ $self->{respawn} };
     %{ $self->{respawn} } = ();
     $self->_retire($_) for values %{ $self->{workers} };
+    $self->_release_slot($_) for keys %{ $self->{server} ? $self->{server}{reuseport_slots} || {} : {} };
     $self->_maybe_finish;
     return $self->{done_f};
 }
@@ -639,7 +668,7 @@ sub _worker_main {
         return 2;
     }
     $server->{worker_num} = $num;
-    return 2 unless $self->_worker_listeners($server, $master);
+    return 2 unless $self->_worker_listeners($server, $master, $num);
     if (my $max = $server->{config}{max_requests}) {
         $server->{requests_left} = $max + int rand($max / 10 + 1);
         # Under reuseport the master starts the replacement first (see _recycle).
@@ -676,21 +705,17 @@ sub _worker_main {
 }
 
 # The master's sockets (never unlinked by a worker), plus under reuseport
-# this worker's own TCP socket.
+# the sockets of this worker's slot; the other slots' are not this
+# worker's to accept on.
 sub _worker_listeners {
-    my ($self, $server, $master) = @_;
+    my ($self, $server, $master, $num) = @_;
     $server->{listeners} = [ map { +{ %$_, owned => 0 } } @{ $master->{listeners} || [] } ];
     $server->{reuseport_specs} = [];
-    for my $spec (@{ $master->{reuseport_specs} || [] }) {
-        close $spec->{reserved} if $spec->{reserved};
-        my $l = eval {
-            PAGI::Server::Listen->bind_tcp($spec->{host}, $spec->{port}, $server->{config}{listener_backlog}, 1);
-        };
-        unless ($l) {
-            $server->_log(error => $@);
-            return 0;
-        }
-        push @{ $server->{listeners} }, $l;
+    close $_->{reserved} for grep { $_->{reserved} } @{ $master->{reuseport_specs} || [] };
+    my $slots = $master->{reuseport_slots} || {};
+    for my $slot (keys %$slots) {
+        if ($slot == $num) { push @{ $server->{listeners} }, map { +{ %$_ } } @{ $slots->{$slot} } }
+        else               { close $_->{handle} for @{ $slots->{$slot} } }
     }
     $server->_note_port;
     return 1;
