@@ -194,7 +194,7 @@ subtest 'three workers: spread, lifespan fields, kill -9, HUP with a client loop
     like($sr && $sr->{body} // '', qr/\Aslow \d+\z/, 'the request in flight at TERM was answered');
 };
 
-subtest '--reuseport: each worker binds its own socket' => sub {
+subtest '--reuseport: each worker accepts on its own socket' => sub {
     my $child = start_workers([ '--workers', 2, '--reuseport' ]);
     return unless $child->{ready};
     my @workers = wait_workers($child->{pid}, 2);

@@ -730,9 +730,10 @@ adopted the same way.
 
 =item reuseport [0]
 
-Sets C<SO_REUSEPORT>. With workers, each worker binds its own socket on
-the same port and the kernel spreads connections among them (TCP only;
-such sockets are not handed over by a hot restart).
+Sets C<SO_REUSEPORT>. With workers, each worker accepts on its own socket
+on the same port and the kernel spreads connections among them (TCP only;
+such sockets are not handed over by a hot restart). See L</WORKERS> for how
+restarts keep every connection.
 
 =item listener_backlog [2048]
 
@@ -893,11 +894,30 @@ C<off>: never send lifespan events.
 
     $server->listen->get;
 
-Binds the sockets (so L</port> is known at once), runs lifespan startup,
-then starts the engine. Returns a Future that fails with C<Lifespan startup
-failed: MESSAGE> or C<Cannot listen on ADDRESS: REASON>. With C<workers>,
-it binds, forks the workers and returns at once (each worker runs its own
-lifespan).
+Binds the sockets (so L</port> is known at once), installs the signal
+handlers (see L</SIGNALS>), runs lifespan startup, then starts the engine.
+Returns a Future that fails with C<Lifespan startup failed: MESSAGE> or
+C<Cannot listen on ADDRESS: REASON> (the handlers are then removed again).
+With C<workers>, it binds, forks the workers and returns at once (each
+worker runs its own lifespan); the master then supervises them from the
+loop the server was added to.
+
+So the embedding pattern behaves as L</run> does, workers included:
+
+    my $loop   = IO::Async::Loop->new;
+    my $server = PAGI::Server->new(app => $app, workers => 2, port => 8080);
+    $loop->add($server);
+    $server->listen->get;
+    $loop->run;          # returns after a graceful shutdown on TERM/INT/QUIT
+    exit 0;
+
+After a graceful shutdown caused by a signal (or, with workers, when no
+worker could start) the server stops the loop it was added to, so the
+caller's C<< $loop->run >> returns and the script goes on (normally to its
+end); by then every worker has exited and no socket of the server is open.
+A shutdown the caller starts with L</shutdown> leaves the loop running. The
+signal handlers are removed once the server has shut down, or when it is
+removed from its loop.
 
 =head2 bind_listeners
 
@@ -915,7 +935,8 @@ C<shutdown_timeout>, runs lifespan shutdown.
 =head2 run
 
 Creates a loop if the server has none (of the class C<loop_type> names),
-listens, handles signals (see L</SIGNALS>) and runs until shut down.
+listens (which installs the signal handlers, see L</SIGNALS>) and runs the
+loop until the server has shut down, whatever the cause.
 Returns the exit code: 0 after a clean shutdown; with workers, 2 when no
 worker could start.
 
@@ -946,10 +967,9 @@ Open client connections.
 
 =head1 WORKERS
 
-With C<workers =E<gt> N> the process that calls L</run> becomes a master:
-it binds the sockets (with C<reuseport>, each worker binds its own), forks
-N workers and supervises them; it never starts an engine and never runs
-the app. Each worker, after the fork, makes a fresh IO::Async loop,
+With C<workers =E<gt> N> the process that calls L</run> or L</listen>
+becomes a master: it binds the sockets, forks N workers and supervises
+them; it never starts an engine and never runs the app. Each worker, after the fork, makes a fresh IO::Async loop,
 builds its own engine on the inherited sockets and runs its own lifespan,
 whose scope has C<< pagi => { is_worker => 1, worker_num => 1..N } >>. So
 state set at lifespan startup is per worker, and an app that keeps a loop
@@ -960,9 +980,32 @@ that fails to start (exit code 2: lifespan startup failed, cannot bind) is
 not, and when none is left the master exits 2. See
 L<PAGI::Server::Workers> for supervision, heartbeat and hot restart.
 
+=head2 reuseport
+
+With C<reuseport> the master binds one C<SO_REUSEPORT> socket per worker
+slot (worker_num) and keeps it; worker N accepts only on slot N's socket,
+and the kernel spreads new connections over the slots. A worker that is
+replaced (HUP, C<max_requests>, a crash) hands its slot to its
+replacement: connections the kernel queued on it wait for the new worker
+instead of being reset. A HUP or C<max_requests> replacement is started
+first and the old worker stops accepting only once the new one accepts
+too, so the old one serves at most a few requests past C<max_requests>
+while its replacement starts.
+
+A slot is closed when no worker will serve it again (TTOU, a worker that
+failed to start, shutdown, the old master after a hot restart). Linux
+resets the connections still queued on a reuseport socket when it closes,
+unless the sysctl C<net.ipv4.tcp_migrate_req> is 1, which moves them to
+another socket of the group. The draining worker closes its copy at once
+and the engine's copy goes as soon as it has taken what was queued, so the
+window is the moment between its last accept and the close: a connection
+arriving at that slot just then can be reset. Only scaling down, startup
+failures and hot restarts have it; set C<net.ipv4.tcp_migrate_req=1> to
+remove it.
+
 =head1 SIGNALS
 
-Under L</run>:
+Installed by L</listen>, so under L</run> and in an embedding script alike:
 
     signal        single process             workers (sent to the master)
     TERM/INT/QUIT graceful shutdown          graceful shutdown of every worker
@@ -972,8 +1015,16 @@ Under L</run>:
                                              the sockets; the old one drains
 
 Workers ignore INT (the master coordinates; Ctrl-C reaches the whole
-process group) and stop gracefully on TERM or QUIT. A worker still running
-C<shutdown_timeout> + 1 seconds after being told to stop is killed.
+process group) and stop gracefully on TERM or QUIT, whatever the IO::Async
+loop (Epoll, Poll, Select, ...), running their lifespan shutdown. A worker
+still running C<shutdown_timeout> + 1 seconds after being told to stop is
+killed.
+
+The handlers are IO::Async signal watches (C<attach_signal>), so an app
+can attach its own next to them. With L<IO::Async::Loop::Epoll> the
+watched signals stay blocked while the server runs (the loop takes them in
+C<epoll_pwait>); a program the app starts inherits that mask, so unblock
+them in the child before C<exec> if it relies on them.
 
 =head1 WEBSOCKETS
 

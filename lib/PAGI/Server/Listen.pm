@@ -155,7 +155,8 @@ them, and binds the rest. Inherited sockets that match no spec are served
 too: they were handed over to be served. The default 127.0.0.1:5000 is not
 bound when something was inherited. With C<defer_tcp> (the prefork master
 under C<reuseport>), TCP specs are not bound: they come back in the second
-return value, their port resolved, for each worker to bind its own.
+return value, their port resolved, for the master to bind one socket per
+worker slot (L</bind_group_member>).
 
 Dies with C<Cannot listen on ADDRESS: REASON> on the first failure,
 after closing what it opened.

@@ -19,7 +19,8 @@ PAGI::Server::Workers - the prefork master of PAGI::Server
 
 =head1 SYNOPSIS
 
-    # What PAGI::Server does with workers => N:
+    # What PAGI::Server's listen does with workers => N (it also attaches
+    # TERM/INT/QUIT, HUP, TTIN, TTOU and USR2 to these methods):
     my $master = PAGI::Server::Workers->new(server => $server, loop => $loop);
     $master->start->get;          # binds, forks N workers
     $loop->attach_signal(HUP => sub { $master->restart });
@@ -31,8 +32,8 @@ PAGI::Server::Workers - the prefork master of PAGI::Server
 =head1 DESCRIPTION
 
 Internal to L<PAGI::Server> (option C<workers>), documented for operators.
-The master binds the listening sockets (or, with C<reuseport>, lets each
-worker bind its own), then forks the workers. It never starts an engine and
+The master binds the listening sockets (with C<reuseport>, one socket per
+worker slot, see L<PAGI::Server/reuseport>), then forks the workers. It never starts an engine and
 never runs the app: the engine's IO thread must not exist in a process that
 forks, and each worker runs its own lifespan.
 
@@ -42,7 +43,10 @@ builds its own L<PAGI::Server> from the same arguments, runs lifespan
 startup with C<< pagi => { is_worker => 1, worker_num => N } >>, starts
 its engine on the inherited sockets and tells the master it is ready over a
 pipe. It ignores C<INT> (the master coordinates) and shuts down gracefully
-on C<TERM> or C<QUIT>.
+on C<TERM> or C<QUIT>, on whatever IO::Async loop C<loop_type> chose: the
+master blocks C<TERM> and C<QUIT> around the fork, so one sent early waits,
+and the worker unblocks them once its loop watches them unless the loop
+takes them from a blocked mask itself (Epoll).
 
 =head2 Supervision
 
@@ -58,7 +62,11 @@ left the master exits with code 2.
 
 =item * C<max_requests>: each worker serves that many requests, plus a
 random jitter of up to 10% so workers do not all recycle together, then
-drains and exits; the master starts a fresh one.
+drains and exits; the master starts a fresh one (connections wait on the
+shared socket meanwhile). Under C<reuseport> the worker's socket is its
+own, so it asks the master over its pipe instead; the master starts the
+replacement and, once that one is ready, stops the old worker as a HUP
+does.
 
 =item * Heartbeat: with C<heartbeat_timeout> T (0 = off), each worker writes
 a byte to its pipe every T/5 seconds from its loop, and the master checks
@@ -85,14 +93,20 @@ all are gone.
 
 Rolling restart, one worker at a time: a new worker is started, and only
 once it is ready (lifespan startup done, engine accepting) is the old one
-told to stop. The sockets stay open throughout, so no connection is
+told to stop. The sockets stay open throughout (under C<reuseport> the
+replacement takes over the old worker's slot socket), so no connection is
 refused or dropped. Code loaded by the master is not reloaded (use USR2).
 A replacement that fails to start aborts the restart; the old workers keep
 serving.
 
 =item TTIN, TTOU
 
-One more worker; one fewer (never below one).
+One more worker; one fewer (never below one). Under C<reuseport> TTOU
+closes the slot of the worker it stops (see L<PAGI::Server/reuseport> for
+the connections the kernel may still reset then), and TTIN binds a new one;
+after C<--user> dropped privileges that bind can fail (the kernel wants
+every socket of a group from the same user), which is logged and leaves
+the number of workers unchanged.
 
 =item USR2
 
