@@ -356,8 +356,9 @@ sub _dispatch_request {
 
 # Stops accepting at once (the request that reached the limit and any in
 # flight still finish): connections wait on the shared socket for the
-# other workers. A reuseport socket is this worker's own, so there the
-# master first starts a replacement, then stops this one.
+# other workers. Nobody else takes what is queued on a reuseport worker's
+# own socket, so there the master first starts a replacement, then stops
+# this one.
 sub _recycle {
     my ($self) = @_;
     $self->_log(info => "served max_requests ($self->{config}{max_requests}); recycling worker (pid $$)");

@@ -33,9 +33,9 @@ PAGI::Server::Workers - the prefork master of PAGI::Server
 
 Internal to L<PAGI::Server> (option C<workers>), documented for operators.
 The master binds the listening sockets (with C<reuseport>, one socket per
-worker slot, see L<PAGI::Server/reuseport>), then forks the workers. It never starts an engine and
-never runs the app: the engine's IO thread must not exist in a process that
-forks, and each worker runs its own lifespan.
+worker slot, see L<PAGI::Server/reuseport>), then forks the workers. It
+never starts an engine and never runs the app: the engine's IO thread must
+not exist in a process that forks, and each worker runs its own lifespan.
 
 Each worker, after the fork, creates a fresh L<IO::Async::Loop> (the
 master's loop is left untouched: its epoll set is shared with the master),
@@ -63,10 +63,10 @@ left the master exits with code 2.
 =item * C<max_requests>: each worker serves that many requests, plus a
 random jitter of up to 10% so workers do not all recycle together, then
 drains and exits; the master starts a fresh one (connections wait on the
-shared socket meanwhile). Under C<reuseport> the worker's socket is its
-own, so it asks the master over its pipe instead; the master starts the
-replacement and, once that one is ready, stops the old worker as a HUP
-does.
+shared socket meanwhile). Under C<reuseport> no other worker takes what
+is queued on the worker's own socket, so it asks the master over its pipe
+instead; the master starts the replacement on the same socket and, once
+that one is ready, stops the old worker as a HUP does.
 
 =item * Heartbeat: with C<heartbeat_timeout> T (0 = off), each worker writes
 a byte to its pipe every T/5 seconds from its loop, and the master checks
@@ -241,7 +241,8 @@ sub _spawn {
     unless ($pid) {
         close $r;
         $self->_log(error => "cannot fork worker $num: " . ($fork_error || $!));
-        $self->_respawn_later($num, 1) unless $self->{stopping};
+        # A replacement is not retried: the worker it would replace serves on.
+        $self->_respawn_later($num, 1) unless $self->{stopping} || $opt{replaces};
         return;
     }
     my $worker = { pid => $pid, num => $num, started => _now(), ready => 0, %opt };
@@ -282,18 +283,18 @@ sub _on_pipe {
     $self->_recycle($worker) if index($buf, 'M') >= 0;
 }
 
-# max_requests under reuseport: the worker's socket is its own, so it keeps
-# accepting until its replacement accepts too, then is retired like a HUP
-# restart retires one (no moment when fewer processes listen).
+# max_requests under reuseport: no other worker takes the connections queued
+# on this worker's slot, so it keeps accepting until its replacement (on the
+# same slot) accepts too, then is retired as a HUP retires one.
 sub _recycle {
     my ($self, $worker) = @_;
     return if $self->{stopping} || $worker->{retiring} || $worker->{being_replaced};
     $self->_log(info => "worker $worker->{num} (pid $worker->{pid}) served max_requests; starting its replacement");
     $worker->{being_replaced} = 1;
     return if $self->_spawn($worker->{num}, replaces => $worker, recycle => 1);
-    # No replacement: it goes anyway, as without reuseport.
+    # Better past max_requests than one listener fewer.
     delete $worker->{being_replaced};
-    $self->_retire($worker);
+    $self->_log(error => "worker $worker->{num} keeps serving: its replacement could not be started");
 }
 
 sub _unwatch_pipe {
