@@ -480,7 +480,8 @@ subtest 'inbound flow control: a flood of 5000 messages while the app does not r
     diag sprintf 'while the app did not receive: the client got %d of %d bytes into TCP; engine bytes_read max %d',
         $at_2s, length $flood, $max_read // -1;
     cmp_ok $max_read // 0, '<', 5_000_000 / 4, 'engine bytes_read stays far below 5 MB';
-    cmp_ok $at_2s, '<', 2 * $MiB, 'TCP accepted far less than the 5 MB flood (the engine stopped reading)';
+    # Kernel buffers (autotuned) plus the engine's bounded read-ahead: well under the flood.
+    cmp_ok $at_2s, '<', 3 * $MiB, 'TCP accepted far less than the 5 MB flood (the engine stopped reading)';
     ok wait_for(sub { $off >= length $flood }, 15), 'the rest of the flood is written once the app receives';
     $writer->stop;
     $loop->remove($writer);

@@ -11,6 +11,7 @@ use Future;
 use IO::Async::Handle;
 use IO::Handle ();
 use IO::Socket::IP;
+use POSIX ();
 use Scalar::Util qw(blessed weaken);
 use Socket qw(SOMAXCONN);
 use Time::HiRes ();
@@ -160,14 +161,25 @@ sub listen {
     return $self->{listen_f} if $self->{listen_f};
     my $config = $self->{config};
 
+    # The signal handlers of run, installed here (as the reference does) so an
+    # embedded server behaves the same; from the start, so a TERM during
+    # lifespan startup lets startup finish, then shuts down. A worker
+    # installs its own.
+    $self->_attach_signals($loop) unless $self->{worker_num};
+
     if ($config->{workers} && !$self->{worker_num}) {
         require PAGI::Server::Workers;
         $self->{master} = PAGI::Server::Workers->new(server => $self, loop => $loop);
-        return $self->{listen_f} = $self->{master}->start;
+        my $f = $self->{master}->start;
+        $self->_detach_signals if $f->is_failed;
+        return $self->{listen_f} = $f;
     }
 
     my $ok = eval { $self->bind_listeners; 1 };
-    return $self->{listen_f} = Future->fail($@ =~ s/ at \S+ line \d+\.?\n\z/\n/r) unless $ok;
+    unless ($ok) {
+        $self->_detach_signals;
+        return $self->{listen_f} = Future->fail($@ =~ s/ at \S+ line \d+\.?\n\z/\n/r);
+    }
 
     $self->{lifespan} = PAGI::Server::Lifespan->new(
         worker_num       => $self->{worker_num},
@@ -181,7 +193,11 @@ sub listen {
     );
     weaken(my $weak = $self);
     return $self->{listen_f} = $self->{lifespan}->startup->then(sub {
-        return Future->done($weak) if eval { $weak->_start_engine; 1 };
+        if (eval { $weak->_start_engine; 1 }) {
+            # A stop signal came during lifespan startup.
+            $weak->shutdown if delete $weak->{stop_after_listen};
+            return Future->done($weak);
+        }
         # The engine refused to start (a TLS key that does not match its
         # certificate is only found now): the app started, so it gets its
         # lifespan shutdown before the failure is reported.
@@ -189,7 +205,10 @@ sub listen {
         return $weak->{lifespan}->shutdown->then(sub { Future->fail($error) });
     })->else(sub {
         my ($error) = @_;
-        $weak->_close_listeners if $weak;
+        if ($weak) {
+            $weak->_close_listeners;
+            $weak->_detach_signals;
+        }
         Future->fail($error =~ /\n\z/ ? $error : "$error\n");
     });
 }
@@ -201,19 +220,44 @@ sub bind_listeners {
     return $self if $self->{listeners};
     my $config = $self->{config};
     my @wanted = PAGI::Server::Listen->requested($config);
-    # A prefork master under reuseport leaves TCP to the workers: each binds
-    # its own SO_REUSEPORT socket and the kernel spreads connections.
+    # A prefork master under reuseport gives each worker its own
+    # SO_REUSEPORT socket (the kernel spreads connections over them): one
+    # per worker slot, bound here and kept by the master, so a worker's
+    # replacement takes over its socket and the queue on it (see WORKERS).
     my $defer = $config->{reuseport} && $config->{workers} && !$self->{worker_num};
     my ($listeners, $deferred) = PAGI::Server::Listen->open_all(\@wanted,
         backlog   => $config->{listener_backlog},
         reuseport => $config->{reuseport},
         defer_tcp => $defer,
     );
-    die "No listening socket: nothing to listen on\n" unless @$listeners || @$deferred;
     $self->{listeners} = $listeners;
     $self->{reuseport_specs} = $deferred;
+    unless (@$listeners || @$deferred) {
+        $self->_close_listeners;
+        die "No listening socket: nothing to listen on\n";
+    }
+    if (@$deferred) {
+        my $ok = eval { $self->_reuseport_slot($_) for 1 .. $config->{workers}; 1 };
+        unless ($ok) {
+            my $error = $@;
+            $self->_close_listeners;
+            die $error;
+        }
+    }
     $self->_note_port;
     return $self;
+}
+
+# The SO_REUSEPORT sockets of worker slot $num, bound on first use.
+sub _reuseport_slot {
+    my ($self, $num) = @_;
+    return $self->{reuseport_slots}{$num} //=
+        PAGI::Server::Listen->bind_group_member($self->{reuseport_specs}, $self->{config}{listener_backlog});
+}
+
+sub _close_reuseport_slot {
+    my ($self, $num) = @_;
+    PAGI::Server::Listen->close_all(delete $self->{reuseport_slots}{$num});
 }
 
 sub _note_port {
@@ -405,10 +449,14 @@ sub _dispatch_request {
 }
 
 # Stops accepting at once (the request that reached the limit and any in
-# flight still finish), so no new connection lands on this worker.
+# flight still finish): connections wait on the shared socket for the
+# other workers. Nobody else takes what is queued on a reuseport worker's
+# own socket, so there the master first starts a replacement, then stops
+# this one.
 sub _recycle {
     my ($self) = @_;
     $self->_log(info => "served max_requests ($self->{config}{max_requests}); recycling worker (pid $$)");
+    return $self->{recycle_via_master}->() if $self->{recycle_via_master};
     $self->shutdown;
 }
 
@@ -469,6 +517,7 @@ sub shutdown {
     else {
         $engine_stopped->done unless $engine_stopped->is_ready;
     }
+    $self->_close_reuseport_listeners;
     weaken(my $weak = $self);
     return $self->{shutdown_f} = $engine_stopped->then(sub {
         $weak->_write_access_log if $weak && $weak->{access_log} && length $weak->{log_pending};
@@ -476,13 +525,37 @@ sub shutdown {
         $weak->_close_listeners;
         $weak->{lifespan} ? $weak->{lifespan}->shutdown : Future->done;
     })->then(sub {
-        if ($weak && $weak->{wake}) {
-            $weak->remove_child(delete $weak->{wake});
-        }
-        # run() waits on the loop; whatever ended the server ends that wait.
-        $weak->{run_loop}->stop if $weak && $weak->{run_loop};
+        return Future->done unless $weak;
+        $weak->remove_child(delete $weak->{wake}) if $weak->{wake};
+        $weak->_served_out;
         Future->done;
     });
+}
+
+# The end of serving, single process or master: the signal handlers go, and
+# the loop stops when run() waits on it (whatever ended the server ends that
+# wait) or when a signal, not the caller, ended it (an embedding script's
+# $loop->run returns, as with the reference server).
+sub _served_out {
+    my ($self) = @_;
+    my $loop = $self->{run_loop} // ($self->{stop_loop} ? $self->loop : undef);
+    $loop->stop if $loop;
+    # Not from here: this may run inside the loop's own walk over the
+    # signals it watches (a worker's exit comes with SIGCHLD).
+    weaken(my $weak = $self);
+    $self->{signal_loop}->later(sub { $weak->_detach_signals if $weak }) if $self->{signal_loop};
+}
+
+# A draining process closes its own SO_REUSEPORT sockets at once: the
+# kernel stops queueing connections on them (other processes of the group
+# take them), and the engine's duplicate, which still serves what is
+# already queued, is then the last reference, dropped as soon as it has.
+sub _close_reuseport_listeners {
+    my ($self) = @_;
+    my $listeners = $self->{listeners} or return;
+    my @own = grep { $_->{reuseport} } @$listeners or return;
+    @$listeners = grep { !$_->{reuseport} } @$listeners;
+    PAGI::Server::Listen->close_all(\@own);
 }
 
 sub _engine_stopped {
@@ -500,6 +573,7 @@ sub _engine_stopped {
 sub _close_listeners {
     my ($self) = @_;
     PAGI::Server::Listen->close_all(delete $self->{listeners});
+    $self->_close_reuseport_slot($_) for keys %{ $self->{reuseport_slots} || {} };
     close $_->{reserved} for grep { $_->{reserved} } @{ delete $self->{reuseport_specs} || [] };
 }
 
@@ -510,67 +584,92 @@ sub run {
         $loop = $self->_new_loop;
         $loop->add($self);
     }
-    return $self->_run_master($loop) if $self->{config}{workers};
-    # Signals are handled from the start: a TERM during lifespan startup lets
-    # startup finish (requests already sent are served), then shuts down.
-    my $stop = sub {
-        my ($name) = @_;
-        $self->_log(info => "received SIG$name, shutting down");
-        if ($self->{engine}) { $self->shutdown }
-        else                 { $self->{stop_after_listen} = 1 }
-    };
-    my %handlers = (
-        (map { my $sig = $_; ($sig => sub { $stop->($sig) }) } qw(TERM INT QUIT)),
-        HUP  => sub { $self->_log(info => 'SIGHUP ignored in single-process mode (restart needs workers)') },
-        USR2 => sub { $self->_log(warn => 'SIGUSR2 ignored: hot restart needs workers') },
-        # Their default action would stop the process.
-        TTIN => sub { $self->_log(info => 'SIGTTIN ignored in single-process mode') },
-        TTOU => sub { $self->_log(info => 'SIGTTOU ignored in single-process mode') },
-    );
-    my $detach = $self->_attach_signals($loop, \%handlers);
-    unless (eval { $self->listen->get; 1 }) {
-        my $error = $@;
-        $detach->();
-        die $error;
-    }
+    # listen installs the signal handlers (see SIGNALS).
+    $self->listen->get;
     $self->{run_loop} = $loop;
-    $self->shutdown if delete $self->{stop_after_listen};
-    $loop->run unless $self->{shutdown_f} && $self->{shutdown_f}->is_ready;
+    $loop->run unless $self->_served;
     delete $self->{run_loop};
-    $detach->();
-    return $self->{fatal} ? 1 : 0;
+    $self->_detach_signals;
+    return $self->{master} ? $self->{master}->exit_code : $self->{fatal} ? 1 : 0;
 }
 
-# The prefork master: no engine, no lifespan; it binds, forks, watches.
-sub _run_master {
-    my ($self, $loop) = @_;
-    my %handlers = (
-        (map { my $sig = $_; ($sig => sub {
-            $self->_log(info => "received SIG$sig, shutting down");
-            $self->shutdown;
-        }) } qw(TERM INT QUIT)),
-        HUP  => sub { $self->{master}->restart if $self->{master} },
-        TTIN => sub { $self->{master}->add_worker if $self->{master} },
-        TTOU => sub { $self->{master}->remove_worker if $self->{master} },
-        USR2 => sub { $self->{master}->hot_restart if $self->{master} },
-    );
-    my $detach = $self->_attach_signals($loop, \%handlers);
-    unless (eval { $self->listen->get; 1 }) {
-        my $error = $@;
-        $detach->();
-        die $error;
+sub _served {
+    my ($self) = @_;
+    return $self->{master}->finished if $self->{master};
+    return $self->{shutdown_f} && $self->{shutdown_f}->is_ready;
+}
+
+# TERM/INT/QUIT stop gracefully; with workers HUP, TTIN, TTOU and USR2 go
+# to the master, in a single process they are logged and ignored (their
+# default action would end or stop the process).
+sub _signal_handlers {
+    my ($self) = @_;
+    weaken(my $weak = $self);
+    my %stop = map { my $sig = $_; ($sig => sub { $weak->_stop_by_signal($sig) if $weak }) } qw(TERM INT QUIT);
+    if ($self->{config}{workers}) {
+        my $to_master = sub {
+            my ($method) = @_;
+            sub { $weak->{master}->$method if $weak && $weak->{master} };
+        };
+        return (%stop,
+            HUP  => $to_master->('restart'),
+            TTIN => $to_master->('add_worker'),
+            TTOU => $to_master->('remove_worker'),
+            USR2 => $to_master->('hot_restart'),
+        );
     }
-    $self->{run_loop} = $loop;
-    $loop->run unless $self->{master}->finished;
-    delete $self->{run_loop};
-    $detach->();
-    return $self->{master}->exit_code;
+    my $note = sub {
+        my ($level, $text) = @_;
+        sub { $weak->_log($level => $text) if $weak };
+    };
+    return (%stop,
+        HUP  => $note->(info => 'SIGHUP ignored in single-process mode (restart needs workers)'),
+        USR2 => $note->(warn => 'SIGUSR2 ignored: hot restart needs workers'),
+        TTIN => $note->(info => 'SIGTTIN ignored in single-process mode'),
+        TTOU => $note->(info => 'SIGTTOU ignored in single-process mode'),
+    );
+}
+
+sub _stop_by_signal {
+    my ($self, $name) = @_;
+    $self->_log(info => "received SIG$name, shutting down");
+    $self->{stop_loop} = 1;
+    if ($self->{master} || $self->{engine}) { $self->shutdown }
+    else                                    { $self->{stop_after_listen} = 1 }
 }
 
 sub _attach_signals {
-    my ($self, $loop, $handlers) = @_;
-    my %ids = map { ($_ => $loop->attach_signal($_ => $handlers->{$_})) } keys %$handlers;
-    return sub { $loop->detach_signal($_, $ids{$_}) for keys %ids };
+    my ($self, $loop) = @_;
+    return if $self->{signal_ids};
+    my %handlers = $self->_signal_handlers;
+    $self->{signal_loop} = $loop;
+    $self->{signal_ids} = { map { ($_ => $loop->attach_signal($_ => $handlers{$_})) } keys %handlers };
+    $self->_deliver_signals($loop, keys %handlers);
+}
+
+# IO::Async::Loop::Epoll (and ::Ppoll) keep the signals they watch blocked
+# and take them inside epoll_pwait/ppoll; every other loop (Poll, Select,
+# EV, ...) takes them from a handler, which a blocked signal never reaches:
+# a mask inherited through fork or exec must not keep them out.
+sub _deliver_signals {
+    my ($class, $loop, @names) = @_;
+    return if grep { $loop->isa("IO::Async::Loop::$_") } qw(Epoll Ppoll);
+    my $set = POSIX::SigSet->new(map { POSIX->can("SIG$_")->() } @names);
+    POSIX::sigprocmask(POSIX::SIG_UNBLOCK(), $set);
+}
+
+sub _detach_signals {
+    my ($self) = @_;
+    my $ids = delete $self->{signal_ids} or return;
+    my $loop = delete $self->{signal_loop};
+    $loop->detach_signal($_, $ids->{$_}) for keys %$ids;
+}
+
+# Removed from its loop without a shutdown: the handlers go with it.
+sub _remove_from_loop {
+    my ($self, $loop) = @_;
+    $self->_detach_signals;
+    $self->SUPER::_remove_from_loop($loop);
 }
 
 # A loop of the configured class; apps calling IO::Async::Loop->new get it.
@@ -744,9 +843,10 @@ adopted the same way.
 
 =item reuseport [0]
 
-Sets C<SO_REUSEPORT>. With workers, each worker binds its own socket on
-the same port and the kernel spreads connections among them (TCP only;
-such sockets are not handed over by a hot restart).
+Sets C<SO_REUSEPORT>. With workers, each worker accepts on its own socket
+on the same port and the kernel spreads connections among them (TCP only;
+such sockets are not handed over by a hot restart). See L</WORKERS> for how
+restarts keep every connection.
 
 =item listener_backlog [2048]
 
@@ -950,11 +1050,30 @@ C<off>: never send lifespan events.
 
     $server->listen->get;
 
-Binds the sockets (so L</port> is known at once), runs lifespan startup,
-then starts the engine. Returns a Future that fails with C<Lifespan startup
-failed: MESSAGE> or C<Cannot listen on ADDRESS: REASON>. With C<workers>,
-it binds, forks the workers and returns at once (each worker runs its own
-lifespan).
+Binds the sockets (so L</port> is known at once), installs the signal
+handlers (see L</SIGNALS>), runs lifespan startup, then starts the engine.
+Returns a Future that fails with C<Lifespan startup failed: MESSAGE> or
+C<Cannot listen on ADDRESS: REASON> (the handlers are then removed again).
+With C<workers>, it binds, forks the workers and returns at once (each
+worker runs its own lifespan); the master then supervises them from the
+loop the server was added to.
+
+So the embedding pattern behaves as L</run> does, workers included:
+
+    my $loop   = IO::Async::Loop->new;
+    my $server = PAGI::Server->new(app => $app, workers => 2, port => 8080);
+    $loop->add($server);
+    $server->listen->get;
+    $loop->run;          # returns after a graceful shutdown on TERM/INT/QUIT
+    exit 0;
+
+After a graceful shutdown caused by a signal (or, with workers, when no
+worker could start) the server stops the loop it was added to, so the
+caller's C<< $loop->run >> returns and the script goes on (normally to its
+end); by then every worker has exited and no socket of the server is open.
+A shutdown the caller starts with L</shutdown> leaves the loop running. The
+signal handlers are removed once the server has shut down, or when it is
+removed from its loop.
 
 =head2 configure
 
@@ -994,7 +1113,8 @@ C<shutdown_timeout>, runs lifespan shutdown.
 =head2 run
 
 Creates a loop if the server has none (of the class C<loop_type> names),
-listens, handles signals (see L</SIGNALS>) and runs until shut down.
+listens (which installs the signal handlers, see L</SIGNALS>) and runs the
+loop until the server has shut down, whatever the cause.
 Returns the exit code: 0 after a clean shutdown; with workers, 2 when no
 worker could start.
 
@@ -1025,10 +1145,9 @@ Open client connections.
 
 =head1 WORKERS
 
-With C<workers =E<gt> N> the process that calls L</run> becomes a master:
-it binds the sockets (with C<reuseport>, each worker binds its own), forks
-N workers and supervises them; it never starts an engine and never runs
-the app. Each worker, after the fork, makes a fresh IO::Async loop,
+With C<workers =E<gt> N> the process that calls L</run> or L</listen>
+becomes a master: it binds the sockets, forks N workers and supervises
+them; it never starts an engine and never runs the app. Each worker, after the fork, makes a fresh IO::Async loop,
 builds its own engine on the inherited sockets and runs its own lifespan,
 whose scope has C<< pagi => { is_worker => 1, worker_num => 1..N } >>. So
 state set at lifespan startup is per worker, and an app that keeps a loop
@@ -1039,9 +1158,32 @@ that fails to start (exit code 2: lifespan startup failed, cannot bind) is
 not, and when none is left the master exits 2. See
 L<PAGI::Server::Workers> for supervision, heartbeat and hot restart.
 
+=head2 reuseport
+
+With C<reuseport> the master binds one C<SO_REUSEPORT> socket per worker
+slot (worker_num) and keeps it; worker N accepts only on slot N's socket,
+and the kernel spreads new connections over the slots. A worker that is
+replaced (HUP, C<max_requests>, a crash) hands its slot to its
+replacement: connections the kernel queued on it wait for the new worker
+instead of being reset. A HUP or C<max_requests> replacement is started
+first and the old worker stops accepting only once the new one accepts
+too, so the old one serves at most a few requests past C<max_requests>
+while its replacement starts.
+
+A slot is closed when no worker will serve it again (TTOU, a worker that
+failed to start, shutdown, the old master after a hot restart). Linux
+resets the connections still queued on a reuseport socket when it closes,
+unless the sysctl C<net.ipv4.tcp_migrate_req> is 1, which moves them to
+another socket of the group. The draining worker closes its copy at once
+and the engine's copy goes as soon as it has taken what was queued, so the
+window is the moment between its last accept and the close: a connection
+arriving at that slot just then can be reset. Only scaling down, startup
+failures and hot restarts have it; set C<net.ipv4.tcp_migrate_req=1> to
+remove it.
+
 =head1 SIGNALS
 
-Under L</run>:
+Installed by L</listen>, so under L</run> and in an embedding script alike:
 
     signal        single process             workers (sent to the master)
     TERM/INT/QUIT graceful shutdown          graceful shutdown of every worker
@@ -1051,8 +1193,16 @@ Under L</run>:
                                              the sockets; the old one drains
 
 Workers ignore INT (the master coordinates; Ctrl-C reaches the whole
-process group) and stop gracefully on TERM or QUIT. A worker still running
-C<shutdown_timeout> + 1 seconds after being told to stop is killed.
+process group) and stop gracefully on TERM or QUIT, whatever the IO::Async
+loop (Epoll, Poll, Select, ...), running their lifespan shutdown. A worker
+still running C<shutdown_timeout> + 1 seconds after being told to stop is
+killed.
+
+The handlers are IO::Async signal watches (C<attach_signal>), so an app
+can attach its own next to them. With L<IO::Async::Loop::Epoll> the
+watched signals stay blocked while the server runs (the loop takes them in
+C<epoll_pwait>); a program the app starts inherits that mask, so unblock
+them in the child before C<exec> if it relies on them.
 
 =head1 LOGGING
 

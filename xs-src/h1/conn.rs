@@ -9,7 +9,8 @@ use crate::h1::decode::{BodyReader, Step};
 use crate::seam::event::{Action, ConnCounters, Event, Headers, Id, Reason, RequestEvent, ScopeKind};
 use crate::h1::parse::{self, Framing, Head};
 use crate::server::ctx::{ActionSender, IoCtx, Phase};
-use crate::http::response::{self, BodyFraming, RequestInfo};
+use crate::h1::encode::{self as response, BodyFraming, H1Wire, RequestInfo};
+use crate::http::exchange::{Applied, Resp, Response};
 use bytes::{Bytes, BytesMut};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -58,12 +59,6 @@ enum Outcome {
     Failed(Reason),
 }
 
-#[derive(PartialEq, Eq)]
-enum Resp {
-    Idle,
-    Started,
-    Done,
-}
 
 /// The state of the request being served.
 struct Exchange {
@@ -74,18 +69,18 @@ struct Exchange {
     body_total: u64,
     want_body: bool,
     continue_pending: bool,
-    resp: Resp,
-    pending_head: Option<(u16, Headers)>,
-    trailers_declared: bool,
+    /// The protocol-neutral response state (see `http::exchange`).
+    response: Response,
     framing: BodyFraming,
     keep_alive: bool,
-    aborted: bool,
-    /// The key of a WebSocket handshake waiting for the app's answer.
-    ws_key: Option<Bytes>,
-    /// Set by `websocket.accept`: the subprotocol and headers of the 101.
-    upgrade: Option<(Option<String>, Headers)>,
-    /// `sse.keepalive`: the interval, the framed comment and the next tick.
-    sse_keepalive: Option<(std::time::Duration, Bytes, Instant)>,
+}
+
+/// This exchange's HTTP/1.1 side of the response rules (a macro, so the
+/// borrows of the exchange's fields stay disjoint from `response`).
+macro_rules! h1_wire {
+    ($out:expr, $ex:expr, $shared:expr) => {
+        H1Wire { out: $out, framing: &mut $ex.framing, keep_alive: &mut $ex.keep_alive, info: $ex.info, te_trailers: $ex.te_trailers, shared: $shared }
+    };
 }
 
 /// A served connection.
@@ -304,15 +299,9 @@ impl<S: Transport> Conn<S> {
             body_total: pre.as_ref().map_or(0, |b| b.len() as u64),
             want_body: false,
             continue_pending: head.expect_continue,
-            resp: Resp::Idle,
-            pending_head: None,
-            trailers_declared: false,
+            response: Response::new(ws_key.is_some()),
             framing: BodyFraming::Empty,
             keep_alive: false,
-            aborted: false,
-            ws_key: ws_key.clone(),
-            upgrade: None,
-            sse_keepalive: None,
         };
         self.ctx.registry.borrow_mut().insert(id, self.tx.clone());
         shared.events.push(Event::Request(Box::new(RequestEvent {
@@ -337,7 +326,7 @@ impl<S: Transport> Conn<S> {
             counters: self.counters.clone(),
         })));
         let outcome = self.exchange(&mut ex).await;
-        if let (Outcome::Finished { .. }, Some((subprotocol, headers)), Some(key)) = (&outcome, ex.upgrade.take(), &ws_key) {
+        if let (Outcome::Finished { .. }, Some((subprotocol, headers)), Some(key)) = (&outcome, ex.response.upgrade.take(), &ws_key) {
             self.websocket(id, key, subprotocol, headers).await;
             self.ctx.registry.borrow_mut().remove(&id);
             self.current.set(0);
@@ -432,7 +421,7 @@ impl<S: Transport> Conn<S> {
                 (a, b) => a.or(b),
             };
             let write_deadline = self.out.stall_deadline(write_stall);
-            let tick = ex.sse_keepalive.as_ref().map(|k| k.2);
+            let tick = ex.response.keepalive_due();
             let woke = tokio::select! {
                 biased;
                 cmd = self.rx.recv() => Woke::Command(cmd.expect("a connection holds its own sender")),
@@ -455,7 +444,7 @@ impl<S: Transport> Conn<S> {
                 Woke::Command((cid, action)) => {
                     let mut r = self.apply(ex, cid, action);
                     // After websocket.accept the rest stays queued for the session.
-                    while r.is_ok() && ex.upgrade.is_none() {
+                    while r.is_ok() && ex.response.upgrade.is_none() {
                         match self.rx.try_recv() {
                             Ok((cid, action)) => r = self.apply(ex, cid, action),
                             Err(_) => break,
@@ -486,7 +475,7 @@ impl<S: Transport> Conn<S> {
                 Woke::Draining => {
                     noticed = true;
                     ex.info.keep_alive = false;
-                    if ex.resp != Resp::Done {
+                    if ex.response.state != Resp::Done {
                         self.ctx.shared.events.push(Event::ShutdownNotice { id: ex.id });
                     }
                     Ok(())
@@ -494,14 +483,8 @@ impl<S: Transport> Conn<S> {
                 Woke::Closing => Err(Reason::ServerShutdown),
                 Woke::Stalled => Err(self.refuse_mid_request(ex, 408, Reason::ClientTimeout)),
                 Woke::Keepalive => {
-                    if let Some((interval, comment, next)) = ex.sse_keepalive.as_mut() {
-                        *next = Instant::now() + *interval;
-                        let comment = comment.clone();
-                        if ex.resp == Resp::Started && ex.pending_head.is_none() {
-                            let framing = ex.framing;
-                            self.write_body(ex, comment, true, 0, framing);
-                        }
-                    }
+                    let shared = self.ctx.shared.clone();
+                    ex.response.keepalive_tick(&mut h1_wire!(&mut self.out, ex, &shared));
                     Ok(())
                 }
             };
@@ -517,10 +500,10 @@ impl<S: Transport> Conn<S> {
             if !self.out.is_idle() {
                 continue; // the response is over only once its last byte is out
             }
-            if ex.aborted {
+            if ex.response.aborted {
                 return Outcome::Failed(Reason::ServerError);
             }
-            if ex.resp == Resp::Done {
+            if ex.response.state == Resp::Done {
                 return Outcome::Finished { keep_alive: ex.keep_alive };
             }
         }
@@ -530,149 +513,18 @@ impl<S: Transport> Conn<S> {
         if id != ex.id {
             return Ok(()); // a command for a request that already ended
         }
-        match action {
-            Action::WantBody => {
-                ex.want_body = true;
-                self.deliver_body(ex)?;
-            }
-            Action::Full { status, headers, body } if ex.resp == Resp::Idle => {
-                let enc = self.encode(ex, status, &headers, Some(body.len()));
-                self.write_body(ex, body, false, 0, enc.framing);
-                ex.resp = Resp::Done;
-            }
-            Action::SseKeepalive { interval, comment } => {
-                ex.sse_keepalive = (!interval.is_zero()).then(|| (interval, comment, Instant::now() + interval));
-            }
-            Action::WsAccept { subprotocol, headers } if ex.ws_key.is_some() && ex.resp == Resp::Idle => {
-                ex.upgrade = Some((subprotocol, headers));
-                ex.resp = Resp::Done;
-            }
-            Action::WsClose { .. } if ex.ws_key.is_some() && ex.resp == Resp::Idle => {
-                // websocket.close before accept refuses the handshake (PAGI-SPEC 3.2.2).
-                self.encode(ex, 403, &Vec::new(), Some(0));
-                ex.resp = Resp::Done;
-            }
-            Action::Start { status, headers, trailers } if ex.resp == Resp::Idle => {
-                ex.pending_head = Some((status, headers));
-                ex.trailers_declared = trailers;
-                ex.resp = Resp::Started;
-            }
-            Action::Body { data, more } if ex.resp == Resp::Started => {
-                let counted = data.len();
-                if let Some((status, headers)) = ex.pending_head.take() {
-                    let known = (!more && !ex.trailers_declared).then_some(data.len());
-                    self.encode(ex, status, &headers, known);
-                }
-                let framing = ex.framing;
-                self.write_body(ex, data, more, counted, framing);
-                if !more && !(ex.trailers_declared && framing == BodyFraming::Chunked) {
-                    if framing == BodyFraming::Chunked {
-                        response::put_chunked_end(self.out.buf(), None);
-                    }
-                    ex.resp = Resp::Done;
-                }
-            }
-            Action::File { file, offset, length } if ex.resp != Resp::Done => {
-                let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-                let available = size.saturating_sub(offset);
-                let len = length.map_or(available, |l| l.min(available));
-                if ex.resp == Resp::Idle {
-                    return Ok(()); // Perl sends a start first; never write a body without a head
-                }
-                if let Some((status, headers)) = ex.pending_head.take() {
-                    let known = (!ex.trailers_declared).then_some(len as usize);
-                    self.encode(ex, status, &headers, known);
-                }
-                match ex.framing {
-                    BodyFraming::Empty => {}
-                    BodyFraming::Close => self.out.file(file, offset, len),
-                    BodyFraming::Chunked => {
-                        if len > 0 {
-                            response::put_chunk_header(self.out.buf(), len as usize);
-                            self.out.file(file, offset, len);
-                            self.out.buf().extend_from_slice(b"\r\n");
-                        }
-                    }
-                    BodyFraming::Length(left) => {
-                        let n = len.min(left);
-                        self.out.file(file, offset, n);
-                        ex.framing = BodyFraming::Length(left - n);
-                        if left - n > 0 || n < len {
-                            ex.keep_alive = false;
-                        }
-                    }
-                }
-                if !(ex.trailers_declared && ex.framing == BodyFraming::Chunked) {
-                    if ex.framing == BodyFraming::Chunked {
-                        response::put_chunked_end(self.out.buf(), None);
-                    }
-                    ex.resp = Resp::Done;
-                }
-            }
-            Action::Trailers { headers } if ex.resp == Resp::Started => {
-                if let Some((status, h)) = ex.pending_head.take() {
-                    // Declared trailers need chunked framing even with no body at all.
-                    let known = (!ex.trailers_declared).then_some(0);
-                    self.encode(ex, status, &h, known);
-                }
-                if ex.framing == BodyFraming::Chunked {
-                    let t = ex.te_trailers.then_some(&headers);
-                    response::put_chunked_end(self.out.buf(), t);
-                }
-                ex.resp = Resp::Done;
-            }
-            Action::Abort => {
-                if let Some((status, headers)) = ex.pending_head.take() {
-                    self.encode(ex, status, &headers, None);
-                }
-                ex.aborted = true;
-                ex.keep_alive = false;
-            }
-            _ => {} // out of order: Perl already refused it; never corrupt the wire
+        let shared = self.ctx.shared.clone();
+        // The response rules are protocol-neutral; the wire frames for HTTP/1.1.
+        let applied = ex.response.apply(action, &mut h1_wire!(&mut self.out, ex, &shared));
+        if applied == Applied::WantBody {
+            ex.want_body = true;
+            self.deliver_body(ex)?;
         }
         Ok(())
     }
 
-    fn encode(&mut self, ex: &mut Exchange, status: u16, headers: &Headers, known: Option<usize>) -> response::Encoded {
-        let server = &self.ctx.shared.config.server_header;
-        let enc = response::encode_head(self.out.buf(), status, headers, ex.info, known, server);
-        ex.framing = enc.framing;
-        ex.keep_alive = enc.keep_alive;
-        enc
-    }
-
-    /// Frames one body chunk; a body longer than its Content-Length is cut and the connection closed.
-    fn write_body(&mut self, ex: &mut Exchange, data: Bytes, more: bool, counted: usize, framing: BodyFraming) {
-        match framing {
-            BodyFraming::Empty => self.out.data(Bytes::new(), counted),
-            BodyFraming::Close => self.out.data(data, counted),
-            BodyFraming::Chunked => {
-                if !data.is_empty() {
-                    response::put_chunk_header(self.out.buf(), data.len());
-                    self.out.data(data, counted);
-                    self.out.buf().extend_from_slice(b"\r\n");
-                } else {
-                    self.out.data(data, counted);
-                }
-            }
-            BodyFraming::Length(left) => {
-                let n = (data.len() as u64).min(left) as usize;
-                if n < data.len() {
-                    self.log("warn", format!("response body longer than its Content-Length ({left} bytes left); connection closed"));
-                    ex.keep_alive = false;
-                }
-                self.out.data(data.slice(..n), counted);
-                let left = left - n as u64;
-                ex.framing = BodyFraming::Length(left);
-                if !more && left > 0 {
-                    ex.keep_alive = false; // truncated: only closing tells the client
-                }
-            }
-        }
-    }
-
     fn deliver_body(&mut self, ex: &mut Exchange) -> Result<(), Reason> {
-        if ex.continue_pending && !ex.body.is_done() && self.rbuf.is_empty() && ex.resp == Resp::Idle {
+        if ex.continue_pending && !ex.body.is_done() && self.rbuf.is_empty() && ex.response.state == Resp::Idle {
             self.out.buf().extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
         ex.continue_pending = false;
@@ -715,7 +567,7 @@ impl<S: Transport> Conn<S> {
 
     /// Answers `status` if no response began, and ends the request with `reason`.
     fn refuse_mid_request(&mut self, ex: &mut Exchange, status: u16, reason: Reason) -> Reason {
-        if ex.resp == Resp::Idle {
+        if ex.response.state == Resp::Idle {
             let server = self.ctx.shared.config.server_header.clone();
             response::encode_error(self.out.buf(), status, &server);
         }
@@ -755,9 +607,6 @@ impl<S: Transport> Conn<S> {
         }
     }
 
-    fn log(&self, level: &'static str, message: String) {
-        self.ctx.shared.events.push(Event::Log { level, message });
-    }
 }
 
 /// Where the blank line ending a head is, searching only from `from`

@@ -2,4 +2,5 @@
 
 pub mod conn;
 pub mod decode;
+pub mod encode;
 pub mod parse;

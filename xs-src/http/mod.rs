@@ -1,3 +1,5 @@
-//! The protocol-neutral request exchange: response status and header rules.
+//! The protocol-neutral request exchange: the response state machine
+//! ([`exchange`]) and the rules on status and headers every protocol shares.
 
+pub mod exchange;
 pub mod response;

@@ -52,8 +52,10 @@ comma-separated).
 A listener is a hash: C<spec> (the normalised spec that
 L<PAGI::Server/listeners> reports: C<< {type => 'tcp', host, port} >> or
 C<< {type => 'unix', path} >>), C<handle> (the socket), C<owned> (true when
-this process created a Unix socket file and so removes it at shutdown) and
-C<inherited> (true when the socket came from another process).
+this process created a Unix socket file and so removes it at shutdown),
+C<inherited> (true when the socket came from another process) and
+C<reuseport> (true for an C<SO_REUSEPORT> TCP socket, one member of the
+port's group).
 
 =head1 METHODS
 
@@ -153,7 +155,8 @@ them, and binds the rest. Inherited sockets that match no spec are served
 too: they were handed over to be served. The default 127.0.0.1:5000 is not
 bound when something was inherited. With C<defer_tcp> (the prefork master
 under C<reuseport>), TCP specs are not bound: they come back in the second
-return value, their port resolved, for each worker to bind its own.
+return value, their port resolved, for the master to bind one socket per
+worker slot (L</bind_group_member>).
 
 Dies with C<Cannot listen on ADDRESS: REASON> on the first failure,
 after closing what it opened.
@@ -300,6 +303,10 @@ sub _spec_of_address {
 
     my $listener = PAGI::Server::Listen->bind_tcp($host, $port, $backlog, $reuseport);
 
+With C<$reuseport> the socket has C<SO_REUSEPORT> and the listener's
+C<reuseport> is true: such a socket is this process's own member of the
+port's group, and L<PAGI::Server> closes it as soon as it starts draining.
+
 =cut
 
 sub bind_tcp {
@@ -313,7 +320,7 @@ sub bind_tcp {
         Proto     => 'tcp',
     ) or die 'Cannot listen on ' . _host_port($host, $port) . ': ' . (_reason($@) || $!) . "\n";
     return { spec => { type => 'tcp', host => $socket->sockhost, port => $socket->sockport },
-             handle => $socket, owned => 0, inherited => 0 };
+             handle => $socket, owned => 0, inherited => 0, reuseport => $reuseport ? 1 : 0 };
 }
 
 # IO::Socket::IP prefixes its own context; the OS reason is what helps.
@@ -346,6 +353,31 @@ sub reserve_tcp {
         Type => SOCK_STREAM,
     ) or die 'Cannot listen on ' . _host_port($host, $port) . ': ' . (_reason($@) || $!) . "\n";
     return { type => 'tcp', host => $host, port => $socket->sockport, reserved => $socket };
+}
+
+=head2 bind_group_member
+
+    my $listeners = PAGI::Server::Listen->bind_group_member(\@reserved, $backlog);
+
+One listening C<SO_REUSEPORT> socket on each address L</reserve_tcp>
+reserved: one worker slot's members of the ports' groups. Dies with
+C<Cannot listen on ADDRESS: REASON> after closing what it opened.
+
+=cut
+
+sub bind_group_member {
+    my ($class, $reserved, $backlog) = @_;
+    my @out;
+    for my $spec (@$reserved) {
+        my $l = eval { $class->bind_tcp($spec->{host}, $spec->{port}, $backlog, 1) };
+        unless ($l) {
+            my $error = $@;
+            $class->close_all(\@out);
+            die $error;
+        }
+        push @out, $l;
+    }
+    return \@out;
 }
 
 =head2 bind_unix

@@ -75,7 +75,7 @@ my @FLAGS = (
     [ 'socket-mode=s', 'run:socket_mode', 'MODE', 'octal mode of the Unix socket(s), e.g. 0660', 'from the umask' ],
     [ 'listen=s@',     'run:listen', 'SPEC',   'listen on host:port, [v6]:port or a Unix socket path (starting with / or . ; other bare words are paths too); repeatable; not with --host, --port or --socket', 'none' ],
     [ 'fd=i@',         'run:fd',     'N',      'serve on the inherited listening socket N (repeatable); systemd socket activation (LISTEN_FDS) needs no flag', 'none' ],
-    [ 'reuseport',     'opt:reuseport', '',    'SO_REUSEPORT: each worker binds its own socket and the kernel spreads connections', 'off' ],
+    [ 'reuseport',     'opt:reuseport', '',    'SO_REUSEPORT: each worker accepts on its own socket and the kernel spreads connections', 'off' ],
     [ 'b|listener-backlog=s', 'opt:listener_backlog', 'N', 'listen() queue length' ],
 
     [ 'TLS' ],

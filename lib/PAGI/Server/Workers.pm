@@ -19,7 +19,8 @@ PAGI::Server::Workers - the prefork master of PAGI::Server
 
 =head1 SYNOPSIS
 
-    # What PAGI::Server does with workers => N:
+    # What PAGI::Server's listen does with workers => N (it also attaches
+    # TERM/INT/QUIT, HUP, TTIN, TTOU and USR2 to these methods):
     my $master = PAGI::Server::Workers->new(server => $server, loop => $loop);
     $master->start->get;          # binds, forks N workers
     $loop->attach_signal(HUP => sub { $master->restart });
@@ -31,10 +32,10 @@ PAGI::Server::Workers - the prefork master of PAGI::Server
 =head1 DESCRIPTION
 
 Internal to L<PAGI::Server> (option C<workers>), documented for operators.
-The master binds the listening sockets (or, with C<reuseport>, lets each
-worker bind its own), then forks the workers. It never starts an engine and
-never runs the app: the engine's IO thread must not exist in a process that
-forks, and each worker runs its own lifespan.
+The master binds the listening sockets (with C<reuseport>, one socket per
+worker slot, see L<PAGI::Server/reuseport>), then forks the workers. It
+never starts an engine and never runs the app: the engine's IO thread must
+not exist in a process that forks, and each worker runs its own lifespan.
 
 Each worker, after the fork, creates a fresh L<IO::Async::Loop> (the
 master's loop is left untouched: its epoll set is shared with the master),
@@ -42,7 +43,10 @@ builds its own L<PAGI::Server> from the same arguments, runs lifespan
 startup with C<< pagi => { is_worker => 1, worker_num => N } >>, starts
 its engine on the inherited sockets and tells the master it is ready over a
 pipe. It ignores C<INT> (the master coordinates) and shuts down gracefully
-on C<TERM> or C<QUIT>.
+on C<TERM> or C<QUIT>, on whatever IO::Async loop C<loop_type> chose: the
+master blocks C<TERM> and C<QUIT> around the fork, so one sent early waits,
+and the worker unblocks them once its loop watches them unless the loop
+takes them from a blocked mask itself (Epoll).
 
 =head2 Supervision
 
@@ -58,7 +62,11 @@ left the master exits with code 2.
 
 =item * C<max_requests>: each worker serves that many requests, plus a
 random jitter of up to 10% so workers do not all recycle together, then
-drains and exits; the master starts a fresh one.
+drains and exits; the master starts a fresh one (connections wait on the
+shared socket meanwhile). Under C<reuseport> no other worker takes what
+is queued on the worker's own socket, so it asks the master over its pipe
+instead; the master starts the replacement on the same socket and, once
+that one is ready, stops the old worker as a HUP does.
 
 =item * Heartbeat: with C<heartbeat_timeout> T (0 = off), each worker writes
 a byte to its pipe every T/5 seconds from its loop, and the master checks
@@ -85,14 +93,20 @@ all are gone.
 
 Rolling restart, one worker at a time: a new worker is started, and only
 once it is ready (lifespan startup done, engine accepting) is the old one
-told to stop. The sockets stay open throughout, so no connection is
+told to stop. The sockets stay open throughout (under C<reuseport> the
+replacement takes over the old worker's slot socket), so no connection is
 refused or dropped. Code loaded by the master is not reloaded (use USR2).
 A replacement that fails to start aborts the restart; the old workers keep
 serving.
 
 =item TTIN, TTOU
 
-One more worker; one fewer (never below one).
+One more worker; one fewer (never below one). Under C<reuseport> TTOU
+closes the slot of the worker it stops (see L<PAGI::Server/reuseport> for
+the connections the kernel may still reset then), and TTIN binds a new one;
+after C<--user> dropped privileges that bind can fail (the kernel wants
+every socket of a group from the same user), which is logged and leaves
+the number of workers unchanged.
 
 =item USR2
 
@@ -222,6 +236,11 @@ sub worker_pids { [ sort { $a <=> $b } keys %{ $_[0]{workers} } ] }
 
 sub _spawn {
     my ($self, $num, %opt) = @_;
+    my $server = $self->{server};
+    if (@{ $server->{reuseport_specs} || [] } && !eval { $server->_reuseport_slot($num); 1 }) {
+        $self->_log(error => "cannot bind the sockets of worker $num: $@");
+        return;
+    }
     my ($r, $w);
     unless (pipe $r, $w) {
         $self->_log(error => "cannot create a pipe for worker $num: $!");
@@ -231,17 +250,24 @@ sub _spawn {
     STDOUT->flush;
     STDERR->flush;
     weaken(my $weak = $self);
+    # A TERM sent to the new worker before it watches TERM waits, blocked,
+    # instead of killing it (the fork resets the handlers to the default).
+    my $mask = POSIX::SigSet->new;
+    POSIX::sigprocmask(POSIX::SIG_BLOCK(), POSIX::SigSet->new(POSIX::SIGTERM(), POSIX::SIGQUIT()), $mask);
     my $pid = eval {
         $self->{loop}->fork(
             code    => sub { close $r; $self->_worker_main($num, $w) },
             on_exit => sub { $weak->_on_exit(@_) if $weak },
         );
     };
+    my $fork_error = $@;
+    POSIX::sigprocmask(POSIX::SIG_SETMASK(), $mask);
     close $w;
     unless ($pid) {
         close $r;
-        $self->_log(error => "cannot fork worker $num: " . ($@ || $!));
-        $self->_respawn_later($num, 1) unless $self->{stopping};
+        $self->_log(error => "cannot fork worker $num: " . ($fork_error || $!));
+        # A replacement is not retried: the worker it would replace serves on.
+        $self->_respawn_later($num, 1) unless $self->{stopping} || $opt{replaces};
         return;
     }
     my $worker = { pid => $pid, num => $num, started => _now(), ready => 0, %opt };
@@ -267,7 +293,8 @@ sub _respawn_later {
     });
 }
 
-# Messages from a worker: 'R' once ready, 'H' for each heartbeat.
+# Messages from a worker: 'R' once ready, 'H' for each heartbeat, 'M' when
+# it has served max_requests under reuseport and wants a replacement.
 sub _on_pipe {
     my ($self, $pid) = @_;
     my $worker = $self->{workers}{$pid} or return;
@@ -278,6 +305,21 @@ sub _on_pipe {
     }
     $worker->{last_beat} = _now();
     $self->_worker_ready($worker) if !$worker->{ready} && index($buf, 'R') >= 0;
+    $self->_recycle($worker) if index($buf, 'M') >= 0;
+}
+
+# max_requests under reuseport: no other worker takes the connections queued
+# on this worker's slot, so it keeps accepting until its replacement (on the
+# same slot) accepts too, then is retired as a HUP retires one.
+sub _recycle {
+    my ($self, $worker) = @_;
+    return if $self->{stopping} || $worker->{retiring} || $worker->{being_replaced};
+    $self->_log(info => "worker $worker->{num} (pid $worker->{pid}) served max_requests; starting its replacement");
+    $worker->{being_replaced} = 1;
+    return if $self->_spawn($worker->{num}, replaces => $worker, recycle => 1);
+    # Better past max_requests than one listener fewer.
+    delete $worker->{being_replaced};
+    $self->_log(error => "worker $worker->{num} keeps serving: its replacement could not be started");
 }
 
 sub _unwatch_pipe {
@@ -293,9 +335,9 @@ sub _worker_ready {
     $worker->{last_beat} = _now();
     $self->_log(debug => "worker $worker->{num} (pid $worker->{pid}) is ready");
     if (my $old = delete $worker->{replaces}) {
-        # HUP: the replacement serves now; the old one may go.
+        # HUP or recycle: the replacement serves now; the old one may go.
         $self->_retire($old) if $self->{workers}{ $old->{pid} };
-        $self->_roll_next;
+        $self->_roll_next unless delete $worker->{recycle};
     }
     return if $self->{all_ready};
     my @serving = grep { !$_->{retiring} } values %{ $self->{workers} };
@@ -344,6 +386,12 @@ sub _on_exit {
     my $worker = delete $self->{workers}{$pid} or return;
     $self->_unwatch_pipe($worker);
     $self->{loop}->unwatch_time(delete $worker->{kill_timer}) if $worker->{kill_timer};
+    $self->_worker_exited($worker, $pid, $status);
+    $self->_release_slot($worker->{num});
+}
+
+sub _worker_exited {
+    my ($self, $worker, $pid, $status) = @_;
     my ($code, $signal) = ($status >> 8, $status & 127);
     my $how = $signal ? "signal $signal" : "exit code $code";
     my $who = "worker $worker->{num} (pid $pid)";
@@ -448,7 +496,7 @@ sub restart {
         return;
     }
     my @old = sort { $a->{num} <=> $b->{num} }
-        grep { !$_->{retiring} && !$_->{replaces} } values %{ $self->{workers} };
+        grep { !$_->{retiring} && !$_->{replaces} && !$_->{being_replaced} } values %{ $self->{workers} };
     $self->_log(info => 'SIGHUP: restarting ' . scalar(@old) . ' worker' . (@old == 1 ? '' : 's') . ' one at a time');
     $self->{rolling} = \@old;
     $self->_roll_next;
@@ -472,6 +520,11 @@ sub _abort_roll {
     my ($self, $replacement) = @_;
     my $old = delete $replacement->{replaces};
     delete $old->{being_replaced} if $old;
+    if ($replacement->{recycle}) {
+        # Better past max_requests than one listener fewer.
+        $self->_log(error => "worker $replacement->{num} keeps serving: its replacement failed");
+        return;
+    }
     delete $self->{rolling};
     $self->_log(error => 'restart aborted: the remaining workers keep serving');
 }
@@ -488,7 +541,7 @@ sub add_worker {
     $self->{target}++;
     my $num = $self->_free_num;
     $self->_log(info => "SIGTTIN: adding worker $num ($self->{target} wanted)");
-    $self->_spawn($num);
+    $self->{target}-- unless $self->_spawn($num);
 }
 
 sub remove_worker {
@@ -503,11 +556,28 @@ sub remove_worker {
         grep { !$_->{retiring} && !$_->{being_replaced} && !$_->{replaces} } values %{ $self->{workers} };
     if (!$victim) {
         my ($num) = sort { $b <=> $a } keys %{ $self->{respawn} };
-        $self->{loop}->unwatch_time(delete $self->{respawn}{$num}) if defined $num;
+        return unless defined $num;
+        $self->{loop}->unwatch_time(delete $self->{respawn}{$num});
+        $self->_release_slot($num);
         return;
     }
     $self->_log(info => "SIGTTOU: stopping worker $victim->{num} ($self->{target} wanted)");
     $self->_retire($victim);
+    $self->_release_slot($victim->{num});
+}
+
+# Under reuseport, the master closes its copy of a worker slot's sockets
+# once no worker will serve them any more (a stopping one keeps its own
+# copy only while it serves what is queued): the kernel then stops
+# queueing connections there. A slot whose worker is replaced (HUP,
+# max_requests, a crash) stays open, so its queue waits for the new one.
+sub _release_slot {
+    my ($self, $num) = @_;
+    my $server = $self->{server} or return;
+    return unless $server->{reuseport_slots} && $server->{reuseport_slots}{$num};
+    return if $self->{respawn}{$num};
+    return if grep { $_->{num} == $num && !$_->{retiring} } values %{ $self->{workers} };
+    $server->_close_reuseport_slot($num);
 }
 
 sub _free_num {
@@ -599,6 +669,7 @@ sub shutdown {
     $self->{loop}->unwatch_time($_) for values %{ $self->{respawn} };
     %{ $self->{respawn} } = ();
     $self->_retire($_) for values %{ $self->{workers} };
+    $self->_release_slot($_) for keys %{ $self->{server} ? $self->{server}{reuseport_slots} || {} : {} };
     $self->_maybe_finish;
     return $self->{done_f};
 }
@@ -618,9 +689,13 @@ sub _finish {
         $self->{loop}->remove($timer);
     }
     my $server = $self->{server};
-    $server->_close_listeners if $server;
+    return $self->{done_f}->done unless $server;
+    $server->_close_listeners;
+    # No worker could start: the master's work has ended by itself, as
+    # under run, which exits 2.
+    $server->{stop_loop} = 1 if $self->exit_code == 2;
     $self->{done_f}->done;
-    $server->{run_loop}->stop if $server && $server->{run_loop};
+    $server->_served_out;
 }
 
 # ===== the worker process =====
@@ -650,9 +725,11 @@ sub _worker_main {
         return 2;
     }
     $server->{worker_num} = $num;
-    return 2 unless $self->_worker_listeners($server, $master);
+    return 2 unless $self->_worker_listeners($server, $master, $num);
     if (my $max = $server->{config}{max_requests}) {
         $server->{requests_left} = $max + int rand($max / 10 + 1);
+        # Under reuseport the master starts the replacement first (see _recycle).
+        $server->{recycle_via_master} = sub { defined syswrite($pipe, 'M') or $server->shutdown } if $server->{config}{reuseport};
     }
     # A fresh loop: the master's one (and its epoll set) must stay untouched.
     my $loop = $server->_new_loop;
@@ -665,6 +742,9 @@ sub _worker_main {
             else                   { $stop_after_listen = 1 }
         });
     }
+    # Under Poll or Select (not Epoll) the handlers only run once the
+    # signals are unblocked; one that came since the fork runs now.
+    $server->_deliver_signals($loop, qw(TERM QUIT));
     unless (eval { $server->listen->get; 1 }) {
         (my $error = $@) =~ s/ at \S+ line \d+\.?\n\z/\n/;
         $server->_log(error => $error);
@@ -682,21 +762,17 @@ sub _worker_main {
 }
 
 # The master's sockets (never unlinked by a worker), plus under reuseport
-# this worker's own TCP socket.
+# the sockets of this worker's slot; the other slots' are not this
+# worker's to accept on.
 sub _worker_listeners {
-    my ($self, $server, $master) = @_;
+    my ($self, $server, $master, $num) = @_;
     $server->{listeners} = [ map { +{ %$_, owned => 0 } } @{ $master->{listeners} || [] } ];
     $server->{reuseport_specs} = [];
-    for my $spec (@{ $master->{reuseport_specs} || [] }) {
-        close $spec->{reserved} if $spec->{reserved};
-        my $l = eval {
-            PAGI::Server::Listen->bind_tcp($spec->{host}, $spec->{port}, $server->{config}{listener_backlog}, 1);
-        };
-        unless ($l) {
-            $server->_log(error => $@);
-            return 0;
-        }
-        push @{ $server->{listeners} }, $l;
+    close $_->{reserved} for grep { $_->{reserved} } @{ $master->{reuseport_specs} || [] };
+    my $slots = $master->{reuseport_slots} || {};
+    for my $slot (keys %$slots) {
+        if ($slot == $num) { push @{ $server->{listeners} }, map { +{ %$_ } } @{ $slots->{$slot} } }
+        else               { close $_->{handle} for @{ $slots->{$slot} } }
     }
     $server->_note_port;
     return 1;
