@@ -50,7 +50,7 @@ my $MAX_FILES = 20_000;
 
 sub supervise {
     my ($class, %o) = @_;
-    my $say = sub { print STDERR "[pagi-server reload] $_[0]\n" unless $o{quiet} };
+    my $say = sub { warn "[pagi-server reload] $_[0]\n" unless $o{quiet} };
     my ($stop, $restart);
     local $SIG{TERM} = sub { $stop = 'TERM' };
     local $SIG{INT}  = sub { $stop = 'INT' };

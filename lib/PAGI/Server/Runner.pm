@@ -42,9 +42,10 @@ renamed into place (a symlink at the path is replaced, never followed) and
 chowned through its handle; a hot-restarted master writes it only when it
 takes over. With C<--user>, the TLS files are read before privileges are
 dropped (L<PAGI::Server> hands their text to the engine), the user's
-supplementary groups are set, and C<--reuseport> is refused at startup
-when the user may not bind the port (each worker binds its own socket, as
-that user).
+supplementary groups are set, and C<--reuseport> works with it on any
+port: the master binds every worker slot's socket before privileges drop
+(a slot added later by TTIN is bound as the user; the kernel refuses that
+for a port below 1024, and the refusal is logged).
 
 =cut
 
@@ -93,7 +94,7 @@ my @FLAGS = (
     [ 'heartbeat-timeout=s', 'opt:heartbeat_timeout', 'N', 'kill and replace a worker whose loop is blocked for N seconds (0 = off)' ],
     [ 'D|daemonize',   'run:daemonize', '',    'detach into the background; output goes to the --access-log FILE, else /dev/null', 'off' ],
     [ 'pid=s',         'run:pid',    'FILE',   'write the pid (after daemonizing) to FILE, never through a symlink; removed at exit', 'none' ],
-    [ 'user=s',        'run:user',   'USER',   "run as USER, with USER's supplementary groups, after binding and reading the TLS files (when started as root); with --reuseport the port must be one USER may bind", 'none' ],
+    [ 'user=s',        'run:user',   'USER',   "run as USER, with USER's supplementary groups, after binding and reading the TLS files (when started as root)", 'none' ],
     [ 'group=s',       'run:group',  'GROUP',  "run as GROUP after binding (when started as root)", "USER's group" ],
     [ 'l|loop=s',      'opt:loop_type', 'NAME', 'IO::Async loop class (Epoll, Poll, ...)', "IO::Async's choice" ],
 
@@ -350,7 +351,7 @@ sub _start {
     # Bind first: a busy port is reported here, on the terminal, before
     # daemonizing and before privileges are dropped.
     if ($obj->can('bind_listeners')) {
-        return _fail(2, $@) unless eval { $obj->bind_listeners; _check_reuseport_as_user($obj, $uid, $o->{user}); 1 };
+        return _fail(2, $@) unless eval { $obj->bind_listeners; 1 };
     }
     if ($o->{daemonize} && !$ENV{PAGI_MASTER_PID}) {    # a hot-restarted master is detached already
         my $ok = eval { _daemonize($o->{access_log}); 1 };
@@ -660,27 +661,6 @@ sub _drop_privileges {
     if (defined $uid) {
         POSIX::setuid($uid);
         die "cannot switch to user $uid: $!\n" unless $< == $uid && $> == $uid;
-    }
-}
-
-# Under --reuseport each worker binds its own socket after the master has
-# dropped privileges: a port the user may not bind would fail in every
-# worker, after the banner (and after daemonizing). Try it as the user now.
-sub _check_reuseport_as_user {
-    my ($server, $uid, $user) = @_;
-    return unless defined $uid && $uid != 0 && $> == 0;
-    for my $spec (@{ $server->{reuseport_specs} || [] }) {
-        my $error;
-        {
-            local $> = $uid;
-            $error = $@ unless eval { close PAGI::Server::Listen->reserve_tcp($spec->{host}, $spec->{port})->{reserved}; 1 };
-        }
-        next unless defined $error;
-        my ($reason) = $error =~ /: ([^:]+?)\s*\z/;
-        my $address = ($spec->{host} =~ /:/ ? "[$spec->{host}]" : $spec->{host}) . ":$spec->{port}";
-        die "--reuseport with --user $user: each worker binds its own socket on $address as that user, "
-          . "which is refused (" . ($reason // 'unknown error') . "); use a port the user may bind "
-          . "(1024 or above) or leave out --reuseport\n";
     }
 }
 

@@ -622,7 +622,7 @@ sub hot_restart {
                 # A signal mask survives exec: the new master starts with none blocked.
                 POSIX::sigprocmask(POSIX::SIG_SETMASK(), POSIX::SigSet->new);
                 { exec { $cmd[0] } @cmd }
-                print STDERR "[pagi-server] error: hot restart: cannot execute $cmd[0]: $!\n";
+                warn "[pagi-server] error: hot restart: cannot execute $cmd[0]: $!\n";
                 return 127;
             },
             on_exit => sub { $weak->_on_exit(@_) if $weak },
@@ -721,7 +721,7 @@ sub _worker_main {
     my $master = $self->{server};
     my $server = eval { ref($master)->new(%{ $master->{args} }, workers => 0) };
     unless ($server) {
-        print STDERR "[pagi-server worker $num] error: $@";
+        warn "[pagi-server worker $num] error: $@";
         return 2;
     }
     $server->{worker_num} = $num;
