@@ -200,7 +200,7 @@ sub spawn_server {
         open STDOUT, '>', '/dev/null';
         open STDERR, '>', $err->filename;
         my $root = PAGI::Test::CLI::ROOT();
-        exec $^X, "-I$root/lib", "-I$root/blib/lib", "-I$root/blib/arch", $script, $port, $workers;
+        { exec $^X, "-I$root/lib", "-I$root/blib/lib", "-I$root/blib/arch", $script, $port, $workers }
         POSIX::_exit(127);
     }
     return { pid => $pid, port => $port, err => $err };

@@ -2,4 +2,5 @@
 //! ([`exchange`]) and the rules on status and headers every protocol shares.
 
 pub mod exchange;
+pub mod request;
 pub mod response;

@@ -2,47 +2,14 @@
 //! [`Command`] from Perl to the IO thread. Plain data, no I/O, no Perl.
 
 use bytes::Bytes;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+pub use crate::seam::flow::ConnCounters;
 
 /// A request or connection id: an integer that is never reused.
 pub type Id = u64;
 
 /// Header pairs as bytes; request names are lower-cased, response names as the app wrote them.
 pub type Headers = Vec<(Bytes, Bytes)>;
-
-/// Counters of one connection, shared by the IO thread and the Perl thread.
-#[derive(Debug, Default)]
-pub struct ConnCounters {
-    /// Bytes read from the socket so far.
-    pub bytes_read: AtomicU64,
-    /// Response body bytes handed over by Perl and not yet written to the socket.
-    pub buffered: AtomicUsize,
-    /// Perl is waiting for `buffered` to fall below the low watermark.
-    pub drain_wanted: AtomicBool,
-}
-
-impl ConnCounters {
-    /// Adds body bytes queued by Perl; returns the new buffered amount.
-    pub fn add_buffered(&self, n: usize) -> usize {
-        self.buffered.fetch_add(n, Ordering::AcqRel) + n
-    }
-
-    /// Removes bytes written to the socket; true when a waiting sender must be woken.
-    pub fn sub_buffered(&self, n: usize, low: usize) -> bool {
-        let now = self.buffered.fetch_sub(n, Ordering::AcqRel).saturating_sub(n);
-        now < low && self.drain_wanted.swap(false, Ordering::AcqRel)
-    }
-
-    /// Called by Perl once `buffered` reached the high watermark. Returns true
-    /// when the IO thread has already drained below `low` meanwhile, in which
-    /// case no `writable` event will come and the sender must not wait.
-    pub fn wait_for_drain(&self, low: usize) -> bool {
-        self.drain_wanted.store(true, Ordering::Release);
-        self.buffered.load(Ordering::Acquire) < low
-            && self.drain_wanted.swap(false, Ordering::AcqRel)
-    }
-}
 
 /// Which PAGI scope a request opens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,4 +5,5 @@
 pub mod engine;
 pub mod event;
 pub mod ffi;
+pub mod flow;
 pub mod queue;
