@@ -50,7 +50,7 @@ perl_modules_ok() {
 if command -v apt-get >/dev/null 2>&1; then
     # Test::More is core perl, so no libtest-simple-perl here. curl, openssl and
     # iproute2 (ss) are clients the tests use; under CI=true they must be there.
-    want=(build-essential curl libio-async-perl libio-async-loop-epoll-perl
+    want=(build-essential curl strace libio-async-perl libio-async-loop-epoll-perl
           libfuture-perl libfuture-asyncawait-perl libfuture-io-perl libnet-async-http-perl
           openssl libio-socket-ssl-perl iproute2)
     [ "$bench" = 1 ] && want+=(starman wrk libplack-perl libmojolicious-perl)
