@@ -48,8 +48,8 @@ perl_modules_ok() {
 }
 
 if command -v apt-get >/dev/null 2>&1; then
-    # Test::More is core perl, so no libtest-simple-perl here. curl, openssl and
-    # iproute2 (ss) are clients the tests use; under CI=true they must be there.
+    # Test::More is core perl, so no libtest-simple-perl here. curl, openssl, strace
+    # and iproute2 (ss) are tools the tests use; under CI=true they must be there.
     want=(build-essential curl strace libio-async-perl libio-async-loop-epoll-perl
           libfuture-perl libfuture-asyncawait-perl libfuture-io-perl libnet-async-http-perl
           openssl libio-socket-ssl-perl iproute2)
