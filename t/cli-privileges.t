@@ -12,6 +12,7 @@ use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use PAGI::Test::Server qw(parse_responses);    # its import sets the alarm bounding this file
+use PAGI::Test::PKI;
 use PAGI::Test::CLI qw(start_cli stop_cli run_cli http_raw slurp wait_until stderr_of);
 use File::Temp ();
 use IO::Socket::IP;
@@ -69,36 +70,10 @@ my ($uid, $primary_gid) = (getpwnam $user)[ 2, 3 ];
 my $ssl_gid = getgrnam $group;
 ok(defined $uid && defined $ssl_gid, "user $user (uid $uid) and group $group (gid $ssl_gid) exist");
 
-# A CA and a server certificate for 127.0.0.1.
-{
-    open my $fh, '>', "$dir/openssl.cnf" or die $!;
-    print {$fh} <<'CNF';
-[req]
-distinguished_name = dn
-prompt = no
-[dn]
-CN = unused
-[ca]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign
-[server]
-basicConstraints = critical,CA:FALSE
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost,IP:127.0.0.1
-CNF
-    close $fh;
-}
-my @EC = qw(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes);
-for my $args (
-    [ 'req', '-x509', @EC, '-keyout', "$dir/ca.key", '-out', "$dir/ca.pem", '-days', 2, '-subj', '/CN=PAGI Priv CA',
-      '-config', "$dir/openssl.cnf", '-extensions', 'ca' ],
-    [ 'req', '-new', @EC, '-keyout', "$dir/server.key", '-out', "$dir/server.csr", '-subj', '/CN=localhost',
-      '-config', "$dir/openssl.cnf" ],
-    [ 'x509', '-req', '-in', "$dir/server.csr", '-CA', "$dir/ca.pem", '-CAkey', "$dir/ca.key", '-set_serial', 2,
-      '-days', 2, '-out', "$dir/server.pem", '-extfile', "$dir/openssl.cnf", '-extensions', 'server' ],
-) {
-    command('openssl', @$args) or BAIL_OUT("openssl @$args failed: " . slurp("$dir/commands.log"));
-}
+# A CA and a server certificate for 127.0.0.1, in this test's directory.
+my $pki = PAGI::Test::PKI->new(dir => $dir);
+$pki->ca('ca', 'PAGI Priv CA');
+$pki->leaf('server', '/CN=localhost', serial => 2);
 chmod 0644, "$dir/server.pem", "$dir/ca.pem";
 # The key as a distribution ships it for ssl-cert: root:GROUP 0640 ...
 chown 0, $ssl_gid, "$dir/server.key" or die "chown: $!";

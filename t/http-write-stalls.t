@@ -11,6 +11,7 @@ use lib "$FindBin::Bin/lib";
 
 use PAGI::Test::Server qw(loop start_server stop_server wait_for);
 use PAGI::Test::CLI qw(start_cli stop_cli stderr_of wait_until);
+use PAGI::Test::PKI;
 use PAGI::Server;
 use Future::AsyncAwait;
 use File::Temp ();
@@ -198,13 +199,15 @@ subtest 'request_timeout is a stall timer: a slow but steady download completes'
     stop_server($server);
 };
 
-# TLS: a throw-away self-signed certificate.
+# TLS: throw-away certificates (a CA and a server certificate).
 my $have_tls = eval { require IO::Socket::SSL; 1 } && grep { -x "$_/openssl" } split /:/, $ENV{PATH} // '';
+fail('CI=true and openssl or IO::Socket::SSL is missing: ./setup.sh installs them')
+    if !$have_tls && ($ENV{CI} // '') eq 'true';
 SKIP: {
-    skip 'IO::Socket::SSL or openssl missing', 2 if !$have_tls && !$ENV{CI};
-    system('openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
-        '-keyout', "$dir/key.pem", '-out', "$dir/cert.pem", '-days', 2, '-subj', '/CN=localhost',
-        '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1') == 0 or die "openssl failed";
+    skip 'IO::Socket::SSL or openssl missing', 3 unless $have_tls;
+    my $pki = PAGI::Test::PKI->new(dir => "$dir");
+    $pki->ca('ca', 'PAGI Stalls CA');
+    $pki->leaf('server', '/CN=localhost');
 
     # A TLS client whose receive buffer (set before connecting) is small
     # enough that the server's socket blocks while the client waits.
@@ -227,7 +230,7 @@ SKIP: {
             await $send->({ type => 'http.response.body', body => $body });
         };
         # A long keep-alive timeout: the tail must not wait for it.
-        my ($server, $port) = start_server(app => $app, ssl => { cert_file => "$dir/cert.pem", key_file => "$dir/key.pem" },
+        my ($server, $port) = start_server(app => $app, ssl => { cert_file => "$dir/server.pem", key_file => "$dir/server.key" },
             timeout => 60);
         my $t0 = time;
         my $want;
@@ -273,7 +276,7 @@ SKIP: {
             await $send->({ type => 'sse.send', data => 'the last event' });
             await loop()->delay_future(after => 30);
         };
-        my ($server, $port) = start_server(app => $app, ssl => { cert_file => "$dir/cert.pem", key_file => "$dir/key.pem" });
+        my ($server, $port) = start_server(app => $app, ssl => { cert_file => "$dir/server.pem", key_file => "$dir/server.key" });
         my $t0 = time;
         my $report = in_child(sub {
             my $s = $tls_client->($port);
@@ -304,7 +307,7 @@ SKIP: {
             await $send->({ type => 'http.response.body', body => 'served' });
         };
         my ($server, $port) = start_server(app => $app, max_connections => 2, header_timeout => 20,
-            ssl => { cert_file => "$dir/cert.pem", key_file => "$dir/key.pem" });
+            ssl => { cert_file => "$dir/server.pem", key_file => "$dir/server.key" });
         # Two clients that connect and never start their handshake. The kernel
         # queues connections in order, so the engine takes these two first.
         my @silent = map { IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $port) or die $! } 1 .. 2;

@@ -11,59 +11,19 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use PAGI::Test::Server qw(parse_responses);    # its import sets the alarm bounding this file
 use PAGI::Test::CLI qw(start_cli stop_cli slurp wait_until stderr_of);
+use PAGI::Test::PKI qw(need_tls_tools);
 use File::Copy ();
 use File::Temp ();
 use POSIX ();
 
-my $CI = ($ENV{CI} // '') eq 'true';
-sub missing {
-    my ($why) = @_;
-    if ($CI) { fail("CI=true and $why: ./setup.sh installs it"); done_testing; exit }
-    plan skip_all => $why;
-}
-missing('the openssl command is not installed') unless grep { -x "$_/openssl" } split /:/, $ENV{PATH} // '';
-missing('IO::Socket::SSL is not installed') unless eval { require IO::Socket::SSL; 1 };
+need_tls_tools();
 $SIG{PIPE} = 'IGNORE';
 
-my $dir = File::Temp->newdir('pagi-pem-XXXXXX', TMPDIR => 1);
-
-sub openssl {
-    my $pid = fork // die "fork: $!";
-    if (!$pid) {
-        open STDIN, '<', '/dev/null';
-        open STDOUT, '>>', "$dir/openssl.log";
-        open STDERR, '>&', \*STDOUT;
-        exec 'openssl', @_ or POSIX::_exit(127);
-    }
-    waitpid $pid, 0;
-    BAIL_OUT("openssl @_ failed: " . slurp("$dir/openssl.log")) if $?;
-}
-
-{
-    open my $fh, '>', "$dir/openssl.cnf" or die $!;
-    print {$fh} <<'CNF';
-[req]
-distinguished_name = dn
-prompt = no
-[dn]
-CN = unused
-[ca]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign
-[server]
-basicConstraints = critical,CA:FALSE
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost,IP:127.0.0.1
-CNF
-    close $fh;
-}
-my @EC = qw(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes);
-openssl('req', '-x509', @EC, '-keyout', "$dir/ca.key", '-out', "$dir/ca.pem", '-days', 2, '-subj', '/CN=PAGI PEM CA',
-    '-config', "$dir/openssl.cnf", '-extensions', 'ca');
-openssl('req', '-new', @EC, '-keyout', "$dir/server.key", '-out', "$dir/server.csr", '-subj', '/CN=localhost',
-    '-config', "$dir/openssl.cnf");
-openssl('x509', '-req', '-in', "$dir/server.csr", '-CA', "$dir/ca.pem", '-CAkey', "$dir/ca.key", '-set_serial', 2,
-    '-days', 2, '-out', "$dir/server.pem", '-extfile', "$dir/openssl.cnf", '-extensions', 'server');
+my $pki = PAGI::Test::PKI->new;
+my $dir = $pki->dir;
+sub openssl { $pki->openssl(@_) }
+$pki->ca('ca', 'PAGI PEM CA');
+$pki->leaf('server', '/CN=localhost', serial => 2);
 openssl('genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-out', "$dir/other.key");
 my ($CERT_PEM, $KEY_PEM, $OTHER_KEY_PEM) = map { slurp("$dir/$_") } qw(server.pem server.key other.key);
 

@@ -11,6 +11,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use PAGI::Test::Server qw(parse_responses);    # its import sets the alarm bounding this file
 use PAGI::Test::CLI qw(free_port start_cli stop_cli run_cli slurp wait_until stderr_of);
+use PAGI::Test::PKI qw(need_tls_tools);
 use File::Temp ();
 use IO::Select;
 use IO::Socket::IP;
@@ -18,60 +19,15 @@ use IO::Socket::UNIX;
 use Time::HiRes qw(time);
 use Socket qw(SOCK_STREAM);
 
-my $CI = ($ENV{CI} // '') eq 'true';
-sub missing {
-    my ($why) = @_;
-    if ($CI) { fail("CI=true and $why: ./setup.sh installs it"); done_testing; exit }
-    plan skip_all => $why;
-}
-missing('the openssl command is not installed') unless grep { -x "$_/openssl" } split /:/, $ENV{PATH} // '';
-missing('IO::Socket::SSL is not installed') unless eval { require IO::Socket::SSL; 1 };
+need_tls_tools();
 $SIG{PIPE} = 'IGNORE';
 
-my $dir = File::Temp->newdir('pagi-tls-XXXXXX', TMPDIR => 1);
-
-sub openssl {
-    my $pid = fork // die "fork: $!";
-    if (!$pid) {
-        open STDIN, '<', '/dev/null';
-        open STDOUT, '>>', "$dir/openssl.log";
-        open STDERR, '>&', \*STDOUT;
-        exec 'openssl', @_ or POSIX::_exit(127);
-    }
-    waitpid $pid, 0;
-    BAIL_OUT("openssl @_ failed: " . slurp("$dir/openssl.log")) if $?;
-}
-
-{
-    open my $fh, '>', "$dir/openssl.cnf" or die $!;
-    print {$fh} <<'CNF';
-[req]
-distinguished_name = dn
-prompt = no
-[dn]
-CN = unused
-[ca]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign
-[server]
-basicConstraints = critical,CA:FALSE
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost,IP:127.0.0.1
-[client]
-basicConstraints = critical,CA:FALSE
-extendedKeyUsage = clientAuth
-CNF
-    close $fh;
-}
-my @EC = qw(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes);
-openssl('req', '-x509', @EC, '-keyout', "$dir/ca.key", '-out', "$dir/ca.pem", '-days', 2, '-subj', '/CN=PAGI Ops CA',
-    '-config', "$dir/openssl.cnf", '-extensions', 'ca');
-for my $leaf ([ 'server', '/CN=localhost', 2 ], [ 'client', '/CN=ops-client', 3 ]) {
-    my ($name, $subject, $serial) = @$leaf;
-    openssl('req', '-new', @EC, '-keyout', "$dir/$name.key", '-out', "$dir/$name.csr", '-subj', $subject, '-config', "$dir/openssl.cnf");
-    openssl('x509', '-req', '-in', "$dir/$name.csr", '-CA', "$dir/ca.pem", '-CAkey', "$dir/ca.key", '-set_serial', $serial,
-        '-days', 2, '-out', "$dir/$name.pem", '-extfile', "$dir/openssl.cnf", '-extensions', $name);
-}
+my $pki = PAGI::Test::PKI->new;
+my $dir = $pki->dir;
+sub openssl { $pki->openssl(@_) }
+$pki->ca('ca', 'PAGI Ops CA');
+$pki->leaf('server', '/CN=localhost', serial => 2);
+$pki->leaf('client', '/CN=ops-client', profile => 'client', serial => 3);
 my ($CA, $CERT, $KEY) = ("$dir/ca.pem", "$dir/server.pem", "$dir/server.key");
 
 my $app = "$dir/app.pl";

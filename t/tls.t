@@ -17,99 +17,35 @@ use PAGI::Test::Server qw(parse_responses);    # its import sets the alarm bound
 use PAGI::Test::Engine qw(new_listener pump_until take count_kind client read_until get_request);
 use PAGI::Test::WebSocket qw(build_frame parse_frames accept_key random_key OP_TEXT OP_CLOSE);
 use PAGI::Server::Native qw(:events);
+use PAGI::Test::PKI qw(need_tls_tools);
 use Digest::MD5 qw(md5_hex);
-use File::Temp qw(tempdir);
 use IO::Select;
 use Time::HiRes qw(time sleep);
 
 my $CI = ($ENV{CI} // '') eq 'true';
 $SIG{PIPE} = 'IGNORE';    # a refused client may write to a closed connection
 
-sub missing {
-    my ($why) = @_;
-    if ($CI) {
-        fail("CI=true and $why: ./setup.sh installs it");
-        done_testing;
-        exit;
-    }
-    plan skip_all => $why;
-}
-
 sub have_command {
     my ($name) = @_;
     return scalar grep { -x "$_/$name" } split /:/, $ENV{PATH} // '';
 }
 
-missing('the openssl command is not installed (needed to make the test certificates)')
-    unless have_command('openssl');
-missing('IO::Socket::SSL is not installed (Debian: libio-socket-ssl-perl)')
-    unless eval { require IO::Socket::SSL; IO::Socket::SSL->import('SSL_VERIFY_NONE'); 1 };
+need_tls_tools();
+IO::Socket::SSL->import('SSL_VERIFY_NONE');
 
 # --- Certificates ------------------------------------------------------------
 
-my $dir = tempdir(CLEANUP => 1);
-
-sub openssl {
-    my (@args) = @_;
-    my $log = "$dir/openssl.log";
-    my $pid = fork // die "fork: $!";
-    if (!$pid) {
-        open STDIN,  '<', '/dev/null' or die;
-        open STDOUT, '>', $log or die;
-        open STDERR, '>&', \*STDOUT or die;
-        exec 'openssl', @args or die "exec openssl: $!";
-    }
-    waitpid $pid, 0;
-    return if $? == 0;
-    my $out = do { local (@ARGV, $/) = ($log); <> } // '';
-    BAIL_OUT("openssl @args failed: $out");
+my $pki = PAGI::Test::PKI->new;
+my $dir = $pki->dir;
+sub openssl { $pki->openssl(@_) }
+sub make_ca { $pki->ca(@_) }
+sub make_leaf {
+    my ($name, $subject, $ext, $ca, $serial) = @_;
+    $pki->leaf($name, $subject, profile => $ext, ca => $ca, serial => $serial);
 }
 
 sub slurp { my ($path) = @_; open my $fh, '<:raw', $path or die "$path: $!"; local $/; return scalar <$fh> }
 sub spew  { my ($path, $data) = @_; open my $fh, '>:raw', $path or die "$path: $!"; print {$fh} $data; close $fh or die "$path: $!" }
-
-spew("$dir/openssl.cnf", <<'CNF');
-[req]
-distinguished_name = dn
-prompt = no
-[dn]
-CN = unused
-[ca]
-basicConstraints = critical,CA:TRUE
-keyUsage = critical,keyCertSign,cRLSign
-subjectKeyIdentifier = hash
-[server]
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost,IP:127.0.0.1
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid
-[client]
-basicConstraints = critical,CA:FALSE
-keyUsage = critical,digitalSignature
-extendedKeyUsage = clientAuth
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid
-CNF
-
-my @EC = qw(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes);
-my $cnf = "$dir/openssl.cnf";
-
-# A self-signed CA: ca (trusted by the server for client certificates) and rogue (not).
-sub make_ca {
-    my ($name, $cn) = @_;
-    openssl('req', '-x509', @EC, '-keyout', "$dir/$name.key", '-out', "$dir/$name.pem", '-days', 2,
-        '-subj', "/CN=$cn", '-config', $cnf, '-extensions', 'ca');
-}
-
-sub make_leaf {
-    my ($name, $subject, $ext, $ca, $serial) = @_;
-    openssl('req', '-new', @EC, '-keyout', "$dir/$name.key", '-out', "$dir/$name.csr",
-        '-subj', $subject, '-config', $cnf);
-    openssl('x509', '-req', '-in', "$dir/$name.csr", '-CA', "$dir/$ca.pem", '-CAkey', "$dir/$ca.key",
-        '-set_serial', $serial, '-days', 2, '-out', "$dir/$name.pem", '-extfile', $cnf, '-extensions', $ext);
-}
 
 make_ca('ca', 'PAGI Test CA');
 make_ca('rogue-ca', 'Rogue CA');
