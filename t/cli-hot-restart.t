@@ -12,6 +12,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use PAGI::Test::Server qw(parse_responses);    # its import sets the alarm bounding this file
 use PAGI::Test::CLI qw(start_cli stop_cli http_raw slurp wait_until stderr_of);
+use PAGI::Test::Workers qw(children_of alive);
 use File::Temp ();
 use POSIX ();
 use Time::HiRes qw(time sleep);
@@ -25,26 +26,6 @@ sub write_file {
     print {$fh} $content;
     close $fh;
     rename "$path.new", $path or die "rename $path: $!";
-}
-
-sub alive {
-    my ($pid) = @_;
-    open my $fh, '<', "/proc/$pid/stat" or return 0;
-    my $stat = <$fh> // return 0;
-    return substr($stat, rindex($stat, ')') + 2, 1) ne 'Z';
-}
-
-sub children_of {
-    my ($ppid) = @_;
-    my @kids;
-    opendir my $dh, '/proc' or return ();
-    for my $pid (grep { /\A\d+\z/ } readdir $dh) {
-        open my $fh, '<', "/proc/$pid/stat" or next;
-        my $stat = <$fh> // next;
-        my ($state, $parent) = substr($stat, rindex($stat, ')') + 2) =~ /\A(\S) (\d+)/ or next;
-        push @kids, $pid if $parent == $ppid && $state ne 'Z';
-    }
-    return sort { $a <=> $b } @kids;
 }
 
 sub get {
