@@ -230,6 +230,12 @@ sub request {
 sub exercise {
     my ($name, $port, %o) = @_;
 
+    # A server that accepts but cannot load the app answers nothing useful:
+    # stop here rather than wait out every request's deadline.
+    my $probe = request($port, 'GET', '/nowhere', timeout => 15);
+    is $probe->{status}, 404, "$name answers with the app's own 404"
+        or return diag "server log:\n" . slurp("$dir/$name.log");
+
     subtest "$name: GET, the scope from %env, status and headers" => sub {
         my $r = request($port, 'GET', '/scope/caf%C3%A9?a=1&b=%20',
                         headers => [ 'X-Thing: one', 'Cookie: a=1; b=2' ]);
@@ -338,6 +344,62 @@ subtest 'plackup (HTTP::Server::PSGI)' => sub {
         or return fail('plackup started');
     exercise('plackup', $port, http_version => '1.1');
     ok stop_server($pid), 'plackup stopped';
+};
+
+# Servers without psgi.streaming (none of the installed ones): the adapter
+# is called directly with such an %env and must return the whole response.
+subtest 'no psgi.streaming: a buffered response, the loop still driven' => sub {
+    require PAGI::App::ToPSGI;
+    require Future::AsyncAwait;
+    require IO::Async::Loop;
+    my $declined = 0;
+    my $app = eval q{
+        use Future::AsyncAwait;
+        async sub {
+            my ($scope, $receive, $send) = @_;
+            if ($scope->{type} eq 'lifespan') { $declined++; die "no lifespan here\n" }
+            my $ev = await $receive->();
+            await IO::Async::Loop->new->delay_future(after => 0.05);
+            await $send->({ type => 'http.response.start', status => 202, headers => [ [ 'x-a', 'b' ] ] });
+            await $send->({ type => 'http.response.body', body => "one,", more => 1 });
+            await $send->({ type => 'http.response.body', body => "two:$ev->{body}", more => 0 });
+        }
+    } or die $@;
+    my $psgi = PAGI::App::ToPSGI::to_psgi($app);
+    for my $round (1, 2) {
+        open my $input, '<', \"hi" or die;
+        my $res = $psgi->({ REQUEST_METHOD => 'POST', SCRIPT_NAME => '', PATH_INFO => '/', QUERY_STRING => '',
+                            SERVER_PROTOCOL => 'HTTP/1.0', SERVER_NAME => 'x', SERVER_PORT => 80,
+                            CONTENT_LENGTH => 2, 'psgi.input' => $input, 'psgi.errors' => \*STDERR,
+                            'psgi.url_scheme' => 'http', 'psgi.streaming' => 0 });
+        is ref $res, 'ARRAY', "round $round: an arrayref response";
+        is_deeply $res, [ 202, [ 'x-a', 'b' ], [ 'one,', 'two:hi' ] ], "round $round: status, headers and body";
+    }
+    is $declined, 1, 'the lifespan scope was offered once per process, and a decline is fine';
+};
+
+subtest 'lifespan.startup.failed: every request gets a 500' => sub {
+    my $app = eval q{
+        use Future::AsyncAwait;
+        async sub {
+            my ($scope, $receive, $send) = @_;
+            if ($scope->{type} eq 'lifespan') {
+                await $receive->();
+                await $send->({ type => 'lifespan.startup.failed', message => 'no database' });
+                return;
+            }
+            die "must not run\n";
+        }
+    } or die $@;
+    my $errors = '';
+    open my $err_fh, '>', \$errors or die;
+    my $psgi = PAGI::App::ToPSGI->new(app => $app)->to_app;
+    my $res = $psgi->({ REQUEST_METHOD => 'GET', PATH_INFO => '/', SERVER_PROTOCOL => 'HTTP/1.1',
+                        'psgi.input' => undef, 'psgi.errors' => $err_fh, 'psgi.url_scheme' => 'http' });
+    is $res->[0], 500, 'a 500';
+    like $errors, qr/Lifespan startup failed: no database/, 'the reason is in psgi.errors';
+    ok !eval { PAGI::App::ToPSGI->new(app => $app, colour => 1); 1 }, 'unknown option refused';
+    like $@, qr/unknown option\(s\): colour/, 'and named';
 };
 
 done_testing;
