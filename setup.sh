@@ -2,7 +2,7 @@
 # Install what PAGI-Server-Native needs to build and test on a fresh machine.
 #
 #   ./setup.sh           build + test dependencies
-#   ./setup.sh --bench   also Starman, Plack, wrk and Mojolicious for bench/
+#   ./setup.sh --bench   also wrk and Mojolicious for bench/
 #   ./setup.sh --websocket-clients   also the real WebSocket clients the tests
 #                        use: Python's websockets and Autobahn|Testsuite (a
 #                        Python 2.7 venv in ~/.cache/pagi-server-native)
@@ -52,8 +52,9 @@ if command -v apt-get >/dev/null 2>&1; then
     # and iproute2 (ss) are tools the tests use; under CI=true they must be there.
     want=(build-essential curl strace libio-async-perl libio-async-loop-epoll-perl
           libfuture-perl libfuture-asyncawait-perl libfuture-io-perl libnet-async-http-perl
-          openssl libio-socket-ssl-perl iproute2)
-    [ "$bench" = 1 ] && want+=(starman wrk libplack-perl libmojolicious-perl)
+          openssl libio-socket-ssl-perl iproute2
+          starman libplack-perl)    # t/psgi-topsgi.t runs PAGI apps under both
+    [ "$bench" = 1 ] && want+=(wrk libmojolicious-perl)
     [ "$browser" = 1 ] && want+=(chromium)
 
     missing=()
@@ -85,16 +86,17 @@ else
     # No apt: let cpanm read ./cpanfile, but only when something is missing.
     need_cpanm=0
     perl_modules_ok || need_cpanm=1
+    perl -MPlack -MStarman -e1 >/dev/null 2>&1 || need_cpanm=1
     if [ "$bench" = 1 ]; then
-        perl -MPlack -MStarman -MMojolicious -e1 >/dev/null 2>&1 || need_cpanm=1
+        perl -MMojolicious -e1 >/dev/null 2>&1 || need_cpanm=1
         command -v wrk >/dev/null 2>&1 \
             || echo "setup.sh: wrk not found; install it with your package manager for bench/." >&2
     fi
     if [ "$need_cpanm" = 1 ]; then
         command -v cpanm >/dev/null 2>&1 \
             || die "Perl dependencies missing and cpanm not found. Install App::cpanminus (https://metacpan.org/pod/App::cpanminus), then rerun."
-        extra=()
-        [ "$bench" = 1 ] && extra=(Plack Starman Mojolicious)
+        extra=(Starman)    # only recommended in cpanfile, but t/psgi-topsgi.t uses it
+        [ "$bench" = 1 ] && extra+=(Mojolicious)
         log=$(mktemp)
         trap 'rm -f "$log"' EXIT
         if ! { cpanm --quiet --notest --installdeps . \
