@@ -27,6 +27,9 @@ on configure => sub {
 on test => sub {
     requires 'Test::More', '0.98';
     requires 'Net::Async::HTTP', '0.44';
+    # PAGI::App::WrapPSGI tests: Plack::Test::Suite and Lint, AnyEvent timers.
+    requires 'Plack', '1.0';
+    requires 'AnyEvent', '7.0';
     # TLS tests; they skip without it outside CI.
     recommends 'IO::Socket::SSL';
 };

@@ -2,7 +2,7 @@
 # Install what PAGI-Server-Native needs to build and test on a fresh machine.
 #
 #   ./setup.sh           build + test dependencies
-#   ./setup.sh --bench   also Starman, Plack, wrk and Mojolicious for bench/
+#   ./setup.sh --bench   also Starman, wrk and Mojolicious for bench/
 #   ./setup.sh --websocket-clients   also the real WebSocket clients the tests
 #                        use: Python's websockets and Autobahn|Testsuite (a
 #                        Python 2.7 venv in ~/.cache/pagi-server-native)
@@ -44,7 +44,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 perl_modules_ok() {
-    perl -MIO::Async::Loop -MFuture::AsyncAwait -MFuture::IO -MNet::Async::HTTP -e1 >/dev/null 2>&1
+    perl -MIO::Async::Loop -MFuture::AsyncAwait -MFuture::IO -MNet::Async::HTTP -MPlack -MAnyEvent -e1 >/dev/null 2>&1
 }
 
 if command -v apt-get >/dev/null 2>&1; then
@@ -52,8 +52,8 @@ if command -v apt-get >/dev/null 2>&1; then
     # and iproute2 (ss) are tools the tests use; under CI=true they must be there.
     want=(build-essential curl strace libio-async-perl libio-async-loop-epoll-perl
           libfuture-perl libfuture-asyncawait-perl libfuture-io-perl libnet-async-http-perl
-          openssl libio-socket-ssl-perl iproute2)
-    [ "$bench" = 1 ] && want+=(starman wrk libplack-perl libmojolicious-perl)
+          openssl libio-socket-ssl-perl iproute2 libplack-perl libanyevent-perl)
+    [ "$bench" = 1 ] && want+=(starman wrk libmojolicious-perl)
     [ "$browser" = 1 ] && want+=(chromium)
 
     missing=()
@@ -94,7 +94,7 @@ else
         command -v cpanm >/dev/null 2>&1 \
             || die "Perl dependencies missing and cpanm not found. Install App::cpanminus (https://metacpan.org/pod/App::cpanminus), then rerun."
         extra=()
-        [ "$bench" = 1 ] && extra=(Plack Starman Mojolicious)
+        [ "$bench" = 1 ] && extra=(Starman Mojolicious)
         log=$(mktemp)
         trap 'rm -f "$log"' EXIT
         if ! { cpanm --quiet --notest --installdeps . \
