@@ -27,9 +27,11 @@ on configure => sub {
 on test => sub {
     requires 'Test::More', '0.98';
     requires 'Net::Async::HTTP', '0.44';
-    # t/psgi-topsgi.t: PAGI::App::ToPSGI under plackup and Starman (the
-    # Starman half fails under CI=true without it, else skips).
+    # PAGI::App::WrapPSGI tests (Plack::Test::Suite, Lint, AnyEvent timers) and
+    # t/psgi-topsgi.t (ToPSGI under plackup and Starman: the Starman half fails
+    # under CI=true without it, else skips).
     requires 'Plack', '1.0';
+    requires 'AnyEvent', '7.0';
     recommends 'Starman';
     # TLS tests; they skip without it outside CI.
     recommends 'IO::Socket::SSL';

@@ -44,7 +44,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 perl_modules_ok() {
-    perl -MIO::Async::Loop -MFuture::AsyncAwait -MFuture::IO -MNet::Async::HTTP -e1 >/dev/null 2>&1
+    perl -MIO::Async::Loop -MFuture::AsyncAwait -MFuture::IO -MNet::Async::HTTP -MPlack -MAnyEvent -e1 >/dev/null 2>&1
 }
 
 if command -v apt-get >/dev/null 2>&1; then
@@ -52,8 +52,8 @@ if command -v apt-get >/dev/null 2>&1; then
     # and iproute2 (ss) are tools the tests use; under CI=true they must be there.
     want=(build-essential curl strace libio-async-perl libio-async-loop-epoll-perl
           libfuture-perl libfuture-asyncawait-perl libfuture-io-perl libnet-async-http-perl
-          openssl libio-socket-ssl-perl iproute2
-          starman libplack-perl)    # t/psgi-topsgi.t runs PAGI apps under both
+          openssl libio-socket-ssl-perl iproute2 libplack-perl libanyevent-perl
+          starman)    # t/psgi-topsgi.t runs PAGI apps under Starman
     [ "$bench" = 1 ] && want+=(wrk libmojolicious-perl)
     [ "$browser" = 1 ] && want+=(chromium)
 

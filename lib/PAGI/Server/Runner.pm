@@ -10,6 +10,8 @@ use Fcntl qw(O_CREAT O_EXCL O_NOFOLLOW O_NONBLOCK O_RDONLY O_WRONLY);
 use File::Spec;
 use Getopt::Long ();
 use POSIX ();
+use Scalar::Util ();
+use overload ();
 
 use PAGI::Server::Config;
 
@@ -59,7 +61,7 @@ my @BOOT_INC = grep { !ref } @INC;
 # A missing default text for an option means: the registry's default.
 my @FLAGS = (
     [ 'App' ],
-    [ 'a|app=s',       'run:app',    'FILE',   'the app: a file returning a code reference (or defining `async sub app`), or a Module::Name built with key=value arguments; also accepted as the first argument', 'none' ],
+    [ 'a|app=s',       'run:app',    'FILE',   'the app: a file returning a code reference (or defining `async sub app`), a .psgi file (a PSGI app, run through PAGI::App::WrapPSGI), or a Module::Name built with key=value arguments; also accepted as the first argument', 'none' ],
     [ 'e=s',           'run:eval',   'CODE',   'inline app: Perl code returning the app code reference (-M modules are in scope)', 'none' ],
     [ 'M=s@',          'run:module', 'MODULE[=imports]', 'load MODULE before the app (repeatable)', 'none' ],
     [ 'I|lib=s@',      'run:lib',    'DIR',    'add DIR to @INC (repeatable)', 'none' ],
@@ -557,6 +559,52 @@ sub load_app {
       . " (or define 'async sub app')\n";
 }
 
+=head2 load_psgi
+
+    my $app = PAGI::Server::Runner->load_psgi($file);
+
+How C<pagi-server app.psgi> loads a PSGI file (any app file whose name ends
+in C<.psgi>), as plackup does: the file runs with C<do> in a package of its
+own, with C<$0> set to it, and must return the PSGI app (a code reference,
+an object overloading C<&{}>, or one with C<to_app>, such as a
+L<Plack::Component>). The app is wrapped in L<PAGI::App::WrapPSGI>, whose
+POD says what the PSGI app gets. IO::Async is loaded and registered as
+AnyEvent's backend before the file runs, so an app that sets up AnyEvent
+watchers while loading gets the server's loop. Dies with a one-line
+message when the file is missing, fails to compile or returns something
+else.
+
+=cut
+
+sub load_psgi {
+    my ($class, $file) = @_;
+    my $path = File::Spec->rel2abs($file);
+    die "App file not found: $file\n" unless -e $path;
+    die "App file is not readable: $file\n" unless -r $path;
+    require PAGI::App::WrapPSGI;
+    PAGI::App::WrapPSGI->prepare_event_loop;
+    # A package per file, so two files' subs and globals do not meet.
+    (my $package = $path) =~ s/([^A-Za-z0-9_])/sprintf '_%02x', ord $1/ge;
+    my $psgi = do {
+        local $0 = $path;
+        local @ARGV = ();
+        local $@;
+        $! = 0;
+        my $result = eval "package PAGI::Server::Runner::PSGI::$package; do \$path";
+        die "Error loading $file: $@" if $@;
+        die "Error loading $file: $!\n" if !defined $result && $!;
+        $result;
+    };
+    if (Scalar::Util::blessed($psgi) && !overload::Method($psgi, '&{}') && $psgi->can('to_app')) {
+        $psgi = $psgi->to_app;
+    }
+    my $type = Scalar::Util::reftype($psgi) // '';
+    die "PSGI file $file must return a code reference (the PSGI app), got: "
+        . (defined $psgi ? (ref $psgi || "'$psgi'") : 'undef') . "\n"
+        unless $type eq 'CODE' || (Scalar::Util::blessed($psgi) && overload::Method($psgi, '&{}'));
+    return PAGI::App::WrapPSGI->new(psgi_app => $psgi)->to_app;
+}
+
 # The app from -e, a module name or a file (PAGI-SPEC 8.3), -M modules
 # loaded first.
 sub _load {
@@ -583,6 +631,7 @@ sub _load {
     my $spec = $o{app};
     my $is_file = $spec =~ m{/} || $spec =~ /\.(?:pl|psgi)\z/i || -e $spec
         || $spec !~ /\A[A-Za-z_]\w*(?:::\w+)+\z/;
+    return $class->load_psgi($spec) if $is_file && $spec =~ /\.psgi\z/i;
     return $class->load_app($spec) if $is_file;
     (my $file = "$spec.pm") =~ s{::}{/}g;
     require $file;

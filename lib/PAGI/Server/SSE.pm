@@ -35,7 +35,10 @@ ended by C<sse.close> or the app returning.
 C<sse.start>, C<sse.send> (C<data> required; C<event>, C<id>, C<retry>),
 C<sse.comment>, C<sse.keepalive> (comments written by the engine at the
 interval, without waking Perl), C<sse.close>, the decline path
-C<sse.http.response.start> / C<sse.http.response.body>, and
+C<sse.http.response.start> / C<sse.http.response.body> (sent whole with a
+Content-Length; a decline whose C<content-type> is C<text/event-stream>,
+an app streaming its own events, or whose body grows past 64 KiB goes out
+chunked as it is sent, with backpressure), and
 C<http.fullflush> when that extension is advertised. Events are framed by
 the engine; text fields are characters, sent UTF-8 encoded.
 
@@ -197,6 +200,8 @@ sub _decline_start {
     return PAGI::Server::Scope::_engine_error('sse.http.response.start', $@) unless $ok;
     $self->{state}    = 3;
     $self->{declined} = 1;
+    $self->{decline_event_stream} = 1
+        if grep { lc $_->[0] eq 'content-type' && $_->[1] =~ m{\A\s*text/event-stream}i } @{ $headers // [] };
     $self->{status}   = $status;
     return $DONE;
 }
@@ -206,7 +211,23 @@ sub _decline_body {
     return _fail('sse.http.response.body: sent before sse.http.response.start') unless $self->{state} == 3;
     my $body = $event->{body} // '';
     return _fail("sse.http.response.body: 'body' must be a byte string") if ref $body;
-    # The decline goes out in one piece with a Content-Length (PAGI-SPEC 3.3.2).
+    # A decline goes out in one piece with a Content-Length (PAGI-SPEC 3.3.2)
+    # unless it streams: an event stream of the app's own (a PSGI app behind
+    # PAGI::App::WrapPSGI writing text/event-stream), or a body past 64 KiB,
+    # is sent piece by piece, chunked, with backpressure.
+    if ($event->{more} && !$self->{decline_streaming}) {
+        $self->{decline_streaming} = 1
+            if $self->{decline_event_stream} || length($self->{decline_body} // '') + length($body) > 65536;
+    }
+    if ($self->{decline_streaming}) {
+        my $piece = (delete($self->{decline_body}) // '') . $body;
+        my $more = $event->{more} ? 1 : 0;
+        my $buffered = eval { $self->{engine}->http_body($self->{id}, $piece, $more) };
+        return PAGI::Server::Scope::_engine_error('sse.http.response.body', $@) unless defined $buffered;
+        $self->{bytes_sent} += length $piece;
+        $self->{state} = 2 unless $more;
+        return $self->_after_send($buffered);
+    }
     $self->{decline_body} .= $body;
     return $DONE if $event->{more};
     my $whole = delete $self->{decline_body};
