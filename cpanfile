@@ -27,6 +27,17 @@ on configure => sub {
 on test => sub {
     requires 'Test::More', '0.98';
     requires 'Net::Async::HTTP', '0.44';
+    # Real PSGI software for t/psgi-apps-*.t and examples/09-psgi-bridge;
+    # the tests skip without it outside CI.
+    requires 'Plack', '1.0047';
+    requires 'Plack::Middleware::Session', '0.33';
+    requires 'Plack::Middleware::Deflater', '0.12';
+    requires 'AnyEvent', '7.0';
+    requires 'Dancer2', '0.400000';
+    requires 'Catalyst::Runtime', '5.90';
+    requires 'Catalyst::Plugin::Session', '0.43';
+    requires 'Catalyst::Plugin::Session::State::Cookie', '0.18';
+    requires 'Catalyst::Plugin::Session::Store::FastMmap', '0.16';
     # TLS tests; they skip without it outside CI.
     recommends 'IO::Socket::SSL';
 };
