@@ -27,11 +27,19 @@ on configure => sub {
 on test => sub {
     requires 'Test::More', '0.98';
     requires 'Net::Async::HTTP', '0.44';
-    # PAGI::App::WrapPSGI tests (Plack::Test::Suite, Lint, AnyEvent timers) and
-    # t/psgi-topsgi.t (ToPSGI under plackup and Starman: the Starman half fails
-    # under CI=true without it, else skips).
-    requires 'Plack', '1.0';
+    # PAGI::App::WrapPSGI tests (Plack::Test::Suite, Lint, AnyEvent timers),
+    # t/psgi-topsgi.t (ToPSGI under plackup and Starman: the Starman half
+    # fails under CI=true without it, else skips), and the real PSGI software
+    # of t/psgi-apps-*.t and examples/09-psgi-bridge.
+    requires 'Plack', '1.0047';
+    requires 'Plack::Middleware::Session', '0.33';
+    requires 'Plack::Middleware::Deflater', '0.12';
     requires 'AnyEvent', '7.0';
+    requires 'Dancer2', '0.400000';
+    requires 'Catalyst::Runtime', '5.90';
+    requires 'Catalyst::Plugin::Session', '0.43';
+    requires 'Catalyst::Plugin::Session::State::Cookie', '0.18';
+    requires 'Catalyst::Plugin::Session::Store::FastMmap', '0.16';
     recommends 'Starman';
     # TLS tests; they skip without it outside CI.
     recommends 'IO::Socket::SSL';

@@ -52,8 +52,11 @@ if command -v apt-get >/dev/null 2>&1; then
     # and iproute2 (ss) are tools the tests use; under CI=true they must be there.
     want=(build-essential curl strace libio-async-perl libio-async-loop-epoll-perl
           libfuture-perl libfuture-asyncawait-perl libfuture-io-perl libnet-async-http-perl
-          openssl libio-socket-ssl-perl iproute2 libplack-perl libanyevent-perl
-          starman)    # t/psgi-topsgi.t runs PAGI apps under Starman
+          openssl libio-socket-ssl-perl iproute2 starman
+          # PSGI software run by t/psgi-*.t and examples/09-psgi-bridge.
+          libplack-perl libplack-middleware-session-perl libplack-middleware-deflater-perl
+          libanyevent-perl libdancer2-perl libcatalyst-perl libcatalyst-plugin-session-perl
+          libcatalyst-plugin-session-state-cookie-perl libcatalyst-plugin-session-store-fastmmap-perl)
     [ "$bench" = 1 ] && want+=(wrk libmojolicious-perl)
     [ "$browser" = 1 ] && want+=(chromium)
 
@@ -86,7 +89,10 @@ else
     # No apt: let cpanm read ./cpanfile, but only when something is missing.
     need_cpanm=0
     perl_modules_ok || need_cpanm=1
-    perl -MPlack -MStarman -e1 >/dev/null 2>&1 || need_cpanm=1
+    # The test prerequisites of ./cpanfile: the PSGI software of t/psgi-*.t.
+    perl -MPlack -MStarman -MPlack::Middleware::Session -MPlack::Middleware::Deflater -MAnyEvent -MDancer2 \
+         -MCatalyst -MCatalyst::Plugin::Session -MCatalyst::Plugin::Session::State::Cookie \
+         -MCatalyst::Plugin::Session::Store::FastMmap -e1 >/dev/null 2>&1 || need_cpanm=1
     if [ "$bench" = 1 ]; then
         perl -MMojolicious -e1 >/dev/null 2>&1 || need_cpanm=1
         command -v wrk >/dev/null 2>&1 \

@@ -1,7 +1,8 @@
 # Every examples/*/app.pl runs under bin/pagi-server and does what its header
 # comment says, answering the request its curl line suggests with the exact
 # status and body; examples/08-tls-introspection also runs over TLS (with a
-# throwaway CA made by the openssl command). Under CI=true a missing openssl
+# throwaway CA made by the openssl command); examples/09-psgi-bridge needs
+# Plack (libplack-perl) and PAGI::App::WrapPSGI. Under CI=true a missing openssl
 # or IO::Socket::SSL is a failure, not a skip.
 use strict;
 use warnings;
@@ -10,6 +11,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use PAGI::Test::Server qw(parse_responses);    # its import sets the alarm bounding this file
 use PAGI::Test::CLI qw(ROOT start_cli stop_cli http_raw http_get_cli stderr_of);
+use PAGI::Test::WebSocket qw(ws_connect ws_open OP_TEXT OP_BINARY);
 use File::Temp ();
 use IO::Select;
 use IO::Socket::IP;
@@ -217,6 +219,38 @@ my %CHECK = (
         like($clock && $clock->{data}, qr/\A\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}\z/, 'carrying the time');
         close $sse;
     },
+    '09-psgi-bridge' => sub {
+        my ($child) = @_;
+        my $res = http_get_cli($child->{port}, '/');
+        is($res && $res->{status}, 200, 'GET /: status 200, from the PSGI app');
+        is($res && $res->{body}, "This page comes from a PSGI app; the WebSocket echo is at /ws.\n", 'its page');
+        is($res && $res->{header}{'content-length'}, 63, 'with the Content-Length of Plack::Middleware::ContentLength');
+        $res = post($child->{port}, '/greet', 'name=Ada', 'Content-Type: application/x-www-form-urlencoded');
+        is($res && $res->{status}, 200, 'POST /greet: status 200');
+        is($res && $res->{body}, "Hello, Ada, from the PSGI app!\n", 'Plack::Request read the form');
+        $res = http_get_cli($child->{port}, '/greet');
+        is($res && $res->{status}, 405, 'GET /greet: status 405');
+        is($res && $res->{body}, "POST a name to /greet\n", 'with the hint');
+
+        # The WebSocket endpoint beside it, written in PAGI.
+        my ($ws) = eval { ws_connect($child->{port}, path => '/ws')->get };
+        ok($ws, 'a WebSocket handshake on /ws is accepted') or return diag($@);
+        $ws->send_text("h\x{e9}llo, echo");
+        my $frame = eval { $ws->next_frame(5)->get };
+        is($frame && $frame->{opcode}, OP_TEXT, 'a text frame comes back');
+        is($frame && $frame->{payload}, "h\xc3\xa9llo, echo", 'unchanged (UTF-8 bytes)');
+        $ws->send_binary("\x00\xff\x10");
+        $frame = eval { $ws->next_frame(5)->get };
+        is($frame && $frame->{opcode}, OP_BINARY, 'a binary frame comes back');
+        is($frame && $frame->{payload}, "\x00\xff\x10", 'unchanged');
+        $ws->send_close(1000);
+        my $close = eval { $ws->wait_close(5)->get };
+        is($close && $close->{code}, 1000, 'a close 1000 is answered with close 1000');
+        ok(eval { $ws->wait_eof(5)->get; 1 }, 'then the server closes the connection');
+
+        my $other = eval { ws_open($child->{port}, path => '/elsewhere')->response->get };
+        is($other && $other->{status}, 403, 'a WebSocket handshake elsewhere is refused with 403');
+    },
     '08-tls-introspection' => sub {
         my ($child) = @_;
         my $res = http_get_cli($child->{port}, '/');
@@ -232,6 +266,10 @@ ok(scalar @apps >= 4, 'found the examples') or diag("found: @apps");
 for my $app (@apps) {
     my ($name) = $app =~ m{/examples/([^/]+)/app\.pl\z};
     subtest "examples/$name" => sub {
+        if ($name eq '09-psgi-bridge' && !eval { require Plack::Builder; 1 }) {
+            return fail('CI=true and Plack is not installed: ./setup.sh installs libplack-perl') if $CI;
+            plan skip_all => 'Plack is not installed (Debian package libplack-perl)';
+        }
         open my $fh, '<', $app or die "$app: $!";
         my $source = do { local $/; <$fh> };
         like($source, qr/\A#/, 'starts with a comment');
