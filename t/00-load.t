@@ -20,6 +20,8 @@ my @modules = qw(
     PAGI::Server::Workers
     PAGI::Server::ProxyHeaders
     PAGI::Server::Reload
+    PAGI::App::WrapPSGI
+    PAGI::App::ToPSGI
     PAGI::Test::Server
 );
 use_ok($_) for @modules;
