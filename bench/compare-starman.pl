@@ -1,6 +1,8 @@
 #!/usr/bin/env perl
 # Hello-world throughput: pagi-server (this dist, from blib/) vs Starman, one run.
-# Usage (from the repo root, after `make`): perl bench/compare-starman.pl [--duration S] [--rounds N]
+# With --psgi, pagi-server serves the very PSGI file Starman does, through
+# PAGI::App::WrapPSGI (one process against one Starman worker).
+# Usage (from the repo root, after `make`): perl bench/compare-starman.pl [--psgi] [--duration S] [--rounds N]
 # See bench/README.md.
 use strict;
 use warnings;
@@ -29,15 +31,18 @@ my $READY_TIMEOUT = 15;    # seconds a server gets to start answering
 my $WARMUP        = 1;     # seconds of unrecorded load per server before round 1
 
 my %opt = (duration => 5, rounds => 3, only => '');
-GetOptions(\%opt, 'duration=i', 'rounds=i', 'only=s', 'help')
+GetOptions(\%opt, 'duration=i', 'rounds=i', 'only=s', 'psgi', 'help')
     or usage(2);
+# --psgi: the same app file for both servers; `pagi-server FILE.psgi` wraps it.
+if ($opt{psgi}) { s{\Abench/apps/hello\.pl\z}{bench/apps/hello.psgi} for @PAGI_CMD }
 usage(0) if $opt{help};
 usage(2) if $opt{duration} < 1 || $opt{rounds} < 1;
 usage(2) if $opt{only} ne '' && $opt{only} !~ /^(pagi|starman)$/;
 
 sub usage {
     print STDERR <<"USAGE";
-usage: perl bench/compare-starman.pl [--duration SECONDS] [--rounds N] [--only pagi|starman]
+usage: perl bench/compare-starman.pl [--psgi] [--duration SECONDS] [--rounds N] [--only pagi|starman]
+  --psgi      pagi-server serves bench/apps/hello.psgi through PAGI::App::WrapPSGI
   --duration  length of each wrk run (default 5)
   --rounds    interleaved rounds per server (default 3)
   --only      run one server (no ratio); for checking the harness
@@ -87,7 +92,7 @@ record_rss(@servers);
 
 my $summary = summary(@servers);
 print "\n$summary";
-save_results("$out_dir/$stamp-starman.txt", $summary, \@servers);
+save_results("$out_dir/$stamp-" . ($opt{psgi} ? 'psgi' : 'starman') . '.txt', $summary, \@servers);
 
 exit 0;    # END stops the servers
 
@@ -120,7 +125,8 @@ sub dq {
 sub summary {
     my @servers = @_;
     my $hz      = clock_ticks();
-    my $text    = "pagi-server vs Starman, hello world, $stamp\n" . host_info();
+    my $what    = $opt{psgi} ? 'PSGI hello world: pagi-server + PAGI::App::WrapPSGI vs Starman' : 'pagi-server vs Starman, hello world';
+    my $text    = "$what, $stamp\n" . host_info();
     $text .= "load: wrk -t1 -c$CONNECTIONS -d$opt{duration}s --latency, "
         . "$opt{rounds} interleaved rounds, medians below\n";
     $text .= "$_->{name}: $_->{cmdline}\n" for @servers;
