@@ -352,7 +352,8 @@ sub close {
     $reason //= '';
     if ($self->{state} == 1) {
         $self->{closed_by} = 'client';
-        $self->_deliver({ type => 'websocket.disconnect', code => $code, reason => $reason });
+        # Closed first, so the app hears this code even if it returns at once;
+        # messages it has not read yet still come before the disconnect.
         $self->_closed($code, $reason);
     }
     my $app_f = $self->{app_f};
