@@ -86,10 +86,11 @@ sub start {
     my ($self) = @_;
     return $self if $self->{started} || !$self->{lifespan};
     $self->{started} = 1;
+    Scalar::Util::weaken(my $weak = $self);    # the runner must not keep the client alive
     my $lifespan = $self->{lifespan_runner} = PAGI::Server::Lifespan->new(
         app => $self->{app}, loop => $self->{loop}, state => $self->{state}, mode => 'auto',
         startup_timeout => $self->{timeout}, shutdown_timeout => $self->{timeout},
-        log => sub { $self->_log(@_) },
+        log => sub { $weak->_log(@_) if $weak },
     );
     my $f = $lifespan->startup;
     $self->_wait(sub { $f->is_ready }, $self->{timeout} + 1)

@@ -6,6 +6,7 @@ our $VERSION = '0.01';
 
 use Carp qw(croak);
 use Future;
+use Scalar::Util ();
 use PAGI::Server::Validate;
 use PAGI::Test::Client::Check;
 use PAGI::Test::Client::Response;
@@ -50,7 +51,12 @@ sub new {
 sub run {
     my ($self) = @_;
     my $client = $self->{client};
-    my $app_f = $client->_call_app($self->{scope}, sub { $self->_receive }, sub { $self->_send(@_) });
+    my $scope = $self->{scope};
+    # The scope holds this object (pagi.connection), so these links are weak
+    # and a finished exchange leaves no cycle behind.
+    Scalar::Util::weaken($self->{scope});
+    Scalar::Util::weaken($self->{client});
+    my $app_f = $client->_call_app($scope, sub { $self->_receive }, sub { $self->_send(@_) });
     my $what = $self->{what};
     my $in_time = $client->_wait(sub { $app_f->is_ready }, $self->{timeout});
     croak "PAGI::Test::Client: $what: " . $self->{problem} if defined $self->{problem};
@@ -69,7 +75,7 @@ sub run {
     return PAGI::Test::Client::Response->new(
         status   => $self->{status},
         headers  => $self->{headers},
-        body     => $self->{scope}{method} eq 'HEAD' ? '' : join('', @{ $self->{chunks} }),
+        body     => $scope->{method} eq 'HEAD' ? '' : join('', @{ $self->{chunks} }),
         chunks   => $self->{chunks},
         trailers => $self->{trailers} // [],
         error    => $error,
@@ -217,6 +223,6 @@ sub on_complete {
     return;
 }
 
-sub disconnect_future { $_[0]{disconnect_f} //= $_[0]{client}->loop->new_future }
+sub disconnect_future { $_[0]{disconnect_f} //= Future->new }
 
 1;

@@ -6,6 +6,7 @@ our $VERSION = '0.01';
 
 use Carp qw(croak);
 use Future;
+use Scalar::Util ();
 use PAGI::Test::Client::Check;
 use PAGI::Test::Client::Response;
 
@@ -67,8 +68,13 @@ sub new {
 sub connect {
     my ($self) = @_;
     my $client = $self->{client};
-    $self->{app_f} = $client->_call_app($self->{scope}, sub { $self->_receive }, sub { $self->_send(@_) });
-    $self->{app_f}->on_ready(sub { $self->_app_finished });
+    # Weak: a session the test dropped must not be kept alive by the app's
+    # callbacks (nor keep the client, and its lifespan shutdown, alive).
+    Scalar::Util::weaken(my $weak = $self);
+    $self->{app_f} = $client->_call_app($self->{scope},
+        sub { $weak ? $weak->_receive : Future->done({ type => 'sse.disconnect', reason => 'client_closed' }) },
+        sub { $weak ? $weak->_send(@_) : Future->done });
+    $self->{app_f}->on_ready(sub { $weak->_app_finished if $weak });
     my $answered = $client->_wait(sub { $self->{state} != 0 && $self->{state} != 3 }, $self->{timeout});
     $self->_croak_problem;
     $self->_croak("the app neither started the stream (sse.start) nor declined it within $self->{timeout}s")
@@ -333,6 +339,14 @@ sub close {
     $self->_croak_app_error;
     $self->_croak("close: the app did not return within $self->{timeout}s of sse.disconnect") unless $done;
     return $self;
+}
+
+# A stream the test dropped while open: the app hears the client leave.
+sub DESTROY {
+    my ($self) = @_;
+    return unless $self->{state} == 1;
+    my $f = delete $self->{receive_f} or return;
+    $f->done({ type => 'sse.disconnect', reason => 'client_closed' });
 }
 
 sub closed { $_[0]{state} == 2 ? 1 : 0 }

@@ -6,6 +6,7 @@ our $VERSION = '0.01';
 
 use Carp qw(croak);
 use Future;
+use Scalar::Util ();
 use Scalar::Util qw(looks_like_number);
 use PAGI::Test::Client::Check;
 use PAGI::Test::Client::JSON;
@@ -64,8 +65,13 @@ sub new {
 sub connect {
     my ($self) = @_;
     my $client = $self->{client};
-    $self->{app_f} = $client->_call_app($self->{scope}, sub { $self->_receive }, sub { $self->_send(@_) });
-    $self->{app_f}->on_ready(sub { $self->_app_finished });
+    # Weak: a session the test dropped must not be kept alive by the app's
+    # callbacks (nor keep the client, and its lifespan shutdown, alive).
+    Scalar::Util::weaken(my $weak = $self);
+    $self->{app_f} = $client->_call_app($self->{scope},
+        sub { $weak ? $weak->_receive : Future->done({ type => 'websocket.disconnect', code => 1006, reason => 'client_closed' }) },
+        sub { $weak ? $weak->_send(@_) : Future->done });
+    $self->{app_f}->on_ready(sub { $weak->_app_finished if $weak });
     my $answered = $client->_wait(sub { $self->{state} != 0 && $self->{state} != 3 }, $self->{timeout});
     $self->_croak_problem;
     $self->_croak("the app did not answer the handshake (websocket.accept, websocket.close or a denial) "
@@ -362,6 +368,14 @@ sub close {
     $self->_croak_app_error;
     $self->_croak("close: the app did not return within $self->{timeout}s of websocket.disconnect") unless $done;
     return $self;
+}
+
+# A session the test dropped while open: the app hears the client leave.
+sub DESTROY {
+    my ($self) = @_;
+    return unless $self->{state} == 1;
+    my $f = delete $self->{receive_f} or return;
+    $f->done({ type => 'websocket.disconnect', code => 1006, reason => 'client_closed' });
 }
 
 sub closed       { $_[0]{state} == 2 || $_[0]{state} == 4 ? 1 : 0 }
