@@ -22,6 +22,11 @@ my @modules = qw(
     PAGI::Server::Reload
     PAGI::App::WrapPSGI
     PAGI::App::ToPSGI
+    PAGI::Test::Client
+    PAGI::Test::Client::Response
+    PAGI::Test::Client::Cookies
+    PAGI::Test::Client::WebSocket
+    PAGI::Test::Client::SSE
     PAGI::Test::Server
 );
 use_ok($_) for @modules;

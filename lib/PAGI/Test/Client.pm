@@ -295,3 +295,269 @@ sub sse {
 }
 
 1;
+
+__END__
+
+=head1 NAME
+
+PAGI::Test::Client - drive a PAGI application in process, without sockets
+
+=head1 SYNOPSIS
+
+    use Test::More;
+    use PAGI::Test::Client;
+
+    my $client = PAGI::Test::Client->new(app => $app);
+
+    my $res = $client->post('/api/data', json => { name => 'x' });
+    is $res->status, 200;
+    is_deeply $res->json, { received => { name => 'x' }, status => 'ok' };
+
+    $client->post('/login', form => { user => 'ann', password => 'secret' });
+    is $client->get('/me')->text, 'ann';            # the session cookie went back
+
+    $client->post('/upload', multipart => [
+        title => 'Report',
+        file  => { filename => 'r.csv', content => "a,b\n", content_type => 'text/csv' },
+    ]);
+
+    my $ws = $client->websocket('/chat');
+    $ws->send_text('hi');
+    is $ws->receive, 'Someone said: hi';
+    $ws->close;
+
+    my $sse = $client->sse('/feed');
+    is $sse->next_event->{data}, 'first';
+    $sse->close;
+
+    $client->stop;                                  # lifespan.shutdown
+    done_testing;
+
+=head1 DESCRIPTION
+
+Calls a PAGI application (an C<async sub ($scope, $receive, $send)>,
+PAGI-SPEC section 1) directly, on an L<IO::Async> loop, with the scopes
+and events L<PAGI::Server> would give it: C<http>, C<websocket>, C<sse>
+and C<lifespan>. No port is bound and nothing is parsed from the wire, so
+a test is fast and its failures point at the app. Methods are
+synchronous: each runs the loop until the app answered, bounded by
+L</timeout>.
+
+The scope follows PAGI-SPEC 2.1 as PAGI::Server builds it: C<type>,
+C<pagi> (C<version> and C<spec_version> C<0.3>), C<http_version>,
+C<method> (not in websocket scopes), C<scheme>, C<path> (percent-decoded,
+then UTF-8 decoded when valid), C<raw_path>, C<query_string>,
+C<root_path>, C<headers> (C<[[lower-case name, value], ...]>, with a
+C<host> header, and every cookie in one C<cookie> pair), C<client>,
+C<server>, C<state> (a shallow copy of the lifespan state) and
+C<extensions>. http scopes carry C<pagi.connection>; websocket scopes
+C<subprotocols> and the C<websocket.http.response> extension. No
+C<pagi.transport> is given (there is no socket to measure).
+
+Every event the app sends is checked as the server checks it (known
+type, required fields and their types, order, header bytes without CR,
+LF or NUL): a bad one fails the app's C<$send> and makes the client method
+croak, naming the event and the field, even when the app caught the
+failure. Paths, query values and form values are text (characters,
+sent as UTF-8); header values and bodies are bytes.
+
+Response headers are reported as the app sent them: the client adds no
+C<Date>, C<Server>, C<Content-Length> or framing, and a C<HEAD> response
+has an empty body, as on the wire.
+
+=head1 OPTIONS
+
+Given to L</new>.
+
+=head2 app
+
+The PAGI application. Required.
+
+=head2 lifespan
+
+    lifespan => 0
+
+With 1 (the default) the app's lifespan scope is started by the first
+request (or L</start>) and shut down by L</stop> or when the client is
+destroyed. An app that dies on the lifespan scope, or returns without
+answering, does not do lifespan and is served without it, as by
+PAGI::Server in C<auto> mode. With 0 the app never sees a lifespan scope.
+
+=head2 scheme
+
+C<http> (default) or C<https>. WebSocket scopes get C<ws> or C<wss>;
+C<Secure> cookies are only sent over C<https>.
+
+=head2 server, client
+
+    server => ['127.0.0.1', 5000], client => ['127.0.0.1', 40000]
+
+The scope's C<server> and C<client>; these are the defaults. C<< client
+=> undef >> leaves the key out, as for a Unix-socket connection. The
+C<Host> header is C<server>'s host, with the port unless it is the
+scheme's default.
+
+=head2 root_path
+
+The scope's C<root_path>, defaults to C<"">.
+
+=head2 headers
+
+    headers => { 'User-Agent' => 'test' }     # or [[name, value], ...] or [name => value, ...]
+
+Headers sent with every request; a request's own C<headers> replace those
+of the same name.
+
+=head2 http_version
+
+C<1.0>, C<1.1> (default) or C<2>.
+
+=head2 extensions
+
+Extra C<extensions> for every scope, e.g. C<< { fullflush => {} } >>
+(then C<http.fullflush> is accepted). Defaults to C<{}>.
+
+=head2 timeout
+
+Seconds any one wait may take (a response, a handshake, a message, an
+event, lifespan), defaults to C<10>. Most methods take a C<timeout> of
+their own. A timeout croaks, saying what the app had done so far.
+
+=head2 chunk_size
+
+Deliver request bodies in C<http.request> events of at most this many
+bytes (C<more =E<gt> 1> on all but the last). Default: one event.
+
+=head2 raise_app_errors
+
+With 1 (the default) an app exception croaks in the test, with its
+message, and so does an app that returns without a complete response.
+With 0 the client answers as PAGI::Server would: a C<500> before the
+response started (and a 500 handshake status for websocket and sse); a
+response cut short is returned with its L<error|PAGI::Test::Client::Response/error>.
+
+=head2 loop
+
+The L<IO::Async::Loop> to run on; defaults to C<< IO::Async::Loop->new >>
+(the process's loop, which the app's own timers use too).
+
+=head1 METHODS
+
+=head2 new
+
+    my $client = PAGI::Test::Client->new(app => $app, %options);
+
+Croaks on a missing app, an unknown option or a bad value, naming it.
+
+=head2 get, post, put, patch, delete, head, options, request
+
+    my $res = $client->get($path, %o);
+    my $res = $client->request('PROPFIND', $path, %o);
+
+Runs one HTTP request and returns a L<PAGI::Test::Client::Response>.
+C<$path> starts with C</> and may carry a query string. Options:
+
+=over
+
+=item headers
+
+C<[[name, value], ...]>, C<[name =E<gt> value, ...]> or a hash (array
+values repeat the header).
+
+=item query
+
+A hash (sorted by key; array values repeat the key), an array of pairs,
+or a string; appended to any query in C<$path>.
+
+=item json
+
+Data sent as a JSON body (UTF-8, sorted keys), C<Content-Type:
+application/json>.
+
+=item form
+
+A hash or array of pairs sent as C<application/x-www-form-urlencoded>.
+
+=item multipart
+
+C<[name =E<gt> value, name =E<gt> { filename, content, content_type },
+...]> sent as C<multipart/form-data>. A file part may give C<path> (a
+file to read) instead of C<content>; C<content_type> defaults to
+C<application/octet-stream>.
+
+=item body
+
+Raw body bytes (characters above 255 croak).
+
+=item cookies
+
+A hash of extra cookies for this request only, sent with the jar's.
+
+=item chunk_size, timeout
+
+As the client options, for this request.
+
+=back
+
+C<Content-Length> is set for a body (and for POST, PUT and PATCH without
+one). The body reaches the app as C<http.request> events; once the
+response is complete, C<$receive> gives C<http.disconnect>. The client
+then waits for the app to return. C<Set-Cookie> headers of the response
+go into the cookie jar.
+
+=head2 websocket
+
+    my $ws = $client->websocket($path, subprotocols => ['chat'], headers => {...}, query => {...});
+
+Opens a WebSocket session (see L<PAGI::Test::Client::WebSocket>): delivers
+C<websocket.connect> with the handshake headers and returns once the app
+accepted or refused. A refused session comes back with C<accepted> false
+and the HTTP C<status> a client would have seen.
+
+=head2 sse
+
+    my $sse = $client->sse($path, last_event_id => 7, method => 'GET', headers => {...});
+
+Opens a Server-Sent Events stream (see L<PAGI::Test::Client::SSE>), with
+C<Accept: text/event-stream>. Takes C<query>, C<cookies> and a body
+(C<json>, C<form>, C<body>) like the HTTP methods. Returns the stream
+once the app sent C<sse.start>, or a L<PAGI::Test::Client::Response>
+when the app declined with C<sse.http.response.*>.
+
+=head2 start
+
+    $client->start;
+
+Runs C<lifespan.startup> now (otherwise the first request does). Croaks
+with C<Lifespan startup failed: MESSAGE> when the app sends
+C<lifespan.startup.failed>; later requests then croak too.
+
+=head2 stop
+
+    $client->stop;
+
+Runs C<lifespan.shutdown> and waits for the app's answer; croaks with
+C<Lifespan shutdown failed: MESSAGE> on C<lifespan.shutdown.failed>. A
+later request starts a new lifespan. Called when the client is
+destroyed (errors are then warnings).
+
+=head2 cookie_jar, cookie, cookies
+
+The L<PAGI::Test::Client::Cookies> jar; C<cookie($name)> is the value of
+one cookie, C<cookies> a hash of all of them.
+
+=head2 state
+
+The lifespan C<state> hash (request scopes get a shallow copy).
+
+=head2 app, loop, timeout
+
+The options given.
+
+=head1 SEE ALSO
+
+L<PAGI::Test::Client::Response>, L<PAGI::Test::Client::WebSocket>,
+L<PAGI::Test::Client::SSE>, L<PAGI::Test::Client::Cookies>,
+L<PAGI::Server>, PAGI-SPEC sections 2 to 4.
+
+=cut
