@@ -179,4 +179,33 @@ subtest 'app errors and bad events' => sub {
     like $@, qr{websocket /wait: the app did not answer the handshake .* within 0\.3s}, 'no handshake answer times out';
 };
 
+subtest 'two sessions at once (a broadcast)' => sub {
+    my @members;
+    my $room = async sub {
+        my ($scope, $receive, $send) = @_;
+        die "no\n" unless $scope->{type} eq 'websocket';
+        await $receive->();
+        await $send->({ type => 'websocket.accept' });
+        push @members, $send;
+        while (1) {
+            my $ev = await $receive->();
+            last if $ev->{type} eq 'websocket.disconnect';
+            for my $member (grep { $_ != $send } @members) {
+                await $member->({ type => 'websocket.send', text => "someone said: $ev->{text}" });
+            }
+        }
+        @members = grep { $_ != $send } @members;
+    };
+    my $c = PAGI::Test::Client->new(app => $room);
+    my $ann = $c->websocket('/room');
+    my $bob = $c->websocket('/room');
+    $ann->send_text('hi');
+    is $bob->receive(timeout => 5), 'someone said: hi', 'the other session gets the message';
+    eval { $ann->receive(timeout => 0.2) };
+    like $@, qr/no message/, 'the sender does not';
+    $bob->close;
+    $ann->close;
+    is scalar @members, 0, 'both sessions ended in the app';
+};
+
 done_testing;
