@@ -148,10 +148,10 @@ sub _parse_form ($self) {
         $parser->register('multipart/form-data', 'HTTP::Entity::Parser::MultiPart');
         my $body = $self->body;
         open my $input, '<', \$body or die "in-memory body: $!";
-        my ($p, $u) = eval {
-            $parser->parse({ CONTENT_TYPE => $type, CONTENT_LENGTH => length $body,
-                             'psgi.input' => $input, 'psgix.input.buffered' => 1 });
-        };
+        # The parser ties the upload spool directory's lifetime to this env: keep it with the request.
+        my $env = $self->{parser_env} = { CONTENT_TYPE => $type, CONTENT_LENGTH => length $body,
+            'psgi.input' => $input, 'psgix.input.buffered' => 1 };
+        my ($p, $u) = eval { $parser->parse($env) };
         PAGI::Simple::Abort->throw(400, "Malformed form body: " . ($@ =~ s/ at \S+ line \d+.*//sr)) if $@;
         my @p = @{ $p || [] };
         while (my ($k, $v) = splice @p, 0, 2) { push @params, _text($k), _text($v) }
