@@ -121,6 +121,11 @@ sub mount ($self, $prefix, $app) {
     $self;
 }
 
+# Publishing to SSE channels from anywhere (an HTTP route, a timer).
+sub sse_publish ($self, $channel, $data, %opt) {
+    $self->pubsub->publish("sse:$channel", PAGI::Simple::SSE::_message($data, %opt));
+}
+
 sub url_for ($self, $name, $params = {}) { $self->{router}->url_for($name, $params) }
 
 sub hook ($self, $when, $cb) {
