@@ -1,5 +1,6 @@
-# PAGI::Simple hello, exactly as in the announcement.
-#   pagi-server --app examples/simple-01-hello/app.pl --port 5000
+# PAGI::Simple hello: the announcement's code, exactly as written there.
+# Run: perl -Mblib bin/pagi-server examples/simple-01-hello/app.pl --port 5000
+# (installed: pagi-server --app examples/simple-01-hello/app.pl --port 5000)
 #   curl http://127.0.0.1:5000/                 → Hello, World!
 #   curl http://127.0.0.1:5000/users/42         → {"user_id":"42"}
 #   curl -d '{"a":1}' -H 'Content-Type: application/json' http://127.0.0.1:5000/api/data
