@@ -22,6 +22,15 @@ my @modules = qw(
     PAGI::Server::Reload
     PAGI::App::WrapPSGI
     PAGI::App::ToPSGI
+    PAGI::Simple
+    PAGI::Simple::Router
+    PAGI::Simple::Context
+    PAGI::Simple::Request
+    PAGI::Simple::WebSocket
+    PAGI::Simple::SSE
+    PAGI::Simple::PubSub
+    PAGI::Simple::PubSub::Memory
+    PAGI::Simple::Session
     PAGI::Test::Server
 );
 use_ok($_) for @modules;
