@@ -252,30 +252,19 @@ async sub _http ($self, $scope, $receive, $send) {
         app_path => $path, path_params => $match && $match->{params} ? $match->{params} : {});
 
     my $ok = eval {
-        if (!$match || !$match->{route}) {
-            if ($self->{trailing_slash} eq 'redirect' && $method =~ /\A(?:GET|HEAD)\z/ && $path ne '/') {
-                my $other = $path =~ m{/\z} ? $path =~ s{/+\z}{}r : "$path/";
-                my $m2 = $self->{router}->match($method, $other);
-                if ($m2 && $m2->{route}) {
-                    my $qs = length($scope->{query_string} // '') ? "?$scope->{query_string}" : '';
-                    await $c->redirect(($scope->{root_path} // '') . $other . $qs, 301);
-                    goto DONE;
-                }
+        if ($match && $match->{route}) {
+            my $route = $match->{route};
+            unless ($route->{raw_body}) {
+                my ($body, $too_big) = await $self->_read_body($scope, $receive);
+                PAGI::Simple::Abort->throw(413) if $too_big;
+                $c->req->{body} = $body;
             }
-            if ($match && $match->{allowed}) {
-                $c->header(allow => join ', ', @{ $match->{allowed} });
-                PAGI::Simple::Abort->throw(405);
-            }
-            PAGI::Simple::Abort->throw(404);
+            await $self->_run_route($c, $route);
         }
-        my $route = $match->{route};
-        unless ($route->{raw_body}) {
-            my ($body, $too_big) = await $self->_read_body($scope, $receive);
-            PAGI::Simple::Abort->throw(413) if $too_big;
-            $c->req->{body} = $body;
+        else {
+            await $self->_unmatched($c, $match);
         }
-        await $self->_run_route($c, $route);
-        DONE: 1;
+        1;
     };
     my $err = $@;
     await $self->_handle_error($c, $err) unless $ok;
@@ -287,6 +276,25 @@ async sub _http ($self, $scope, $receive, $send) {
     for my $cb (@{ $self->{hooks}{after} }) { eval { my $r = $cb->($c); await $r if blessed($r) && $r->isa('Future'); 1 } or warn "after hook failed: $@" }
     await Future->wait_all(@{ $c->{pending} }) if @{ $c->{pending} };
     return;
+}
+
+# No route: the trailing-slash redirect when enabled, else 405 or 404.
+async sub _unmatched ($self, $c, $match) {
+    my $scope = $c->scope;
+    my ($method, $path) = ($scope->{method} // 'GET', $c->{app_path});
+    if ($self->{trailing_slash} eq 'redirect' && $method =~ /\A(?:GET|HEAD)\z/ && $path ne '/') {
+        my $other = $path =~ m{/\z} ? $path =~ s{/+\z}{}r : "$path/";
+        my $m2 = $self->{router}->match($method, $other);
+        if ($m2 && $m2->{route}) {
+            my $qs = length($scope->{query_string} // '') ? "?$scope->{query_string}" : '';
+            return await $c->redirect(($scope->{root_path} // '') . $other . $qs, 301);
+        }
+    }
+    if ($match && $match->{allowed}) {
+        $c->header(allow => join ', ', @{ $match->{allowed} });
+        PAGI::Simple::Abort->throw(405);
+    }
+    PAGI::Simple::Abort->throw(404);
 }
 
 async sub _maybe_await ($value) {
@@ -373,3 +381,209 @@ async sub _sse ($self, $scope, $receive, $send) {
 }
 
 1;
+__END__
+
+=head1 NAME
+
+PAGI::Simple - a small Express-style framework on top of PAGI
+
+=head1 SYNOPSIS
+
+    use PAGI::Simple;
+    my $app = PAGI::Simple->new(name => 'My API');
+    $app->get('/' => sub ($c) { $c->text('Hello, World!') });
+    $app->get('/users/:id' => sub ($c) { my $id = $c->path_params->{id}; $c->json({ user_id => $id }) });
+    $app->post('/api/data' => sub ($c) { my $data = $c->json_body; $c->json({ received => $data, status => 'ok' }) });
+    $app->websocket('/chat' => sub ($ws) {
+        $ws->on(message => sub ($data) { $ws->broadcast("Someone said: $data") });
+    });
+    $app->to_app;
+
+    # pagi-server --app app.pl --port 5000
+
+=head1 DESCRIPTION
+
+C<< $app->to_app >> returns a plain PAGI application (an C<async sub ($scope,
+$receive, $send)>), so it runs on any conforming PAGI server. It handles the
+C<http>, C<websocket>, C<sse> and C<lifespan> scope types and dies
+C<Unsupported scope type> on others.
+
+C<use PAGI::Simple> turns on C<strict>, C<warnings> and subroutine signatures
+(without the experimental warning) in the file that uses it, so the code
+above runs as written.
+
+Handlers are plain subs or async subs; a returned Future is awaited, and so
+is every response Future a plain handler started without returning it.
+
+=head1 CONSTRUCTOR
+
+    PAGI::Simple->new(%options)
+
+=over
+
+=item name => 'PAGI::Simple'
+
+=item mode => $ENV{PAGI_ENV} // 'production'
+
+C<development> shows exception details on 500 pages; anything else shows
+only C<Internal Server Error>.
+
+=item max_body_size => 1048576
+
+Request bodies (other than multipart) are read completely before the handler
+runs, up to this many bytes; a larger one gets C<413 Payload Too Large> (from
+C<Content-Length> before reading, or as soon as the bytes pass the limit).
+0 means no limit.
+
+=item max_upload_size => 10485760
+
+The same for C<multipart/form-data>; uploads are spooled to temporary files.
+
+=item trailing_slash => 'strict'
+
+C<strict>: C</a> and C</a/> are different paths (404 when only the other one
+exists). C<redirect>: a GET or HEAD that matches no route but would match
+with the trailing slash added or removed gets C<301> to that path (query kept).
+
+=item pubsub => $backend
+
+The L<PAGI::Simple::PubSub> backend for rooms and channels (default: the
+per-process L<PAGI::Simple::PubSub::Memory> instance).
+
+=item secrets => [ ... ]
+
+Shortcut for C<< $app->sessions(secrets => [...]) >>.
+
+=back
+
+Unknown options die naming the option.
+
+=head1 ROUTES
+
+    $app->get($path, [\@middleware], [\%options], $handler);   # also post put patch delete head options
+    $app->del(...);                 # alias of delete
+    $app->any($path, ...);          # every method
+    $app->route($METHOD, $path, ...);
+
+Each returns C<$app>. Path syntax (see L<PAGI::Simple::Router>): C<:name> is
+one segment, C<< :name<REGEX> >> one segment matching REGEX (the constraint:
+C<< '/users/:id<\d+>' >>), C<*name> the rest of the path (last segment only,
+may be empty). Routes are tried in order; the first match wins, so a failed
+constraint falls through to later routes. Path parameters are in
+C<< $c->path_params >>.
+
+Options: C<< name => 'user' >> (for L</url_for>), C<< raw_body => 1 >> (the
+framework does not read the body; the handler reads it with
+C<< await $c->req->receive_body >> or from C<< $c->receive >>).
+
+A request that matches no route gets C<404>; one whose path matches only
+routes of other methods gets C<405> with C<Allow> (sorted; C<HEAD> included
+when there is a C<GET>). C<HEAD> is answered by C<GET> routes with the same
+headers and no body.
+
+=head2 group
+
+    $app->group('/admin' => [ 'auth', sub ($c, $next) { ... } ] => sub ($app) {
+        $app->get('/' => ...);          # /admin
+        $app->get('/users' => ...);     # /admin/users
+    });
+
+Prefixes every route (HTTP, WebSocket, SSE, mount) defined inside and runs
+the group's middleware before each route's own; groups nest.
+
+=head2 middleware, route middleware
+
+    $app->middleware(auth => sub ($c, $next) {
+        return $c->error(401) unless $c->req->header('authorization');
+        return $next->();
+    });
+
+Route and group middleware are names registered with C<middleware> or code
+references C<sub ($c, $next)>. Calling C<< $next->() >> runs the rest of the
+chain (it returns a Future); not calling it ends the request there (after
+sending a response). An unknown name dies at dispatch. C<get_middleware>,
+C<has_middleware>.
+
+=head2 use
+
+    $app->use(sub ($inner) { async sub ($scope, $receive, $send) { ...; await $inner->(...) } });
+
+Wraps the whole application in PAGI middleware (a sub taking an app and
+returning an app, or an object with C<wrap($app)>): the first C<use> is the
+outermost.
+
+=head2 mount
+
+    $app->mount('/api/v2' => $other_simple_app_or_pagi_app);
+    $app->mount('/legacy' => PAGI::App::WrapPSGI->new(psgi_app => $psgi)->to_app);
+
+Requests whose path is the prefix or starts with C<prefix/> go to the
+mounted app with C<root_path> extended by the prefix (C<path> is unchanged,
+as PAGI and ASGI define it; a mounted PAGI::Simple app routes on C<path>
+minus C<root_path>, and WrapPSGI makes that C<PATH_INFO>). Mounts are
+checked before routes, longest prefix first, for all three scope types.
+
+=head2 url_for
+
+    $app->url_for(user => { id => 7, tab => 'posts' });   # /users/7?tab=posts
+
+The path of a named route: parameters fill C<:name> and C<*name> (escaped),
+the rest become the query string. Unknown names and missing parameters die
+naming them. C<< $c->url_for >> adds the request's C<root_path>.
+
+=head2 hook, error, on
+
+C<< hook(before => sub ($c) {...}) >> runs before the middleware of every
+matched route; if it sent a response the route is skipped.
+C<< hook(after => sub ($c) {...}) >> runs after every request (errors are
+warned and ignored). C<< error($code => sub ($c, $message_or_error) {...}) >>
+renders that status instead of the default C<text/plain> page
+(C<get_error_handler>). C<< on(startup => sub ($app) {...}) >> and
+C<< on(shutdown => ...) >> run at lifespan startup and shutdown; a startup
+hook that dies fails the startup with its message.
+
+=head1 ERRORS
+
+C<< $c->error(404) >> and C<< $c->error(400, 'name is required') >> (also
+C<abort>) throw a L<PAGI::Simple::Abort>; the response is
+C<< <Status Text> >> or C<< <Status Text>: <message> >> as C<text/plain>,
+unless an error handler is registered. Malformed JSON read by C<json_body> is
+a 400 whose message says what is wrong. Any other exception is logged and
+answered with 500: in development mode an HTML page with the (escaped) error
+and the request line, otherwise C<Internal Server Error>. A handler that
+finishes without responding also gets a 500 (it is a bug in the app, and the
+client should not hang). After a response has started an exception can only
+be logged; the server then closes the connection.
+
+=head1 WEBSOCKET AND SSE
+
+    $app->websocket($path => sub ($ws) { ... });   # PAGI::Simple::WebSocket
+    $app->sse($path => sub ($sse) { ... });        # PAGI::Simple::SSE
+    $app->sse_publish($channel, $data, event => 'news', id => 1);
+
+Same path syntax as HTTP routes. An unknown WebSocket path is closed before
+accepting (code 4004, which the server sends as HTTP 403); an unknown SSE path
+is declined with a plain C<404> (C<sse.http.response.*>). One-argument
+C<< $ws->broadcast($msg) >> reaches every other client of that route;
+two-argument C<broadcast($room, $msg)> every other member of the room. Both,
+and SSE channels, go through C<< $app->pubsub >>.
+
+=head1 SESSIONS
+
+    $app->sessions(secrets => [ $newest, @older ], %options);
+    ... $c->session->{user_id} = 42;  ... $c->session_clear;
+
+Signed cookie sessions by default, optionally encrypted or kept server-side;
+see L<PAGI::Simple::Session>. C<< $c->session >> without configured secrets
+dies with a message saying how to configure them.
+
+=head1 DIFFERENCES FROM THE 2025-12 SEED
+
+Body accessors (C<json_body>, C<body_params>, C<param>, C<params>) are
+synchronous because bounded bodies are read before the handler runs; text
+helpers UTF-8-encode character strings; C<broadcast> excludes the sender and
+accepts one argument (the route); C<< $sse->close >> sends C<sse.close>;
+unmatched SSE is declined with C<sse.http.response.*> instead of a 404 stream;
+C<mount>, sessions and C<url_for> exist.
+
+=cut

@@ -12,7 +12,7 @@ PAGI::Simple::PubSub - the pub/sub interface behind WebSocket rooms and SSE chan
 
     my $hub = PAGI::Simple::PubSub->instance;             # PAGI::Simple::PubSub::Memory by default
     my $id  = $hub->subscribe('news', sub ($message, $channel) { ... });
-    $hub->publish('news', { text => 'hi' });               # → 1 receiver
+    $hub->publish('news', { text => 'hi' });               # returns 1 receiver
     $hub->publish('news', 'again', exclude => $id);        # everyone but $id
     $hub->unsubscribe('news', $id);
 
@@ -35,16 +35,16 @@ serialises them. Subscription ids are opaque strings the backend hands out.
 
 =over
 
-=item subscribe($channel, $callback) → $id
+=item subscribe($channel, $callback) returns $id
 
 C<< $callback->($message, $channel) >> runs for each message. Errors in a
 callback are warned about and do not stop delivery to the others.
 
 =item unsubscribe($channel, $id), unsubscribe_all($id)
 
-=item publish($channel, $message, [exclude => $id]) → receivers reached
+=item publish($channel, $message, [exclude => $id]) returns receivers reached
 
-=item room_add($room, $member_id, $callback), room_remove($room, $member_id), room_send($room, $message, [exclude => $member_id]) → count, room_members($room)
+=item room_add($room, $member_id, $callback), room_remove($room, $member_id), room_send($room, $message, [exclude => $member_id]) returns count, room_members($room)
 
 Rooms are named groups of members: a member is in a room at most once.
 

@@ -30,12 +30,12 @@ Channels are left and the C<close> callbacks run at the end.
 
 =over
 
-=item send($event, $data, [$id]) → Future
+=item send($event, $data, [$id]) returns Future
 
 C<$event> may be undef (a plain message). A reference C<$data> is sent as
 JSON.
 
-=item send_event(data => ..., event => ..., id => ..., retry => ...) → Future
+=item send_event(data => ..., event => ..., id => ..., retry => ...) returns Future
 
 =item comment($text), keepalive($seconds, [$comment]) (0 stops)
 

@@ -38,11 +38,11 @@ callback runs the C<error> callbacks and closes with 1011.
 Several callbacks per event run in order. C<$data> is the text (characters)
 or, for binary frames, the bytes.
 
-=item send($data, [binary => 1]) → Future, close([$code = 1000], [$reason = '']) → Future, is_closed
+=item send($data, [binary => 1]) returns Future, close([$code = 1000], [$reason = '']) returns Future, is_closed
 
 =item join($room), leave($room), leave_all, rooms, in_room($room)
 
-=item broadcast($message) / broadcast($room, $message) → count
+=item broadcast($message) / broadcast($room, $message) returns count
 
 With one argument, to every B<other> client connected to the same route;
 with two, to every other member of the room. The sender is excluded by
