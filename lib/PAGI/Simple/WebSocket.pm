@@ -101,7 +101,12 @@ sub close ($self, $code = 1000, $reason = '') {
 
 sub _deliver ($self) {
     weaken(my $weak = $self);
-    return sub ($message, @) { $weak->send($message) if $weak && !$weak->{closed} };
+    return sub ($message, @) {
+        return unless $weak && !$weak->{closed};
+        # Broadcasts can arrive between subscribing and the accept; they wait for it.
+        return push @{ $weak->{queued} }, $message unless $weak->{accepted};
+        $weak->send($message);
+    };
 }
 
 sub _route_channel ($self) { "ws-route:$self->{route_key}" }
@@ -153,8 +158,16 @@ async sub run ($self, $handler) {
     my ($receive, $send) = @$self{qw(receive send)};
     my $connect = await $receive->();
     return unless ($connect->{type} // '') eq 'websocket.connect';
-    await $send->({ type => 'websocket.accept' });
+    # Subscribed before accepting, so a client that saw the 101 already gets the route's broadcasts.
     $self->pubsub->subscribe($self->_route_channel, $self->_deliver, $self->{id});
+    my $accepted = eval { await $send->({ type => 'websocket.accept' }); 1 };
+    unless ($accepted) {
+        my $err = $@;
+        $self->pubsub->unsubscribe($self->_route_channel, $self->{id});
+        die $err;
+    }
+    $self->{accepted} = 1;
+    $self->send($_) for @{ delete $self->{queued} || [] };
     my $ok = eval {
         my $r = $handler->($self);
         await $r if blessed($r) && $r->isa('Future');
