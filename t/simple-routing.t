@@ -149,6 +149,21 @@ is($r->{status}, 404, 'only GET and HEAD are redirected');
 ok(!eval { $app->get('/x/*rest/more' => sub {}) } && $@ =~ /must be the last segment/, 'a splat in the middle is refused');
 ok(!eval { PAGI::Simple->new(bogus => 1) } && $@ =~ /unknown option 'bogus'/, 'unknown options are named');
 
+# Lifespan hooks run when the server starts and stops.
+my @life;
+my $lifeapp = PAGI::Simple->new;
+$lifeapp->on(startup => sub ($a) { push @life, 'startup'; $a->stash->{ready} = 'yes' });
+$lifeapp->on(shutdown => sub ($a) { push @life, 'shutdown' });
+$lifeapp->get('/ready' => sub ($c) { $c->text($c->app->stash->{ready}) });
+my ($server3, $port3) = serve($lifeapp);
+is(request($port3, 'GET', '/ready')->{body}, 'yes', 'the startup hook ran before requests');
+stop_server($server3);
+is(join(',', @life), 'startup,shutdown', 'and the shutdown hook at shutdown');
+my $failing = PAGI::Simple->new;
+$failing->on(startup => sub ($a) { die "no database\n" });
+ok(!eval { serve($failing); 1 }, 'a dying startup hook fails the startup');
+like($@, qr/no database/, 'with its message');
+
 stop_server($server);
 stop_server($server2);
 done_testing;
