@@ -16,6 +16,16 @@ requires 'Time::HiRes';
 requires 'Scalar::Util';
 requires 'JSON::PP';
 requires 'POSIX';
+# PAGI::Simple: JSON bodies, form/multipart parsing, cookies, sessions
+# (HMAC-SHA256 signing; AES-GCM encryption and random ids from CryptX).
+requires 'JSON::MaybeXS', '1.004';
+requires 'Cpanel::JSON::XS', '4.0';
+requires 'HTTP::Entity::Parser', '0.21';
+requires 'Cookie::Baker', '0.11';
+requires 'Hash::MultiValue', '0.16';
+requires 'Digest::SHA';
+requires 'MIME::Base64', '3.11';
+requires 'CryptX', '0.060';
 
 # Faster loop on Linux; IO::Async picks it up automatically when installed.
 recommends 'IO::Async::Loop::Epoll';

@@ -44,7 +44,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 perl_modules_ok() {
-    perl -MIO::Async::Loop -MFuture::AsyncAwait -MFuture::IO -MNet::Async::HTTP -MPlack -MAnyEvent -e1 >/dev/null 2>&1
+    perl -MIO::Async::Loop -MFuture::AsyncAwait -MFuture::IO -MNet::Async::HTTP -MPlack -MAnyEvent -MJSON::MaybeXS -MHTTP::Entity::Parser -MCookie::Baker -MCryptX -e1 >/dev/null 2>&1
 }
 
 if command -v apt-get >/dev/null 2>&1; then
@@ -56,7 +56,10 @@ if command -v apt-get >/dev/null 2>&1; then
           # PSGI software run by t/psgi-*.t and examples/09-psgi-bridge.
           libplack-perl libplack-middleware-session-perl libplack-middleware-deflater-perl
           libanyevent-perl libdancer2-perl libcatalyst-perl libcatalyst-plugin-session-perl
-          libcatalyst-plugin-session-state-cookie-perl libcatalyst-plugin-session-store-fastmmap-perl)
+          libcatalyst-plugin-session-state-cookie-perl libcatalyst-plugin-session-store-fastmmap-perl
+          # PAGI::Simple: JSON, form/multipart bodies, cookies, session crypto.
+          libjson-maybexs-perl libcpanel-json-xs-perl libhttp-entity-parser-perl libcookie-baker-perl
+          libhash-multivalue-perl libcryptx-perl)
     [ "$bench" = 1 ] && want+=(wrk libmojolicious-perl)
     [ "$browser" = 1 ] && want+=(chromium)
 

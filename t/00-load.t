@@ -27,6 +27,15 @@ my @modules = qw(
     PAGI::Test::Client::Cookies
     PAGI::Test::Client::WebSocket
     PAGI::Test::Client::SSE
+    PAGI::Simple
+    PAGI::Simple::Router
+    PAGI::Simple::Context
+    PAGI::Simple::Request
+    PAGI::Simple::WebSocket
+    PAGI::Simple::SSE
+    PAGI::Simple::PubSub
+    PAGI::Simple::PubSub::Memory
+    PAGI::Simple::Session
     PAGI::Test::Server
 );
 use_ok($_) for @modules;

@@ -251,6 +251,56 @@ my %CHECK = (
         my $other = eval { ws_open($child->{port}, path => '/elsewhere')->response->get };
         is($other && $other->{status}, 403, 'a WebSocket handshake elsewhere is refused with 403');
     },
+    'simple-01-hello' => sub {
+        my ($child) = @_;
+        my $res = http_get_cli($child->{port}, '/');
+        is($res && $res->{status}, 200, 'GET /: status 200');
+        is($res && $res->{body}, 'Hello, World!', 'says hello');
+        $res = http_get_cli($child->{port}, '/users/42');
+        is($res && $res->{status}, 200, 'GET /users/42: status 200');
+        is($res && $res->{body}, '{"user_id":"42"}', 'the id as JSON');
+        $res = post($child->{port}, '/api/data', '{"a":[1,2]}', 'Content-Type: application/json');
+        is($res && $res->{status}, 200, 'POST /api/data: status 200');
+        is($res && $res->{body}, '{"received":{"a":[1,2]},"status":"ok"}', 'echoes the JSON body');
+        my ($one) = eval { ws_connect($child->{port}, path => '/chat')->get };
+        my ($two) = eval { ws_connect($child->{port}, path => '/chat')->get };
+        ok($one && $two, 'two WebSocket clients on /chat') or return diag($@);
+        # A round trip proves both are subscribed before the real message.
+        $two->send_text('ready');
+        my $frame = eval { $one->next_frame(15)->get };
+        is($frame && $frame->{payload}, 'Someone said: ready', 'the first client hears the second');
+        $one->send_text('hi');
+        $frame = eval { $two->next_frame(15)->get };
+        is($frame && $frame->{payload}, 'Someone said: hi', 'and the second hears the first');
+        is($one->pending, 0, 'nobody hears their own message');
+        $_->send_close(1000) for $one, $two;
+    },
+    'simple-05-rest' => sub {
+        my ($child) = @_;
+        my $port = $child->{port};
+        my $res = post($port, '/books', '{"title":"Dune","year":1965}', 'Content-Type: application/json');
+        is($res && $res->{status}, 201, 'POST /books: status 201');
+        is($res && $res->{body}, '{"id":1,"title":"Dune","year":1965}', 'the created book');
+        is($res && $res->{header}{location}, '/books/1', 'with its location');
+        $res = http_get_cli($port, '/books');
+        is($res && "$res->{status} $res->{body}", '200 [{"id":1,"title":"Dune","year":1965}]', 'GET /books lists it');
+        $res = http_get_cli($port, '/books/1');
+        is($res && "$res->{status} $res->{body}", '200 {"id":1,"title":"Dune","year":1965}', 'GET /books/1');
+        $res = post($port, '/books', '{"year":"soon","colour":"red"}', 'Content-Type: application/json');
+        is($res && $res->{status}, 422, 'invalid book: status 422');
+        is($res && $res->{body}, '{"errors":{"colour":"is not a known field","title":"is required and must be a non-empty string",'
+            . '"year":"must be an integer between 0 and 9999"}}', 'each bad field named');
+        $res = post($port, '/books', '{"title":', 'Content-Type: application/json');
+        is($res && $res->{status}, 400, 'malformed JSON: status 400');
+        like($res && $res->{body}, qr/^\{"error":"Malformed JSON in request body: /, 'saying so');
+        my ($r) = parse_responses(http_raw($port, "PATCH /books/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            . "Content-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"year\":1966}"));
+        is($r && "$r->{status} $r->{body}", '200 {"id":1,"title":"Dune","year":1966}', 'PATCH updates one field');
+        ($r) = parse_responses(http_raw($port, "DELETE /books/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+        is($r && $r->{status}, 204, 'DELETE: status 204');
+        $res = http_get_cli($port, '/books/1');
+        is($res && "$res->{status} $res->{body}", '404 {"error":"no book with id 1"}', 'then it is gone: 404');
+    },
     '08-tls-introspection' => sub {
         my ($child) = @_;
         my $res = http_get_cli($child->{port}, '/');
