@@ -177,6 +177,29 @@ sub header_all {
     return map { lc $_->[0] eq $name ? $_->[1] : () } @{ $headers || [] };
 }
 
+=head2 add_vary
+
+    my $headers = PAGI::Middleware->add_vary($headers, 'Origin');
+
+A copy of the header pairs with the name added to C<Vary> (merged into an
+existing one, not duplicated; a C<Vary: *> is left alone).
+
+=cut
+
+sub add_vary {
+    my ($self, $headers, $name) = @_;
+    my @pairs = map { [@$_] } @{ $headers || [] };
+    my ($vary) = grep { lc $_->[0] eq 'vary' } @pairs;
+    if (!$vary) {
+        push @pairs, [ vary => $name ];
+    }
+    else {
+        my %have = map { lc($_) => 1 } split /\s*,\s*/, $vary->[1];
+        $vary->[1] .= ", $name" unless $have{ lc $name } || $have{'*'};
+    }
+    return \@pairs;
+}
+
 =head2 send_response
 
     await PAGI::Middleware->send_response($send, 404, [ 'content-type' => 'text/plain' ], "Not found\n");
