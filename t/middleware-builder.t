@@ -33,6 +33,7 @@ $INC{'Test/Tag.pm'} = __FILE__;
 
 my $inner = async sub {
     my ($scope, $receive, $send) = @_;
+    die "only http\n" unless $scope->{type} eq 'http';
     die "boom\n" if $scope->{path} eq '/die';
     await $send->({ type => 'http.response.start', status => 200, headers => [ [ 'content-type', 'text/plain' ] ] });
     await $send->({ type => 'http.response.body', body => join(',', @{ $scope->{'test.trail'} || [] }) });
@@ -41,7 +42,7 @@ my $inner = async sub {
 subtest 'order: the first enabled is the outermost' => sub {
     my $app = builder {
         enable '+Test::Tag', name => 'outer';
-        enable Test::Tag->new(name => 'middle');
+        enable(Test::Tag->new(name => 'middle'));
         enable sub { my ($next) = @_; return Test::Tag->new(name => 'inner')->wrap($next) };
         $inner;
     };

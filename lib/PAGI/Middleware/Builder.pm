@@ -48,7 +48,9 @@ Croaks when the block's last value is not a code reference. Builders nest.
 
     enable 'Name', %options;        # PAGI::Middleware::Name->new(%options)
     enable '+Full::Class', %options;
-    enable $middleware_object;      # anything with a wrap($app) method
+    enable($middleware_object);    # anything with a wrap($app) method (the
+                                    # parentheses keep perl from reading
+                                    # "enable Class->new" as a method call)
     enable $code;                   # sub ($app) { ... return $new_app }
 
 Only inside a C<builder> block. A name is loaded with C<require>; a name that
