@@ -117,6 +117,20 @@ subtest 'PAGI::App::File' => sub {
     stop_server($server);
 };
 
+subtest 'content types without MIME::Types' => sub {
+    local $PAGI::App::File::MIME_TYPES = 0;
+    my $app = PAGI::App::File->new(root => $root, mime_types => { TXT => 'text/x-custom' });
+    is($app->content_type('a.css'), 'text/css; charset=utf-8', 'the built-in table: css');
+    is($app->content_type('a.JSON'), 'application/json', 'extensions compare case-insensitively');
+    is($app->content_type('a.woff2'), 'font/woff2', 'woff2');
+    is($app->content_type('a.txt'), 'text/x-custom; charset=utf-8', 'mime_types overrides');
+    is($app->content_type('Makefile'), 'application/octet-stream', 'no extension: the default type');
+    eval { PAGI::App::File->new(root => "$root/digits.txt") };
+    like($@, qr/option 'root' .* is not a directory/, 'root must be a directory, named');
+    eval { PAGI::App::File->new };
+    like($@, qr/option 'root' is required/, 'root is required');
+};
+
 subtest 'PAGI::App::Directory' => sub {
     my ($server, $port) = start_server(app => PAGI::App::Directory->new(root => $root)->to_app);
     my $r = request($port, '/');

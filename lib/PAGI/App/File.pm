@@ -373,7 +373,7 @@ my %BUILTIN_TYPES = (
     pl => 'text/plain', pm => 'text/plain', sh => 'text/plain',
 );
 
-my $MIME_TYPES;    # the MIME::Types object, 0 when it is not installed
+our $MIME_TYPES;    # the MIME::Types object, 0 when it is not installed (tests set 0)
 
 sub content_type {
     my ($self, $path) = @_;
