@@ -186,7 +186,7 @@ subtest 'PAGI::Middleware::Static' => sub {
 };
 
 subtest 'pagi-server with no app serves the current directory' => sub {
-    my $child = start_cli([ '--no-access-log', '-q' ], dir => $root);
+    my $child = start_cli([ '--no-access-log', '-q' ], dir => $root, timeout => 30);
     ok($child->{ready}, 'started with no app') or diag(PAGI::Test::CLI::stderr_of($child));
     if ($child->{ready}) {
         my $port = $child->{port};

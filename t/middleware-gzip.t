@@ -8,6 +8,7 @@ use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use File::Temp ();
+use POSIX ();
 use Compress::Raw::Zlib qw(WANT_GZIP MAX_WBITS Z_OK Z_STREAM_END);
 use Future::AsyncAwait;
 use PAGI::Test::Events qw(http_scope call_app response_of);
@@ -121,7 +122,7 @@ subtest 'curl --compressed over a real socket' => sub {
     my $deadline = time + 30;
     until ($exited || time > $deadline) {
         loop()->delay_future(after => 0.05)->get;
-        $exited = waitpid($pid, 1) == $pid;
+        $exited = waitpid($pid, POSIX::WNOHANG()) == $pid;
     }
     ok($exited && $? == 0, 'curl finished') or kill 'KILL', $pid;
     open my $fh, '<', "$dir/body"; my $body = do { local $/; <$fh> // '' };

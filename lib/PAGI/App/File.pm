@@ -69,7 +69,8 @@ here (L<PAGI::App::Directory> lists them).
 
 =back
 
-Scopes other than C<http> make the app die (PAGI-SPEC 1.3).
+A C<lifespan> scope is accepted (there is nothing to start or stop);
+other scope types (websocket, sse) make the app die (PAGI-SPEC 1.3).
 
 =head1 METHODS
 
@@ -142,9 +143,30 @@ sub to_app {
     my ($self) = @_;
     return async sub {
         my ($scope, $receive, $send) = @_;
+        return await _lifespan($receive, $send) if $scope->{type} eq 'lifespan';
         die "PAGI::App::File: unsupported scope type '$scope->{type}'\n" unless $scope->{type} eq 'http';
         await $self->send_answer($scope, $send, $self->answer($scope));
     };
+}
+
+# Nothing to set up or tear down, but saying so keeps the server from
+# logging that lifespan is unsupported.
+async sub _lifespan {
+    my ($receive, $send) = @_;
+    while (1) {
+        my $event = await $receive->();
+        my $type = $event->{type} // '';
+        if ($type eq 'lifespan.startup') {
+            await $send->({ type => 'lifespan.startup.complete' });
+        }
+        elsif ($type eq 'lifespan.shutdown') {
+            await $send->({ type => 'lifespan.shutdown.complete' });
+            return;
+        }
+        else {
+            return;
+        }
+    }
 }
 
 =head2 answer

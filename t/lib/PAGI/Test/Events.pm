@@ -10,6 +10,13 @@ use Future::AsyncAwait;
 
 our @EXPORT_OK = qw(http_scope call_app response_of);
 
+sub import {
+    my $class = shift;
+    # Every test file is bounded in time, whatever happens inside it.
+    alarm($ENV{PAGI_TEST_TIMEOUT} || 120);
+    $class->export_to_level(1, $class, @_);
+}
+
 # http_scope(%keys) → a scope like the server's; `headers` may be a flat list.
 sub http_scope {
     my (%k) = @_;
