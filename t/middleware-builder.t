@@ -10,6 +10,7 @@ use Future::AsyncAwait;
 use PAGI::Test::Events qw(http_scope call_app response_of);
 use PAGI::Test::Server qw(start_server stop_server http_get);
 use PAGI::Middleware::Builder;
+use PAGI::App::File;
 
 # A middleware that records its name on the way in and out.
 {
@@ -99,14 +100,89 @@ subtest 'helpers' => sub {
     is(PAGI::Middleware->header([ [ 'a', 1 ], [ 'b', 2 ], [ 'b', 3 ] ], 'b'), 2, 'header: the first');
 };
 
+subtest 'mount' => sub {
+    my $echo = sub {
+        my ($name) = @_;
+        return async sub {
+            my ($scope, $receive, $send) = @_;
+            die "no lifespan\n" unless $scope->{type} eq 'http';
+            await $send->({ type => 'http.response.start', status => 200, headers => [] });
+            await $send->({ type => 'http.response.body', body => "$name root_path=$scope->{root_path} path=$scope->{path}" });
+        };
+    };
+    my $app = builder {
+        enable '+Test::Tag', name => 'outer';
+        mount '/api' => $echo->('api');
+        mount '/api/v2/' => $echo->('v2');
+        $echo->('default');
+    };
+    my $body = sub { response_of(call_app($app, http_scope(@_)))->{body} };
+    is($body->(path => '/api/users'), 'api root_path=/api path=/api/users', 'a prefix sets root_path; path stays whole');
+    is($body->(path => '/api'), 'api root_path=/api path=/api', 'the prefix itself');
+    is($body->(path => '/api/v2/x'), 'v2 root_path=/api/v2 path=/api/v2/x', 'the longest prefix wins');
+    is($body->(path => '/apiary'), 'default root_path= path=/apiary', 'a longer name is not under the prefix');
+    is($body->(path => '/x', root_path => '/site'), 'default root_path=/site path=/x', 'no match: the block app');
+    is($body->(path => '/site/api/a', root_path => '/site'), 'api root_path=/site/api path=/site/api/a', 'nested under a root_path');
+    my $r = response_of(call_app($app, http_scope(path => '/api')));
+    is($r->{header}{'x-tag'}, 'outer', 'enabled middleware wraps the dispatcher');
+    my $only = builder { mount '/a' => $echo->('a') };
+    is(response_of(call_app($only, http_scope(path => '/b')))->{status}, 404, 'no match and no block app: 404');
+    eval { builder { mount 'a' => $inner } };
+    like($@, qr/prefix must start with '\/'/, 'a bad prefix croaks');
+};
+
+subtest 'mount: lifespan reaches every app' => sub {
+    my @log;
+    my $lifespan_app = sub {
+        my ($name, %o) = @_;
+        return async sub {
+            my ($scope, $receive, $send) = @_;
+            die "no lifespan\n" unless $scope->{type} eq 'lifespan';
+            my $e = await $receive->();
+            $scope->{state}{$name} = 1;
+            push @log, "$name $e->{type}";
+            if ($o{fail}) { await $send->({ type => 'lifespan.startup.failed', message => "$name broke" }); return }
+            await $send->({ type => 'lifespan.startup.complete' });
+            $e = await $receive->();
+            push @log, "$name $e->{type}";
+            await $send->({ type => 'lifespan.shutdown.complete' });
+        };
+    };
+    my $app = builder {
+        mount '/a' => $lifespan_app->('a');
+        mount '/b' => $lifespan_app->('b');
+        mount '/c' => $inner;    # declines lifespan
+    };
+    my @outer = ({ type => 'lifespan.startup' }, { type => 'lifespan.shutdown' });
+    my @sent;
+    my $state = {};
+    my $f = $app->({ type => 'lifespan', state => $state }, sub { Future->done(shift @outer) }, sub { push @sent, $_[0]{type}; Future->done });
+    $f->get;
+    is_deeply(\@sent, [ 'lifespan.startup.complete', 'lifespan.shutdown.complete' ], 'one startup and one shutdown answer');
+    is_deeply([ sort @log ], [ 'a lifespan.shutdown', 'a lifespan.startup', 'b lifespan.shutdown', 'b lifespan.startup' ],
+        'each app got startup and shutdown');
+    is_deeply($state, { a => 1, b => 1 }, 'sharing one state hash');
+
+    my $failing = builder { mount '/a' => $lifespan_app->('a'); mount '/b' => $lifespan_app->('b', fail => 1) };
+    @outer = ({ type => 'lifespan.startup' });
+    my @failed;
+    $failing->({ type => 'lifespan', state => {} }, sub { Future->done(shift @outer) }, sub { push @failed, $_[0]; Future->done })->get;
+    is($failed[0]{type}, 'lifespan.startup.failed', 'one failure fails startup');
+    is($failed[0]{message}, 'b broke', 'with its message');
+};
+
 subtest 'a built stack on a real server' => sub {
     my $app = builder {
         enable 'SecurityHeaders';
         enable 'CORS', origins => ['http://allowed.example'];
         enable '+Test::Tag', name => 'tag';
+        mount '/files' => PAGI::App::File->new(root => "$FindBin::Bin/apps/public/static")->to_app;
         $inner;
     };
     my ($server, $port) = start_server(app => $app);
+    my $file = http_get($port, '/files/hello.txt')->get;
+    is($file->{status}, 200, 'a mounted PAGI::App::File: 200');
+    like($file->{body}, qr/\AA plain text file/, 'with the file');
     my $r = http_get($port, '/', Origin => 'http://allowed.example')->get;
     is($r->{status}, 200, 'status 200');
     is($r->{body}, 'tag', 'the app ran inside the stack');
