@@ -103,6 +103,7 @@ subtest 'PAGI::App::File' => sub {
     is($r->{header}{allow}, 'GET, HEAD', 'Allow: GET, HEAD');
 
     is(request($port, '/missing.txt')->{status}, 404, 'missing: 404');
+    is(request($port, '/digits.txt/')->{status}, 404, 'a file with a trailing slash: 404');
     is(request($port, '/sub')->{status}, 404, 'a directory: 404 (File does not list)');
     is(request($port, '/sub/inner.txt')->{body}, "inner\n", 'a file in a subdirectory');
     is(request($port, '/inside-link.txt')->{body}, "inner\n", 'a symlink staying inside the root is served');

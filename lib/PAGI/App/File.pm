@@ -223,6 +223,8 @@ sub resolve {
     my $real = Cwd::realpath($full);
     return (undef, 404) unless defined $real;
     return (undef, 403) unless $self->inside_root($real);
+    # "file.txt/" names a directory that does not exist.
+    return (undef, 404) if $path =~ m{/\z} && !-d $real;
     return ($real);
 }
 
