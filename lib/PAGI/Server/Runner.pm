@@ -31,6 +31,9 @@ it can be tested. C<run> returns the process exit code: 0 after a clean
 shutdown, 2 for anything that stops the server from starting (a bad flag,
 a missing app file, a busy port, a failed lifespan startup), each reported
 as one line on STDERR, and 1 when the server failed while running.
+Without an app (no C<--app>, C<-e> or app argument) it serves the current
+directory with L<PAGI::App::Directory> (PAGI-SPEC 8.3); an app file that
+does not exist is still an error.
 
 One table below lists every flag: it drives both the option parser and
 C<--help>, whose defaults come from the option registry
