@@ -29,6 +29,8 @@ requires 'CryptX', '0.060';
 
 # Faster loop on Linux; IO::Async picks it up automatically when installed.
 recommends 'IO::Async::Loop::Epoll';
+# PAGI::App::File's content types (a built-in table of common types otherwise).
+recommends 'MIME::Types';
 
 on configure => sub {
     requires 'ExtUtils::MakeMaker', '6.64';

@@ -37,6 +37,20 @@ my @modules = qw(
     PAGI::Simple::PubSub::Memory
     PAGI::Simple::Session
     PAGI::Test::Server
+    PAGI::Middleware
+    PAGI::Middleware::Builder
+    PAGI::Middleware::AccessLog
+    PAGI::Middleware::CORS
+    PAGI::Middleware::ErrorHandler
+    PAGI::Middleware::Gzip
+    PAGI::Middleware::MethodOverride
+    PAGI::Middleware::RateLimit
+    PAGI::Middleware::RequestId
+    PAGI::Middleware::SecurityHeaders
+    PAGI::Middleware::Static
+    PAGI::Middleware::TrustedProxies
+    PAGI::App::File
+    PAGI::App::Directory
 );
 use_ok($_) for @modules;
 

@@ -232,9 +232,9 @@ subtest 'startup errors: exit code and a clear message' => sub {
     $r = run_cli([ '--port', 'eighty', $HELLO ]);
     is($r->{exit}, 2, 'non-numeric port: exit 2');
 
-    $r = run_cli([]);
-    is($r->{exit}, 2, 'no app: exit 2');
-    like($r->{stderr}, qr/no app given/, 'says no app was given');
+    $r = run_cli(['no-such-app.pl']);
+    is($r->{exit}, 2, 'missing app file: exit 2');
+    like($r->{stderr}, qr/App file not found: no-such-app\.pl/, 'names the missing file');
 };
 
 subtest '--help and --version' => sub {

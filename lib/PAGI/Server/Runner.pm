@@ -31,6 +31,9 @@ it can be tested. C<run> returns the process exit code: 0 after a clean
 shutdown, 2 for anything that stops the server from starting (a bad flag,
 a missing app file, a busy port, a failed lifespan startup), each reported
 as one line on STDERR, and 1 when the server failed while running.
+Without an app (no C<--app>, C<-e> or app argument) it serves the current
+directory with L<PAGI::App::Directory> (PAGI-SPEC 8.3); an app file that
+does not exist is still an error.
 
 One table below lists every flag: it drives both the option parser and
 C<--help>, whose defaults come from the option registry
@@ -61,7 +64,7 @@ my @BOOT_INC = grep { !ref } @INC;
 # A missing default text for an option means: the registry's default.
 my @FLAGS = (
     [ 'App' ],
-    [ 'a|app=s',       'run:app',    'FILE',   'the app: a file returning a code reference (or defining `async sub app`), a .psgi file (a PSGI app, run through PAGI::App::WrapPSGI), or a Module::Name built with key=value arguments; also accepted as the first argument', 'none' ],
+    [ 'a|app=s',       'run:app',    'FILE',   'the app: a file returning a code reference (or defining `async sub app`), a .psgi file (a PSGI app, run through PAGI::App::WrapPSGI), or a Module::Name built with key=value arguments; also accepted as the first argument', 'none: the current directory is served (PAGI::App::Directory)' ],
     [ 'e=s',           'run:eval',   'CODE',   'inline app: Perl code returning the app code reference (-M modules are in scope)', 'none' ],
     [ 'M=s@',          'run:module', 'MODULE[=imports]', 'load MODULE before the app (repeatable)', 'none' ],
     [ 'I|lib=s@',      'run:lib',    'DIR',    'add DIR to @INC (repeatable)', 'none' ],
@@ -276,8 +279,6 @@ sub run {
     $o{app} //= shift @positional unless defined $o{eval};
     $o{app_args} = [ map { [ split /=/, $_, 2 ] } grep {/=/} @argv ];
     print STDERR "pagi-server: ignoring extra argument '$_'\n" for @positional;
-    return _fail(2, 'no app given (pagi-server APP_FILE, --app FILE or -e CODE; see pagi-server --help)')
-        unless defined $o{app} || defined $o{eval};
 
     if ($o{reload} && !$ENV{PAGI_RELOAD_CHILD}) {
         return _fail(2, '--reload and --workers are exclusive') if $server{workers};
@@ -629,6 +630,8 @@ sub _load {
         die "cannot load module $module: $@";
     }
     my $spec = $o{app};
+    # No app at all: browse the current directory (PAGI-SPEC 8.3).
+    return _directory_app() unless defined $spec;
     my $is_file = $spec =~ m{/} || $spec =~ /\.(?:pl|psgi)\z/i || -e $spec
         || $spec !~ /\A[A-Za-z_]\w*(?:::\w+)+\z/;
     return $class->load_psgi($spec) if $is_file && $spec =~ /\.psgi\z/i;
@@ -639,6 +642,11 @@ sub _load {
     my $app = $spec->new(map {@$_} @{ $o{app_args} || [] })->to_app;
     die "$spec->to_app must return a code reference\n" unless ref $app eq 'CODE';
     return $app;
+}
+
+sub _directory_app {
+    require PAGI::App::Directory;
+    return PAGI::App::Directory->new(root => '.')->to_app;
 }
 
 sub _app_dir {

@@ -57,10 +57,11 @@ sub wait_until {
     return 1;
 }
 
-# Forks and execs pagi-server with @args from the distribution root.
+# Forks and execs pagi-server with @args from the distribution root (or
+# from $dir: start_cli's `dir` option).
 # %env overrides the environment (undef deletes); PAGI_ENV is unset unless given.
 sub _spawn {
-    my ($args, $env) = @_;
+    my ($args, $env, $dir) = @_;
     my $out = File::Temp->new;
     my $err = File::Temp->new;
     my $pid = fork // die "fork: $!";
@@ -69,7 +70,7 @@ sub _spawn {
         for my $k (keys %set) {
             if (defined $set{$k}) { $ENV{$k} = $set{$k} } else { delete $ENV{$k} }
         }
-        chdir $ROOT or POSIX::_exit(126);
+        chdir($dir // $ROOT) or POSIX::_exit(126);
         open STDIN, '<', File::Spec->devnull or POSIX::_exit(126);
         open STDOUT, '>', $out->filename or POSIX::_exit(126);
         open STDERR, '>', $err->filename or POSIX::_exit(126);
@@ -101,12 +102,13 @@ sub _port_open {
 # Appends `--host 127.0.0.1 --port N` unless `no_port`; waits up to
 # `timeout` (10) s for the port to accept. If the server exits before that
 # because the chosen port got taken meanwhile, retries once on another port.
+# `dir` runs it in that directory instead of the distribution root.
 sub start_cli {
     my ($args, %opt) = @_;
     for my $attempt (1, 2) {
         my $port = $opt{port} // free_port();
         my @argv = (@$args, ($opt{no_port} ? () : ('--host', '127.0.0.1', '--port', $port)));
-        my $child = _spawn(\@argv, $opt{env});
+        my $child = _spawn(\@argv, $opt{env}, $opt{dir});
         $child->{port} = $port;
         $child->{ready} = wait_until(sub { _exited($child) || _port_open($port) }, $opt{timeout} // 10)
             && !defined $child->{status};
