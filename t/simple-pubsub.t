@@ -1,18 +1,20 @@
 # PAGI::Simple::PubSub: the in-memory implementation of the interface
 # (channels, exclusion, rooms, callback errors), the per-process instance,
 # the interface refusing unimplemented methods, and a replacement backend
-# that WebSocket rooms and SSE channels really go through (over sockets).
+# that WebSocket rooms and SSE channels really go through (in process,
+# through PAGI::Test::Client).
 use strict;
 use warnings;
 use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/lib";
-use PAGI::Test::Server qw(stop_server raw_exchange wait_for);
-use PAGI::Test::Simple qw(serve request);
-use PAGI::Test::WebSocket qw(ws_connect);
+use PAGI::Test::Simple qw(client);
 use PAGI::Simple;
 use PAGI::Simple::PubSub;
 use PAGI::Simple::PubSub::Memory;
+
+local $SIG{ALRM} = sub { die "simple-pubsub.t: timed out\n" };
+alarm 60;
 
 my $hub = PAGI::Simple::PubSub::Memory->new;
 my @got;
@@ -75,19 +77,18 @@ $app->websocket('/ws' => sub ($ws) {
 });
 $app->sse('/events' => sub ($sse) { $sse->subscribe('feed') });
 $app->post('/say' => sub ($c) { $c->text($c->app->sse_publish(feed => 'x')) });
-my ($server, $port) = serve($app);
-my ($c1) = ws_connect($port, path => '/ws')->get;
-my ($c2) = ws_connect($port, path => '/ws')->get;
-ok(wait_for(sub { @{ $rec->room_members('r') } == 2 }, 15), 'both joined through the backend');
+my $client = client($app);
+my $c1 = $client->websocket('/ws');
+my $c2 = $client->websocket('/ws');
+is(scalar @{ $rec->room_members('r') }, 2, 'both joined through the backend');
 $c1->send_text('m');
-my @frames = $c2->next_frames(2, 15)->get;
-is(join(',', map { $_->{payload} } @frames), 'm,m', 'room and route broadcasts delivered by the backend');
-my $stream = raw_exchange($port, "GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n", until => qr/data: x\n\n/, timeout => 15);
-ok(wait_for(sub { $rec->subscribers('sse:feed') == 1 }, 15), 'the SSE stream subscribed through the backend');
-is(request($port, 'POST', '/say', body => '')->{body}, 1, 'sse_publish through the backend');
-like($stream->get, qr/data: x\n\n/, 'reaches the stream');
+is(join(',', map { $c2->receive } 1 .. 2), 'm,m', 'room and route broadcasts delivered by the backend');
+my $stream = $client->sse('/events');
+is($rec->subscribers('sse:feed'), 1, 'the SSE stream subscribed through the backend');
+is($client->post('/say')->content, 1, 'sse_publish through the backend');
+is($stream->next_event->{data}, 'x', 'reaches the stream');
 is(join(',', @Recording::calls), 'room_add r,room_add r,room_send r,publish ws-route:/ws,publish sse:feed',
     'every operation went through the replaceable backend');
-$_->send_close(1000, '') for $c1, $c2;
-stop_server($server);
+$_->close for $c1, $c2, $stream;
+$client->stop;
 done_testing;

@@ -1,13 +1,23 @@
 package PAGI::Test::Simple;
-# Helpers for t/simple-*.t: run a PAGI::Simple app on PAGI::Server in this
-# process (127.0.0.1, port 0) and make one HTTP request per connection with a
-# raw socket, returning the parsed response.
+# Helpers for t/simple-*.t. Most tests drive a PAGI::Simple app in process
+# through PAGI::Test::Client (client); the end-to-end ones run it on
+# PAGI::Server in this process (127.0.0.1, port 0) and make one HTTP request
+# per connection with a raw socket, returning the parsed response (serve,
+# request).
 use strict;
 use warnings;
 use parent 'Exporter';
 use PAGI::Test::Server qw(start_server stop_server raw_exchange parse_responses);
+use PAGI::Test::Client;
 
-our @EXPORT_OK = qw(serve request);
+our @EXPORT_OK = qw(client serve request);
+
+# client($simple_app_or_pagi_coderef, %test_client_options) → PAGI::Test::Client
+sub client {
+    my ($app, %o) = @_;
+    $app = $app->to_app if ref $app ne 'CODE';
+    return PAGI::Test::Client->new(app => $app, %o);
+}
 
 # serve($simple_app_or_pagi_coderef, %server_options) → ($server, $port)
 sub serve {
