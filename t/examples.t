@@ -10,7 +10,7 @@ use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use PAGI::Test::Server qw(parse_responses);    # its import sets the alarm bounding this file
-use PAGI::Test::CLI qw(ROOT start_cli stop_cli http_raw http_get_cli stderr_of);
+use PAGI::Test::CLI qw(ROOT start_cli stop_cli http_raw http_get_cli stderr_of wait_until);
 use PAGI::Test::WebSocket qw(ws_connect ws_open OP_TEXT OP_BINARY);
 use File::Temp ();
 use IO::Select;
@@ -69,6 +69,61 @@ sub post {
         "POST $path HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n$framing"
         . join('', map { "$_\r\n" } @headers) . "\r\n$body"));
     return $r;
+}
+
+sub get {
+    my ($port, $path, @headers) = @_;
+    my ($r) = parse_responses(http_raw($port, "GET $path HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        . join('', map { "$_\r\n" } @headers) . "\r\n"));
+    return $r;
+}
+
+# The session cookie a response sets, as a Cookie header ('' when it sets none).
+sub session_cookie {
+    my ($res) = @_;
+    my ($set) = grep { /^pagi_session=/ } map { $_->[0] eq 'set-cookie' ? $_->[1] : () } @{ $res ? $res->{headers} : [] };
+    return defined $set && $set =~ /^(pagi_session=[^;]+)/ ? "Cookie: $1" : '';
+}
+
+# A multipart/form-data body of [name => value] and [name => {filename, content}].
+sub multipart {
+    my (@parts) = @_;
+    my $boundary = 'ExampleBoundary' . int rand 1e9;
+    my $body = '';
+    while (my ($name, $v) = splice @parts, 0, 2) {
+        $body .= "--$boundary\r\n";
+        $body .= ref $v
+            ? qq{Content-Disposition: form-data; name="$name"; filename="$v->{filename}"\r\nContent-Type: text/plain\r\n\r\n$v->{content}\r\n}
+            : qq{Content-Disposition: form-data; name="$name"\r\n\r\n$v\r\n};
+    }
+    return ("$body--$boundary--\r\n", "Content-Type: multipart/form-data; boundary=$boundary");
+}
+
+# An SSE stream read from a raw socket: ->(\&cond, $timeout) reads until
+# cond(@events) holds; ->() returns the events so far.
+sub sse_stream {
+    my ($port, $path, @headers) = @_;
+    my $sock = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $port, Timeout => 5) or return;
+    syswrite $sock, "GET $path HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+        . join('', map { "$_\r\n" } @headers) . "\r\n";
+    my ($buf, $sel) = ('', IO::Select->new($sock));
+    my $events = sub {
+        my ($b) = $buf =~ /\r\n\r\n(.*)\z/s;
+        # Chunked framing: drop the chunk-size lines between the event bytes.
+        $b = join '', ($b // '') =~ /\G[0-9a-fA-F]+\r\n(.*?)\r\n/gs;
+        sse_events($b);
+    };
+    return sub {
+        my ($cond, $timeout) = @_;
+        return ($events->()) unless $cond;
+        my $deadline = time + $timeout;
+        until ($cond->($events->())) {
+            my $left = $deadline - time;
+            return 0 if $left <= 0 || !$sel->can_read($left);
+            sysread($sock, $buf, 65536, length $buf) or return 0;
+        }
+        return 1;
+    }, $sock, \$buf;
 }
 
 # What to check for each example, by directory; others get a generic GET.
@@ -274,6 +329,168 @@ my %CHECK = (
         is($frame && $frame->{payload}, 'Someone said: hi', 'and the second hears the first');
         is($one->pending, 0, 'nobody hears their own message');
         $_->send_close(1000) for $one, $two;
+    },
+    'simple-02-forms' => sub {
+        my ($child) = @_;
+        my $port = $child->{port};
+        my $head = qq{<!doctype html>\n<meta charset="utf-8">\n<title>PAGI::Simple forms</title>\n<h1>Forms</h1>\n};
+        my $login_form = qq{<form method="post" action="/login">\n<label>Name <input name="name" maxlength="40"></label>\n}
+            . qq{<button>Sign in</button>\n</form>\n};
+        my $signed_in = qq{<p>Signed in as <b class="user">Ada</b>.</p>\n}
+            . qq{<form method="post" action="/logout"><button>Sign out</button></form>\n}
+            . qq{<form method="post" action="/upload" enctype="multipart/form-data">\n}
+            . qq{<label>File <input type="file" name="file"></label>\n}
+            . qq{<label>Note <input name="note" maxlength="200"></label>\n<button>Upload</button>\n</form>\n};
+        my $res = get($port, '/');
+        is($res && $res->{status}, 200, 'GET /: status 200');
+        is($res && $res->{header}{'content-type'}, 'text/html; charset=utf-8', 'an HTML page');
+        is($res && $res->{body}, $head . $login_form, 'with the sign-in form and no flash');
+
+        my $form = 'Content-Type: application/x-www-form-urlencoded';
+        $res = post($port, '/login', 'name=+', $form);
+        is($res && "$res->{status} $res->{header}{location}", '303 /', 'an empty name: 303 back to /');
+        $res = get($port, '/', session_cookie($res));
+        is($res && $res->{body}, $head . qq{<p class="flash error">name: give 1 to 40 printable characters.</p>\n} . $login_form,
+            'the next page says what is wrong with the name');
+
+        $res = post($port, '/login', 'name=Ada', $form);
+        is($res && "$res->{status} $res->{header}{location}", '303 /', 'POST /login: 303 to /');
+        my $cookie = session_cookie($res);
+        like(join("\n", map { $_->[1] } grep { $_->[0] eq 'set-cookie' } @{ $res ? $res->{headers} : [] }),
+            qr/^pagi_session=s1\.[\w-]+\.[\w-]+; path=\/; max-age=\d+; SameSite=Lax; HttpOnly$/m,
+            'sets a signed session cookie, HttpOnly and SameSite=Lax');
+        $res = get($port, '/', $cookie);
+        is($res && $res->{status}, 200, 'GET / with the session: status 200');
+        is($res && $res->{body}, $head . qq{<p class="flash info">Welcome, Ada!</p>\n} . $signed_in,
+            'the flash is shown once, and the user is signed in');
+        my $after_flash = session_cookie($res);
+        ok($after_flash && $after_flash ne $cookie, 'showing the flash rewrites the session cookie');
+        $res = get($port, '/', $after_flash);
+        is($res && $res->{body}, $head . $signed_in, 'the next page has no flash: it was one-shot');
+        $res = get($port, '/', 'Cookie: pagi_session=s1.eyJkIjp7InVzZXIiOiJFdmUifX0.AAAA');
+        is($res && $res->{body}, $head . $login_form, 'a forged cookie is ignored');
+
+        my $content = "line one\nline two\n";
+        my ($body, $type) = multipart(note => 'my <notes>', file => { filename => 'dir/notes.txt', content => $content });
+        $res = post($port, '/upload', $body, $type, $after_flash);
+        is($res && "$res->{status} $res->{header}{location}", '303 /', 'POST /upload (multipart): 303 to /');
+        $res = get($port, '/', session_cookie($res));
+        require Digest::SHA;
+        is($res && $res->{body}, $head . qq{<p class="flash info">Uploaded notes.txt (18 bytes).</p>\n} . $signed_in
+            . qq{<ul class="files">\n<li><a href="/files/1">notes.txt</a> (18 bytes, sha256 } . Digest::SHA::sha256_hex($content)
+            . qq{): my &#60;notes&#62;</li>\n</ul>\n}, 'the flash reports the upload, and the file is listed');
+        $res = get($port, '/files/1', $after_flash);
+        is($res && $res->{status}, 200, 'GET /files/1: status 200');
+        is($res && $res->{body}, $content, 'the uploaded bytes');
+        is($res && $res->{header}{'content-disposition'}, 'attachment; filename="notes.txt"', 'as an attachment');
+        is($res && $res->{header}{'content-type'}, 'application/octet-stream', 'of opaque bytes');
+        $res = get($port, '/files/1');
+        is($res && "$res->{status} $res->{body}", '404 Not Found', 'not without the session');
+
+        ($body, $type) = multipart(note => '', file => { filename => 'big.txt', content => 'x' x (256 * 1024 + 1) });
+        $res = post($port, '/upload', $body, $type, $after_flash);
+        is($res && "$res->{status} $res->{body}", '413 Payload Too Large', 'an upload over 256 KiB: 413');
+        ($body, $type) = multipart(note => 'no file');
+        $res = post($port, '/upload', $body, $type, $after_flash);
+        $res = get($port, '/', session_cookie($res));
+        is($res && $res->{body}, $head . qq{<p class="flash error">file: choose a file to upload.</p>\n} . $signed_in
+            . qq{<ul class="files">\n<li><a href="/files/1">notes.txt</a> (18 bytes, sha256 } . Digest::SHA::sha256_hex($content)
+            . qq{): my &#60;notes&#62;</li>\n</ul>\n}, 'an upload without a file: the flash says so');
+
+        $res = post($port, '/logout', '', $after_flash);
+        is($res && "$res->{status} $res->{header}{location}", '303 /', 'POST /logout: 303 to /');
+        $res = get($port, '/', session_cookie($res));
+        is($res && $res->{body}, $head . qq{<p class="flash info">Signed out.</p>\n} . $login_form, 'signed out, with a flash');
+    },
+    'simple-03-websocket' => sub {
+        my ($child) = @_;
+        my $port = $child->{port};
+        my ($page) = source_of('simple-03-websocket') =~ /^my \$PAGE = <<'HTML';\n(.*?^)HTML\n/ms;
+        my $res = get($port, '/');
+        is($res && $res->{status}, 200, 'GET /: status 200');
+        is($res && $res->{header}{'content-type'}, 'text/html; charset=utf-8', 'an HTML page');
+        is($res && $res->{body}, $page, 'the chat page of the app');
+
+        my ($ada) = eval { ws_connect($port, path => '/chat/lobby?name=Ada')->get };
+        ok($ada, 'Ada joins /chat/lobby') or return diag($@);
+        my $frame = eval { $ada->next_frame(15)->get };
+        is($frame && $frame->{payload}, '{"members":["Ada"],"room":"lobby","type":"members"}', 'and gets the member list');
+        my ($bob) = eval { ws_connect($port, path => '/chat/lobby?name=B%C3%B6b')->get };
+        ok($bob, 'Böb joins too') or return diag($@);
+        $frame = eval { $bob->next_frame(15)->get };
+        is($frame && $frame->{payload}, "{\"members\":[\"Ada\",\"B\xc3\xb6b\"],\"room\":\"lobby\",\"type\":\"members\"}",
+            'Böb gets both names (UTF-8)');
+        $frame = eval { $ada->next_frame(15)->get };
+        is($frame && $frame->{payload}, "{\"members\":[\"Ada\",\"B\xc3\xb6b\"],\"name\":\"B\xc3\xb6b\",\"type\":\"join\"}",
+            'Ada hears that Böb joined');
+        $res = get($port, '/rooms');
+        is($res && "$res->{status} $res->{body}", "200 {\"lobby\":[\"Ada\",\"B\xc3\xb6b\"]}", 'GET /rooms shows who is where');
+
+        $ada->send_text("hi \x{263a}");
+        my $said = "{\"name\":\"Ada\",\"text\":\"hi \xe2\x98\xba\",\"type\":\"message\"}";
+        $frame = eval { $bob->next_frame(15)->get };
+        is($frame && $frame->{payload}, $said, 'a message reaches the other member');
+        $frame = eval { $ada->next_frame(15)->get };
+        is($frame && $frame->{payload}, $said, 'and comes back to the sender');
+
+        my ($dup) = eval { ws_connect($port, path => '/chat/lobby?name=Ada')->get };
+        my $close = $dup && eval { $dup->wait_close(15)->get };
+        is($close && "$close->{code} $close->{reason}", '4409 name: already taken in this room', 'a taken name: closed with 4409');
+        my ($anon) = eval { ws_connect($port, path => '/chat/lobby')->get };
+        $close = $anon && eval { $anon->wait_close(15)->get };
+        is($close && $close->{code}, 4400, 'no name: closed with 4400');
+
+        $bob->send_close(1000);
+        $frame = eval { $ada->next_frame(15)->get };
+        is($frame && $frame->{payload}, "{\"members\":[\"Ada\"],\"name\":\"B\xc3\xb6b\",\"type\":\"leave\"}", 'Ada hears that Böb left');
+        is($ada->pending, 0, 'and nothing else');
+        $ada->send_close(1000);
+        ok(eval { $ada->wait_eof(10)->get; 1 }, 'Ada leaves');
+        ok(wait_until(sub { my $r = get($port, '/rooms'); $r && $r->{body} eq '{}' }, 10), 'then the room is gone from /rooms');
+    },
+    'simple-04-sse' => sub {
+        my ($child) = @_;
+        my $port = $child->{port};
+        my ($page) = source_of('simple-04-sse') =~ /^my \$PAGE = <<'HTML';\n(.*?^)HTML\n/ms;
+        my $res = get($port, '/');
+        is($res && $res->{status}, 200, 'GET /: status 200');
+        is($res && $res->{body}, $page, 'the feed page of the app');
+
+        my ($read, $sock, $buf) = sse_stream($port, '/events/news');
+        ok($read && $read->(sub { grep { ($_->{event} // '') eq 'subscribed' } @_ }, 15), '/events/news opens')
+            or return diag($buf ? $$buf : "connect: $@");
+        like($$buf, qr{\AHTTP/1\.1 200 .*^content-type: text/event-stream\r$}ms, 'status 200, text/event-stream');
+        my ($first) = $read->();
+        is($first->{data}, '{"channels":["news"]}', 'the first event names the channel');
+        ok(!exists $first->{id}, 'and has no id');
+
+        $res = post($port, '/publish/news', "caf\xc3\xa9 news");
+        my ($id) = ($res && $res->{body} // '') =~ /\A\{"channel":"news","id":(\d+),"subscribers":1\}\z/;
+        is($res && $res->{status}, 202, 'POST /publish/news: status 202');
+        ok($id, 'answered with the event id and one subscriber') or diag($res && $res->{body});
+        ok($read->(sub { grep { ($_->{event} // '') eq 'news' } @_ }, 15), 'the news event arrives');
+        my ($news) = grep { ($_->{event} // '') eq 'news' } $read->();
+        is($news && $news->{data}, "caf\xc3\xa9 news", 'with the published text');
+        is($news && $news->{id}, $id, 'and the id POST answered');
+        ok(!grep({ ($_->{event} // '') eq 'tick' } $read->()), 'no ticks on a stream that did not ask for them');
+        close $sock;
+
+        ($read, $sock, $buf) = sse_stream($port, '/events?channel=tick&channel=news', "Last-Event-ID: " . ($id - 1));
+        ok($read && $read->(sub { grep { ($_->{event} // '') eq 'tick' } @_ }, 15), '?channel=tick&channel=news gets ticks')
+            or return diag($buf ? $$buf : "connect: $@");
+        my @events = $read->();
+        is($events[0]{data}, '{"channels":["news","tick"]}', 'subscribed to both');
+        is($events[1] && "$events[1]{event} $events[1]{id} $events[1]{data}", "news $id caf\xc3\xa9 news",
+            'Last-Event-ID replays the missed news event first');
+        my ($tick) = grep { ($_->{event} // '') eq 'tick' } @events;
+        like($tick->{data}, qr/\A\{"n":\d+,"time":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"\}\z/, 'a tick carries n and the time');
+        cmp_ok($tick->{id}, '>', 0, 'and an id');
+        close $sock;
+
+        $res = post($port, '/publish/tick', 'x');
+        is($res && "$res->{status} $res->{body}", '403 {"error":"channel: tick is published by the server"}', 'publishing to tick: 403');
+        $res = post($port, '/publish/news', ' ');
+        is($res && "$res->{status} $res->{body}", '400 {"error":"body: the text to publish is required"}', 'nothing to publish: 400');
     },
     'simple-05-rest' => sub {
         my ($child) = @_;
