@@ -121,6 +121,17 @@ sub mount ($self, $prefix, $app) {
     $self;
 }
 
+# Files under a prefix, tried when no route matched (PAGI::Simple::Static).
+sub static ($self, $prefix, $spec) {
+    Carp::croak("static: prefix '$prefix' must start with '/'") unless $prefix =~ m{\A/};
+    $prefix =~ s{/+\z}{} if $prefix ne '/';
+    $prefix = $self->_full_path($prefix);
+    require PAGI::Simple::Static;
+    push @{ $self->{statics} }, PAGI::Simple::Static->new($prefix, $spec);
+    @{ $self->{statics} } = sort { length $b->prefix <=> length $a->prefix } @{ $self->{statics} };
+    $self;
+}
+
 # Publishing to SSE channels from anywhere (an HTTP route, a timer).
 sub sse_publish ($self, $channel, $data, %opt) {
     $self->pubsub->publish("sse:$channel", PAGI::Simple::SSE::_message($data, %opt));
@@ -293,6 +304,11 @@ async sub _unmatched ($self, $c, $match) {
     if ($match && $match->{allowed}) {
         $c->header(allow => join ', ', @{ $match->{allowed} });
         PAGI::Simple::Abort->throw(405);
+    }
+    for my $static (@{ $self->{statics} || [] }) {
+        my $rest = $static->below($path) // next;
+        my $send = $c->send;
+        return await $static->serve($scope, $c->receive, sub { $c->mark_response_started; $send->(@_) }, $rest);
     }
     PAGI::Simple::Abort->throw(404);
 }
@@ -522,6 +538,19 @@ mounted app with C<root_path> extended by the prefix (C<path> is unchanged,
 as PAGI and ASGI define it; a mounted PAGI::Simple app routes on C<path>
 minus C<root_path>, and WrapPSGI makes that C<PATH_INFO>). Mounts are
 checked before routes, longest prefix first, for all three scope types.
+
+=head2 static
+
+    $app->static('/assets' => 'public');
+    $app->static('/docs' => { root => 'share/docs', index => 'index.html', show_hidden => 0 });
+
+Serves the files of a directory under a prefix, tried only when no route
+matched (a route, or a 405 for another method, wins). The prefix is
+stripped (it joins C<root_path>) and L<PAGI::App::Directory> answers, with
+ETag, Last-Modified, Range, conditional GET, listings, and nothing outside
+C<root>. C<index> (default C<index.html>; C<undef> lists the directory) is
+served for a directory request; names starting with a dot are C<404> unless
+C<show_hidden>. See L<PAGI::Simple::Static>.
 
 =head2 url_for
 
