@@ -53,6 +53,11 @@ skips this stream). Returns the receiver count.
 
 =item on(close => sub {}), on(error => sub ($err) {}), close, is_closed, stash, path_params, param, scope, app
 
+=item query_param($name), query_params($name)
+
+The request's query string: the last value of a name, or all of them
+(decoded as UTF-8, as C<< $c->req >> does).
+
 =back
 
 =cut
@@ -71,6 +76,14 @@ sub app ($self) { $self->{app} }
 sub stash ($self) { $self->{stash} }
 sub path_params ($self) { $self->{path_params} }
 sub param ($self, $n) { $self->{path_params}{$n} }
+# The query string of the request that opened this stream, decoded once.
+sub _query ($self) {
+    require Hash::MultiValue;
+    require PAGI::Simple::Request;
+    $self->{query} //= Hash::MultiValue->new(PAGI::Simple::Request->parse_urlencoded($self->{scope}{query_string}));
+}
+sub query_param ($self, $name)  { scalar $self->_query->get($name) }
+sub query_params ($self, $name) { [ $self->_query->get_all($name) ] }
 sub is_closed ($self) { $self->{closed} ? 1 : 0 }
 sub pubsub ($self) { $self->{app}->pubsub }
 

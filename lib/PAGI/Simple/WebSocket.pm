@@ -51,6 +51,11 @@ C<broadcast_others> is kept as an alias of the two-argument C<broadcast>.
 
 =item stash, param($name), path_params, scope, app, id
 
+=item query_param($name), query_params($name)
+
+The handshake's query string: the last value of a name, or all of them
+(decoded as UTF-8, as C<< $c->req >> does).
+
 =back
 
 Rooms and the route group go through the app's L<PAGI::Simple::PubSub>.
@@ -71,6 +76,14 @@ sub app ($self)         { $self->{app} }
 sub stash ($self)       { $self->{stash} }
 sub path_params ($self) { $self->{path_params} }
 sub param ($self, $name) { $self->{path_params}{$name} }
+# The query string of the request that opened this stream, decoded once.
+sub _query ($self) {
+    require Hash::MultiValue;
+    require PAGI::Simple::Request;
+    $self->{query} //= Hash::MultiValue->new(PAGI::Simple::Request->parse_urlencoded($self->{scope}{query_string}));
+}
+sub query_param ($self, $name)  { scalar $self->_query->get($name) }
+sub query_params ($self, $name) { [ $self->_query->get_all($name) ] }
 sub is_closed ($self)   { $self->{closed} ? 1 : 0 }
 sub pubsub ($self)      { $self->{app}->pubsub }
 
