@@ -604,7 +604,10 @@ and SSE channels, go through C<< $app->pubsub >>.
 
 Signed cookie sessions by default, optionally encrypted or kept server-side;
 see L<PAGI::Simple::Session>. C<< $c->session >> without configured secrets
-dies with a message saying how to configure them.
+dies with a message saying how to configure them. C<< $c->session_clear >>
+ends the session: the response expires the cookie, so values set later in
+the same request are dropped too (to keep a one-shot "signed out" message,
+delete the keys instead of clearing).
 
 =head1 DIFFERENCES FROM THE 2025-12 SEED
 
