@@ -202,7 +202,10 @@ sub _bytes ($s) {
     return utf8::is_utf8($s) ? Encode::encode('UTF-8', $s) : $s;
 }
 
-sub _has_header ($self, $name) { scalar grep { $_->[0] eq $name } @{ $self->{res_headers} } }
+sub _has_header ($self, $name) {
+    for (@{ $self->{res_headers} }) { return 1 if $_->[0] eq $name }
+    return 0;
+}
 
 sub _track ($self, $f) { push @{ $self->{pending} }, $f; $f }
 
@@ -216,19 +219,26 @@ sub _start_event ($self, %extra) {
 sub send_response ($self, $body = '') {
     my $start = $self->_start_event;
     my $bytes = _bytes($body);
-    my $is_head = $self->method eq 'HEAD';
-    my $no_body = $is_head || $self->{status} == 204 || $self->{status} == 304;
+    my $status = $self->{status};
+    my $no_body = ($self->{scope}{method} // 'GET') eq 'HEAD' || $status == 204 || $status == 304;
     push @{ $start->{headers} }, [ 'content-length', length $bytes ]
-        unless $self->{status} == 204 || $self->{status} == 304 || $self->_has_header('content-length');
+        unless $status == 204 || $status == 304 || $self->_has_header('content-length');
     my $send = $self->{send};
-    return $self->_track($send->($start)->then(sub {
-        $send->({ type => 'http.response.body', body => $no_body ? '' : $bytes, more => 0 });
-    }));
+    my $body_event = { type => 'http.response.body', body => $no_body ? '' : $bytes, more => 0 };
+    my $started = $send->($start);
+    # The server usually accepts the start at once: send the body now rather
+    # than through ->then (a closure and a Future less per response).
+    if ($started->is_done) {
+        my $sent = eval { $send->($body_event) } // Future->fail($@);
+        return $self->_track($sent);
+    }
+    return $self->_track($started->then(sub { $send->($body_event) }));
 }
 
 sub _respond ($self, $type, $body, $status) {
     $self->status($status) if defined $status;
-    $self->header('content-type' => $type) unless $self->_has_header('content-type');
+    # $type is one of ours, a valid header value: no need to check it again.
+    push @{ $self->{res_headers} }, [ 'content-type', $type ] unless $self->_has_header('content-type');
     return $self->send_response($body);
 }
 
