@@ -167,13 +167,19 @@ sub _session_manager ($self) {
 
 sub to_app ($self) {
     # A plain sub handing back the handler's Future: one async frame fewer per request.
-    my $app = sub ($scope, $receive, $send) {
+    my $dispatch = sub ($scope, $receive, $send) {
         my $type = $scope->{type} // '';
         return $self->_http($scope, $receive, $send) if $type eq 'http';
         return $self->_websocket($scope, $receive, $send) if $type eq 'websocket';
         return $self->_sse($scope, $receive, $send) if $type eq 'sse';
         return $self->_lifespan($scope, $receive, $send) if $type eq 'lifespan';
-        return Future->fail("Unsupported scope type '$type'\n");
+        die "Unsupported scope type '$type'\n";
+    };
+    # A plain sub rather than an async one, so the usual request needs no
+    # async frame; errors still come back as a failed Future, as from an async sub.
+    my $app = sub ($scope, $receive, $send) {
+        my $f = eval { $dispatch->($scope, $receive, $send) };
+        return $f // Future->fail($@);
     };
     for my $w (reverse @{ $self->{wrappers} }) {
         $app = ref $w eq 'CODE' ? $w->($app) : $w->wrap($app);
@@ -265,32 +271,57 @@ async sub _read_body_rest ($self, $receive, $limit, $body, $next = undef) {
     return ($body, undef);
 }
 
-async sub _http ($self, $scope, $receive, $send) {
+# The usual request finishes without waiting for anything: the body came
+# with the request, the handler sent its response at once and the server
+# took it. That case runs here without an async frame; anything else goes on
+# in _http_run.
+sub _http ($self, $scope, $receive, $send) {
     my $path = _app_path($scope);
     if (my ($app, $inner) = $self->_mounted($scope, $path)) {
-        return await $app->($inner, $receive, $send);
+        return _call_mounted($app, $inner, $receive, $send);
     }
     my $method = $scope->{method} // 'GET';
     my $match = $self->{router}->match($method, $path);
     my $c = PAGI::Simple::Context->new(app => $self, scope => $scope, receive => $receive, send => $send,
         app_path => $path, path_params => $match && $match->{params} ? $match->{params} : {});
+    my $route = $match && $match->{route};
+    return $self->_http_run($c, $match)
+        if !$route || $route->{raw_body} || @{ $route->{mw} } || @{ $self->{hooks}{before} };
+    my @read = $self->_read_body($scope, $receive);
+    return $self->_http_run($c, $match, \@read) if !defined $read[0];
+    $c->{req_body} = $read[0];
+    my $r;
+    my $ok = eval { $r = $route->{handler}->($c); 1 };
+    # A copy: passed as $@ itself, the alias would be cleared on the way in.
+    my $err = $ok ? undef : $@;
+    my $waits = blessed($r) && $r->isa('Future') && !$r->is_done;
+    return Future->done if $ok && !$waits && $c->{started} && !@{ $self->{hooks}{after} } && !_any_pending($c);
+    return $self->_http_after($c, $method, $path, $ok ? $r : undef, $err);
+}
 
+async sub _call_mounted ($app, $scope, $receive, $send) {
+    return await $app->($scope, $receive, $send);
+}
+
+# $read: what _read_body returned, when the caller already called it.
+async sub _http_run ($self, $c, $match, $read = undef) {
+    my $r;
     my $ok = eval {
         if ($match && $match->{route}) {
             my $route = $match->{route};
             unless ($route->{raw_body}) {
-                my ($body, $too_big, $later) = $self->_read_body($scope, $receive);
+                my ($body, $too_big, $later) = $read ? @$read : $self->_read_body($c->{scope}, $c->{receive});
                 ($body, $too_big) = await $later if $later;
                 PAGI::Simple::Abort->throw(413) if $too_big;
-                $c->req->{body} = $body;
+                $c->{req_body} = $body;
+                $c->{req}{body} = $body if $c->{req};
             }
             if (@{ $route->{mw} } || @{ $self->{hooks}{before} }) {
                 await $self->_run_route($c, $route);
             }
             else {
                 # No hooks or middleware: call the handler here, without a chain to build.
-                my $r = $route->{handler}->($c);
-                await $r if blessed($r) && $r->isa('Future');
+                $r = $route->{handler}->($c);
             }
         }
         else {
@@ -298,7 +329,19 @@ async sub _http ($self, $scope, $receive, $send) {
         }
         1;
     };
-    my $err = $@;
+    my $err = $ok ? undef : $@;    # a copy, as in _http
+    await $self->_http_after($c, $c->{scope}{method} // 'GET', $c->{app_path}, $r, $err);
+    return;
+}
+
+# The end of every request: the handler's own Future, errors, sends still in
+# flight, the after hooks. $err is set when the handler died.
+async sub _http_after ($self, $c, $method, $path, $r, $err) {
+    my $ok = !defined $err;
+    if ($ok && blessed($r) && $r->isa('Future')) {
+        $ok = eval { await $r; 1 };
+        $err = $@ unless $ok;
+    }
     await $self->_handle_error($c, $err) unless $ok;
     eval { await Future->wait_all(@{ $c->{pending} }) if _any_pending($c); 1 };
     if (!$c->{started}) {

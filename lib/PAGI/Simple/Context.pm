@@ -122,8 +122,9 @@ sub send ($self)    { $self->{send} }
 sub stash ($self)   { $self->{stash} }
 
 sub req ($self) {
+    # req_body: the body the framework read before the handler (undef for raw_body routes).
     $self->{req} //= PAGI::Simple::Request->new(scope => $self->{scope}, receive => $self->{receive},
-        app_path => $self->{app_path}, path_params => $self->{path_params});
+        app_path => $self->{app_path}, path_params => $self->{path_params}, body => $self->{req_body});
 }
 
 sub method ($self)       { $self->req->method }
