@@ -111,8 +111,7 @@ our %STATUS_TEXT = (
 sub status_text ($class, $code) { $STATUS_TEXT{$code} // 'Unknown Status' }
 
 sub new ($class, %args) {
-    my $self = bless { status => 200, res_headers => [], stash => {}, pending => [], %args }, $class;
-    return $self;
+    return bless { status => 200, res_headers => [], stash => {}, pending => [], %args }, $class;
 }
 
 sub app ($self)     { $self->{app} }
@@ -199,8 +198,8 @@ sub cookie ($self, $name, @rest) {
 }
 
 sub _bytes ($s) {
-    $s //= '';
-    return utf8::is_utf8($s) ? Encode::encode('UTF-8', $s) : $s;
+    return $s // '' unless utf8::is_utf8($s);
+    return Encode::encode('UTF-8', $s);
 }
 
 sub _has_header ($self, $name) {
@@ -210,11 +209,11 @@ sub _has_header ($self, $name) {
 
 sub _track ($self, $f) { push @{ $self->{pending} }, $f; $f }
 
-sub _start_event ($self, %extra) {
+sub _start_event ($self) {
     Carp::croak('Response already started') if $self->{started};
     $self->{started} = 1;
-    $self->app->_session_manager->save($self) if $self->{session};
-    return { type => 'http.response.start', status => $self->{status}, headers => $self->{res_headers}, %extra };
+    $self->{app}->_session_manager->save($self) if $self->{session};
+    return { type => 'http.response.start', status => $self->{status}, headers => $self->{res_headers} };
 }
 
 sub send_response ($self, $body = '') {
