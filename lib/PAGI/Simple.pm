@@ -226,9 +226,11 @@ sub _mounted ($self, $scope, $path) {
     return;
 }
 
-# The body-size limit for this request, and the declared Content-Length (one
-# pass over the headers).
-sub _body_limit ($self, $scope) {
+# Reads the whole body up to the limit. Returns (body, undef), or (undef,
+# 413) when it is too big, or (undef, undef, $future) when the body is not
+# there yet: the Future gives the first two.
+sub _read_body ($self, $scope, $receive) {
+    # The limit depends on the content type; one pass finds it and the declared length.
     my ($type, $declared) = ('');
     for (@{ $scope->{headers} || [] }) {
         my $name = lc $_->[0];
@@ -236,14 +238,6 @@ sub _body_limit ($self, $scope) {
         elsif ($name eq 'content-length') { $declared = $_->[1] }
     }
     my $limit = $type =~ m{\Amultipart/}i ? $self->{max_upload_size} : $self->{max_body_size};
-    return ($limit, $declared);
-}
-
-# Reads the whole body up to the limit. Returns (body, undef), or (undef,
-# 413) when it is too big, or (undef, undef, $future) when the body is not
-# there yet: the Future gives the first two.
-sub _read_body ($self, $scope, $receive) {
-    my ($limit, $declared) = $self->_body_limit($scope);
     return (undef, 413) if defined $declared && $declared =~ /\A\d+\z/ && $limit && $declared > $limit;
     # The usual case: the server hands over the whole body at once, in a
     # Future that is already done, and no event loop round trip is needed.
@@ -282,8 +276,8 @@ sub _http ($self, $scope, $receive, $send) {
     }
     my $method = $scope->{method} // 'GET';
     my $match = $self->{router}->match($method, $path);
-    my $c = PAGI::Simple::Context->new(app => $self, scope => $scope, receive => $receive, send => $send,
-        app_path => $path, path_params => $match && $match->{params} ? $match->{params} : {});
+    my $c = PAGI::Simple::Context->_for_request($self, $scope, $receive, $send, $path,
+        $match && $match->{params} ? $match->{params} : {});
     my $route = $match && $match->{route};
     return $self->_http_run($c, $match)
         if !$route || $route->{raw_body} || @{ $route->{mw} } || @{ $self->{hooks}{before} };

@@ -114,6 +114,12 @@ sub new ($class, %args) {
     return bless { status => 200, res_headers => [], stash => {}, pending => [], %args }, $class;
 }
 
+# What the framework calls once per request: new without the argument list.
+sub _for_request ($class, $app, $scope, $receive, $send, $app_path, $path_params) {
+    return bless { status => 200, res_headers => [], stash => {}, pending => [], app => $app, scope => $scope,
+        receive => $receive, send => $send, app_path => $app_path, path_params => $path_params }, $class;
+}
+
 sub app ($self)     { $self->{app} }
 sub scope ($self)   { $self->{scope} }
 sub receive ($self) { $self->{receive} }

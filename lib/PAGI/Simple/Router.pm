@@ -91,13 +91,6 @@ sub add ($self, $method, $path, $handler, %info) {
     return $route;
 }
 
-sub _captures ($route, $path) {
-    my @values = $path =~ $route->{regex} or return;
-    my %params;
-    @params{ @{ $route->{names} } } = @values if @{ $route->{names} };
-    return \%params;
-}
-
 sub match ($self, $method, $path) {
     my %allowed;
     for my $route (@{ $self->{routes} }) {
@@ -107,7 +100,9 @@ sub match ($self, $method, $path) {
             $params = {};
         }
         else {
-            $params = _captures($route, $path) or next;
+            my @values = $path =~ $route->{regex} or next;
+            $params = {};
+            @$params{ @{ $route->{names} } } = @values if @{ $route->{names} };
         }
         my $rm = $route->{method};
         return { route => $route, params => $params }
