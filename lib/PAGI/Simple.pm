@@ -379,7 +379,7 @@ async sub _maybe_await ($value) {
 
 async sub _run_route ($self, $c, $route) {
     for my $cb (@{ $self->{hooks}{before} }) {
-        await _maybe_await($cb->($c));
+        await _maybe_await(scalar $cb->($c));
         return if $c->{started};
     }
     my @chain = map {
@@ -390,12 +390,12 @@ async sub _run_route ($self, $c, $route) {
         if ($i < @chain) {
             my $next_f;
             my $next = sub { $next_f //= $run->($i + 1) };
-            await _maybe_await($chain[$i]->($c, $next));
+            await _maybe_await(scalar $chain[$i]->($c, $next));
             # Middleware that called $next without returning it still waits for the rest.
             await $next_f if $next_f;
             return;
         }
-        await _maybe_await($route->{handler}->($c));
+        await _maybe_await(scalar $route->{handler}->($c));
     };
     await $run->(0);
     undef $run;
@@ -409,7 +409,7 @@ async sub _handle_error ($self, $c, $err) {
     $c->{status} = $code;
     $c->{res_headers} = [ grep { $_->[0] eq 'allow' || $_->[0] eq 'content-range' } @{ $c->{res_headers} } ];
     if (my $h = $self->{errors}{$code}) {
-        my $ok = eval { await _maybe_await($h->($c, $code == 500 ? $err : $message)); 1 };
+        my $ok = eval { await _maybe_await(scalar $h->($c, $code == 500 ? $err : $message)); 1 };
         return if $ok && $c->{started};
         warn "error handler for $code failed: $@" unless $ok;
         return if $c->{started};
