@@ -167,18 +167,17 @@ sub _session_manager ($self) {
 
 sub to_app ($self) {
     # A plain sub handing back the handler's Future: one async frame fewer per request.
-    my $dispatch = sub ($scope, $receive, $send) {
-        my $type = $scope->{type} // '';
-        return $self->_http($scope, $receive, $send) if $type eq 'http';
-        return $self->_websocket($scope, $receive, $send) if $type eq 'websocket';
-        return $self->_sse($scope, $receive, $send) if $type eq 'sse';
-        return $self->_lifespan($scope, $receive, $send) if $type eq 'lifespan';
-        die "Unsupported scope type '$type'\n";
-    };
     # A plain sub rather than an async one, so the usual request needs no
     # async frame; errors still come back as a failed Future, as from an async sub.
     my $app = sub ($scope, $receive, $send) {
-        my $f = eval { $dispatch->($scope, $receive, $send) };
+        my $f = eval {
+            my $type = $scope->{type} // '';
+            $type eq 'http'        ? $self->_http($scope, $receive, $send)
+            : $type eq 'websocket' ? $self->_websocket($scope, $receive, $send)
+            : $type eq 'sse'       ? $self->_sse($scope, $receive, $send)
+            : $type eq 'lifespan'  ? $self->_lifespan($scope, $receive, $send)
+            :                        die "Unsupported scope type '$type'\n";
+        };
         return $f // Future->fail($@);
     };
     for my $w (reverse @{ $self->{wrappers} }) {
@@ -271,7 +270,7 @@ async sub _read_body_rest ($self, $receive, $limit, $body, $next = undef) {
 # in _http_run.
 sub _http ($self, $scope, $receive, $send) {
     my $path = _app_path($scope);
-    if (my ($app, $inner) = $self->_mounted($scope, $path)) {
+    if (@{ $self->{mounts} } and my ($app, $inner) = $self->_mounted($scope, $path)) {
         return _call_mounted($app, $inner, $receive, $send);
     }
     my $method = $scope->{method} // 'GET';

@@ -234,11 +234,11 @@ sub send_response ($self, $body = '') {
     my $started = $send->($start);
     # The server usually accepts the start at once: send the body now rather
     # than through ->then (a closure and a Future less per response).
-    if ($started->is_done) {
-        my $sent = eval { $send->($body_event) } // Future->fail($@);
-        return $self->_track($sent);
-    }
-    return $self->_track($started->then(sub { $send->($body_event) }));
+    my $sent = $started->is_done
+        ? eval { $send->($body_event) } // Future->fail($@)
+        : $started->then(sub { $send->($body_event) });
+    push @{ $self->{pending} }, $sent;
+    return $sent;
 }
 
 sub _respond ($self, $type, $body, $status) {
