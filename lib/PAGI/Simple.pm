@@ -177,13 +177,19 @@ sub _session_manager ($self) {
 # --- the PAGI app ---
 
 sub to_app ($self) {
-    my $app = async sub ($scope, $receive, $send) {
-        my $type = $scope->{type} // '';
-        return await $self->_http($scope, $receive, $send) if $type eq 'http';
-        return await $self->_websocket($scope, $receive, $send) if $type eq 'websocket';
-        return await $self->_sse($scope, $receive, $send) if $type eq 'sse';
-        return await $self->_lifespan($scope, $receive, $send) if $type eq 'lifespan';
-        die "Unsupported scope type '$type'\n";
+    # A plain sub handing back the handler's Future: one async frame fewer per request.
+    # A plain sub rather than an async one, so the usual request needs no
+    # async frame; errors still come back as a failed Future, as from an async sub.
+    my $app = sub ($scope, $receive, $send) {
+        my $f = eval {
+            my $type = $scope->{type} // '';
+            $type eq 'http'        ? $self->_http($scope, $receive, $send)
+            : $type eq 'websocket' ? $self->_websocket($scope, $receive, $send)
+            : $type eq 'sse'       ? $self->_sse($scope, $receive, $send)
+            : $type eq 'lifespan'  ? $self->_lifespan($scope, $receive, $send)
+            :                        die "Unsupported scope type '$type'\n";
+        };
+        return $f // Future->fail($@);
     };
     for my $w (reverse @{ $self->{wrappers} }) {
         $app = ref $w eq 'CODE' ? $w->($app) : $w->wrap($app);
@@ -221,6 +227,7 @@ sub _app_path ($scope) {
 }
 
 sub _mounted ($self, $scope, $path) {
+    return unless @{ $self->{mounts} };
     for my $m (@{ $self->{mounts} }) {
         my ($prefix, $app) = @$m;
         next unless $path eq $prefix || substr($path, 0, length($prefix) + 1) eq "$prefix/";
@@ -229,21 +236,37 @@ sub _mounted ($self, $scope, $path) {
     return;
 }
 
-sub _header ($scope, $name) {
-    my $v;
-    for (@{ $scope->{headers} || [] }) { $v = $_->[1] if lc $_->[0] eq $name }
-    return $v;
+# Reads the whole body up to the limit. Returns (body, undef), or (undef,
+# 413) when it is too big, or (undef, undef, $future) when the body is not
+# there yet: the Future gives the first two.
+sub _read_body ($self, $scope, $receive) {
+    # The limit depends on the content type; one pass finds it and the declared length.
+    my ($type, $declared) = ('');
+    for (@{ $scope->{headers} || [] }) {
+        my $name = lc $_->[0];
+        if    ($name eq 'content-type')   { $type = $_->[1] }
+        elsif ($name eq 'content-length') { $declared = $_->[1] }
+    }
+    my $limit = $type =~ m{\Amultipart/}i ? $self->{max_upload_size} : $self->{max_body_size};
+    return (undef, 413) if defined $declared && $declared =~ /\A\d+\z/ && $limit && $declared > $limit;
+    # The usual case: the server hands over the whole body at once, in a
+    # Future that is already done, and no event loop round trip is needed.
+    my $first = $receive->();
+    if ($first->is_done) {
+        my $ev = $first->get;
+        return ('', undef) unless ($ev->{type} // '') eq 'http.request';
+        my $body = $ev->{body} // '';
+        return (undef, 413) if $limit && length $body > $limit;
+        return ($body, undef) unless $ev->{more};
+        return (undef, undef, $self->_read_body_rest($receive, $limit, $body));
+    }
+    return (undef, undef, $self->_read_body_rest($receive, $limit, '', $first));
 }
 
-# Reads the whole body up to the limit; the status to answer instead when it is too big.
-async sub _read_body ($self, $scope, $receive) {
-    my $type = _header($scope, 'content-type') // '';
-    my $limit = $type =~ m{\Amultipart/}i ? $self->{max_upload_size} : $self->{max_body_size};
-    my $declared = _header($scope, 'content-length');
-    return (undef, 413) if defined $declared && $declared =~ /\A\d+\z/ && $limit && $declared > $limit;
-    my $body = '';
+async sub _read_body_rest ($self, $receive, $limit, $body, $next = undef) {
     while (1) {
-        my $ev = await $receive->();
+        my $ev = await($next // $receive->());
+        $next = undef;
         last unless ($ev->{type} // '') eq 'http.request';
         $body .= $ev->{body} // '';
         return (undef, 413) if $limit && length $body > $limit;
@@ -252,41 +275,92 @@ async sub _read_body ($self, $scope, $receive) {
     return ($body, undef);
 }
 
-async sub _http ($self, $scope, $receive, $send) {
+# The usual request finishes without waiting for anything: the body came
+# with the request, the handler sent its response at once and the server
+# took it. That case runs here without an async frame; anything else goes on
+# in _http_run.
+sub _http ($self, $scope, $receive, $send) {
     my $path = _app_path($scope);
-    if (my ($app, $inner) = $self->_mounted($scope, $path)) {
-        return await $app->($inner, $receive, $send);
+    if (@{ $self->{mounts} } and my ($app, $inner) = $self->_mounted($scope, $path)) {
+        return _call_mounted($app, $inner, $receive, $send);
     }
     my $method = $scope->{method} // 'GET';
     my $match = $self->{router}->match($method, $path);
-    my $c = PAGI::Simple::Context->new(app => $self, scope => $scope, receive => $receive, send => $send,
-        app_path => $path, path_params => $match && $match->{params} ? $match->{params} : {});
+    my $c = PAGI::Simple::Context->_for_request($self, $scope, $receive, $send, $path,
+        $match && $match->{params} ? $match->{params} : {});
+    my $route = $match && $match->{route};
+    return $self->_http_run($c, $match)
+        if !$route || $route->{raw_body} || @{ $route->{mw} } || @{ $self->{hooks}{before} };
+    my @read = $self->_read_body($scope, $receive);
+    return $self->_http_run($c, $match, \@read) if !defined $read[0];
+    $c->{req_body} = $read[0];
+    my $r;
+    my $ok = eval { $r = $route->{handler}->($c); 1 };
+    # A copy: passed as $@ itself, the alias would be cleared on the way in.
+    my $err = $ok ? undef : $@;
+    my $waits = blessed($r) && $r->isa('Future') && !$r->is_done;
+    return Future->done if $ok && !$waits && $c->{started} && !@{ $self->{hooks}{after} } && !_any_pending($c);
+    return $self->_http_after($c, $method, $path, $ok ? $r : undef, $err);
+}
 
+async sub _call_mounted ($app, $scope, $receive, $send) {
+    return await $app->($scope, $receive, $send);
+}
+
+# $read: what _read_body returned, when the caller already called it.
+async sub _http_run ($self, $c, $match, $read = undef) {
+    my $r;
     my $ok = eval {
         if ($match && $match->{route}) {
             my $route = $match->{route};
             unless ($route->{raw_body}) {
-                my ($body, $too_big) = await $self->_read_body($scope, $receive);
+                my ($body, $too_big, $later) = $read ? @$read : $self->_read_body($c->{scope}, $c->{receive});
+                ($body, $too_big) = await $later if $later;
                 PAGI::Simple::Abort->throw(413) if $too_big;
-                $c->req->{body} = $body;
+                $c->{req_body} = $body;
+                $c->{req}{body} = $body if $c->{req};
             }
-            await $self->_run_route($c, $route);
+            if (@{ $route->{mw} } || @{ $self->{hooks}{before} }) {
+                await $self->_run_route($c, $route);
+            }
+            else {
+                # No hooks or middleware: call the handler here, without a chain to build.
+                $r = $route->{handler}->($c);
+            }
         }
         else {
             await $self->_unmatched($c, $match);
         }
         1;
     };
-    my $err = $@;
+    my $err = $ok ? undef : $@;    # a copy, as in _http
+    await $self->_http_after($c, $c->{scope}{method} // 'GET', $c->{app_path}, $r, $err);
+    return;
+}
+
+# The end of every request: the handler's own Future, errors, sends still in
+# flight, the after hooks. $err is set when the handler died.
+async sub _http_after ($self, $c, $method, $path, $r, $err) {
+    my $ok = !defined $err;
+    if ($ok && blessed($r) && $r->isa('Future')) {
+        $ok = eval { await $r; 1 };
+        $err = $@ unless $ok;
+    }
     await $self->_handle_error($c, $err) unless $ok;
-    eval { await Future->wait_all(@{ $c->{pending} }) if @{ $c->{pending} }; 1 };
+    eval { await Future->wait_all(@{ $c->{pending} }) if _any_pending($c); 1 };
     if (!$c->{started}) {
         # A handler that sent nothing is a bug in the app: say so instead of hanging the client.
         await $self->_handle_error($c, "handler for $method $path returned without sending a response\n");
     }
     for my $cb (@{ $self->{hooks}{after} }) { eval { my $r = $cb->($c); await $r if blessed($r) && $r->isa('Future'); 1 } or warn "after hook failed: $@" }
-    await Future->wait_all(@{ $c->{pending} }) if @{ $c->{pending} };
+    await Future->wait_all(@{ $c->{pending} }) if _any_pending($c);
     return;
+}
+
+# Whether a send the handler started is still in flight (done ones need no wait).
+sub _any_pending ($c) {
+    for (@{ $c->{pending} }) { return 1 unless $_->is_ready }
+    return 0;
 }
 
 # No route: the trailing-slash redirect when enabled, else 405 or 404.
@@ -320,7 +394,7 @@ async sub _maybe_await ($value) {
 
 async sub _run_route ($self, $c, $route) {
     for my $cb (@{ $self->{hooks}{before} }) {
-        await _maybe_await($cb->($c));
+        await _maybe_await(scalar $cb->($c));
         return if $c->{started};
     }
     my @chain = map {
@@ -331,12 +405,12 @@ async sub _run_route ($self, $c, $route) {
         if ($i < @chain) {
             my $next_f;
             my $next = sub { $next_f //= $run->($i + 1) };
-            await _maybe_await($chain[$i]->($c, $next));
+            await _maybe_await(scalar $chain[$i]->($c, $next));
             # Middleware that called $next without returning it still waits for the rest.
             await $next_f if $next_f;
             return;
         }
-        await _maybe_await($route->{handler}->($c));
+        await _maybe_await(scalar $route->{handler}->($c));
     };
     await $run->(0);
     undef $run;
@@ -350,7 +424,7 @@ async sub _handle_error ($self, $c, $err) {
     $c->{status} = $code;
     $c->{res_headers} = [ grep { $_->[0] eq 'allow' || $_->[0] eq 'content-range' } @{ $c->{res_headers} } ];
     if (my $h = $self->{errors}{$code}) {
-        my $ok = eval { await _maybe_await($h->($c, $code == 500 ? $err : $message)); 1 };
+        my $ok = eval { await _maybe_await(scalar $h->($c, $code == 500 ? $err : $message)); 1 };
         return if $ok && $c->{started};
         warn "error handler for $code failed: $@" unless $ok;
         return if $c->{started};

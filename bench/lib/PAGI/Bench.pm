@@ -178,8 +178,9 @@ sub http_get {
 
 sub run_wrk {
     my ($s, $seconds, $connections) = @_;
+    my $path = $s->{path} // '/';
     my @cmd = ('wrk', '-t1', "-c$connections", "-d${seconds}s", '--latency',
-        "http://127.0.0.1:$s->{port}/");
+        "http://127.0.0.1:$s->{port}$path");
     open my $pipe, '-|', @cmd or die "run wrk: $!\n";
     my $raw = do { local $/; <$pipe> } // '';
     close $pipe;
@@ -352,12 +353,13 @@ PAGI::Bench - shared harness for the load scripts in bench/
 
 =head1 DESCRIPTION
 
-Helpers for F<bench/compare-starman.pl>, F<bench/access-log.pl>,
+Helpers for F<bench/compare-starman.pl>, F<bench/compare-simple.pl>, F<bench/access-log.pl>,
 F<bench/ws-echo.pl> and F<bench/sse-fanout.pl>. Nothing is exported by
 default; C<:all> exports everything below.
 
 A server is a hash: C<name>, C<cmd> (array ref; C<%PORT%> is replaced with
-C<port>) and C<log> (file for its output) are set by the caller;
+C<port>), C<log> (file for its output) and optionally C<path> (what
+C<run_wrk> requests) are set by the caller;
 C<start_server> adds C<pid> and C<cmdline>, C<run_rounds> pushes results to
 C<runs>, C<record_rss> sets C<rss>.
 
@@ -431,7 +433,8 @@ INT, TERM and HUP exit with status 130 so the C<END> cleanup runs.
 
 =item run_wrk($s, $seconds, $connections), parse_wrk($raw, $name)
 
-Runs C<wrk -t1 --latency> against C<< $s->{port} >>; returns
+Runs C<wrk -t1 --latency> against C<< $s->{port} >> and C<< $s->{path} >>
+(default C</>); returns
 C<{ rps, p99_ms, requests, raw }>, warning about socket errors and non-2xx.
 
 =item run_rounds(rounds => $n, servers => \@s, run => \&run, report => \&report, flip => $bool, cpu => $bool)

@@ -111,8 +111,13 @@ our %STATUS_TEXT = (
 sub status_text ($class, $code) { $STATUS_TEXT{$code} // 'Unknown Status' }
 
 sub new ($class, %args) {
-    my $self = bless { status => 200, res_headers => [], stash => {}, pending => [], %args }, $class;
-    return $self;
+    return bless { status => 200, res_headers => [], stash => {}, pending => [], %args }, $class;
+}
+
+# What the framework calls once per request: new without the argument list.
+sub _for_request ($class, $app, $scope, $receive, $send, $app_path, $path_params) {
+    return bless { status => 200, res_headers => [], stash => {}, pending => [], app => $app, scope => $scope,
+        receive => $receive, send => $send, app_path => $app_path, path_params => $path_params }, $class;
 }
 
 sub app ($self)     { $self->{app} }
@@ -122,8 +127,9 @@ sub send ($self)    { $self->{send} }
 sub stash ($self)   { $self->{stash} }
 
 sub req ($self) {
+    # req_body: the body the framework read before the handler (undef for raw_body routes).
     $self->{req} //= PAGI::Simple::Request->new(scope => $self->{scope}, receive => $self->{receive},
-        app_path => $self->{app_path}, path_params => $self->{path_params});
+        app_path => $self->{app_path}, path_params => $self->{path_params}, body => $self->{req_body});
 }
 
 sub method ($self)       { $self->req->method }
@@ -198,37 +204,47 @@ sub cookie ($self, $name, @rest) {
 }
 
 sub _bytes ($s) {
-    $s //= '';
-    return utf8::is_utf8($s) ? Encode::encode('UTF-8', $s) : $s;
+    return $s // '' unless utf8::is_utf8($s);
+    return Encode::encode('UTF-8', $s);
 }
 
-sub _has_header ($self, $name) { scalar grep { $_->[0] eq $name } @{ $self->{res_headers} } }
+sub _has_header ($self, $name) {
+    for (@{ $self->{res_headers} }) { return 1 if $_->[0] eq $name }
+    return 0;
+}
 
 sub _track ($self, $f) { push @{ $self->{pending} }, $f; $f }
 
-sub _start_event ($self, %extra) {
+sub _start_event ($self) {
     Carp::croak('Response already started') if $self->{started};
     $self->{started} = 1;
-    $self->app->_session_manager->save($self) if $self->{session};
-    return { type => 'http.response.start', status => $self->{status}, headers => $self->{res_headers}, %extra };
+    $self->{app}->_session_manager->save($self) if $self->{session};
+    return { type => 'http.response.start', status => $self->{status}, headers => $self->{res_headers} };
 }
 
 sub send_response ($self, $body = '') {
     my $start = $self->_start_event;
     my $bytes = _bytes($body);
-    my $is_head = $self->method eq 'HEAD';
-    my $no_body = $is_head || $self->{status} == 204 || $self->{status} == 304;
+    my $status = $self->{status};
+    my $no_body = ($self->{scope}{method} // 'GET') eq 'HEAD' || $status == 204 || $status == 304;
     push @{ $start->{headers} }, [ 'content-length', length $bytes ]
-        unless $self->{status} == 204 || $self->{status} == 304 || $self->_has_header('content-length');
+        unless $status == 204 || $status == 304 || $self->_has_header('content-length');
     my $send = $self->{send};
-    return $self->_track($send->($start)->then(sub {
-        $send->({ type => 'http.response.body', body => $no_body ? '' : $bytes, more => 0 });
-    }));
+    my $body_event = { type => 'http.response.body', body => $no_body ? '' : $bytes, more => 0 };
+    my $started = $send->($start);
+    # The server usually accepts the start at once: send the body now rather
+    # than through ->then (a closure and a Future less per response).
+    my $sent = $started->is_done
+        ? eval { $send->($body_event) } // Future->fail($@)
+        : $started->then(sub { $send->($body_event) });
+    push @{ $self->{pending} }, $sent;
+    return $sent;
 }
 
 sub _respond ($self, $type, $body, $status) {
     $self->status($status) if defined $status;
-    $self->header('content-type' => $type) unless $self->_has_header('content-type');
+    # $type is one of ours, a valid header value: no need to check it again.
+    push @{ $self->{res_headers} }, [ 'content-type', $type ] unless $self->_has_header('content-type');
     return $self->send_response($body);
 }
 

@@ -75,7 +75,9 @@ sub compile ($class, $path) {
             Carp::croak("bad route path '$path' near '$rest'");
         }
     }
-    return { regex => qr/\A$re\z/s, names => \@names, parts => \@parts };
+    # A path without parameters is compared as a string, not by a regex.
+    my $static = @names ? undef : $path;
+    return { regex => qr/\A$re\z/s, names => \@names, parts => \@parts, static => $static };
 }
 
 sub add ($self, $method, $path, $handler, %info) {
@@ -89,17 +91,19 @@ sub add ($self, $method, $path, $handler, %info) {
     return $route;
 }
 
-sub _captures ($route, $path) {
-    my @values = $path =~ $route->{regex} or return;
-    my %params;
-    @params{ @{ $route->{names} } } = @values if @{ $route->{names} };
-    return \%params;
-}
-
 sub match ($self, $method, $path) {
     my %allowed;
     for my $route (@{ $self->{routes} }) {
-        my $params = _captures($route, $path) or next;
+        my $params;
+        if (defined $route->{static}) {
+            next unless $path eq $route->{static};
+            $params = {};
+        }
+        else {
+            my @values = $path =~ $route->{regex} or next;
+            $params = {};
+            @$params{ @{ $route->{names} } } = @values if @{ $route->{names} };
+        }
         my $rm = $route->{method};
         return { route => $route, params => $params }
             if $rm eq '*' || $rm eq $method || ($method eq 'HEAD' && $rm eq 'GET');
