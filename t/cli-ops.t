@@ -390,7 +390,7 @@ subtest 'TLS flags are checked' => sub {
 # changed default or a flag added, renamed or dropped fails this test until it
 # is updated on purpose. undef: no default shown; 'alias of X' for aliases.
 my @HELP_DEFAULTS = (
-    [ '--app' => 'none' ], [ '-e' => 'none' ], [ '-M' => 'none' ], [ '--lib' => 'none' ],
+    [ '--app' => 'none: the current directory is served (PAGI::App::Directory)' ], [ '-e' => 'none' ], [ '-M' => 'none' ], [ '--lib' => 'none' ],
     [ '--server' => 'PAGI::Server' ],
     [ '--env' => 'PAGI_ENV, else development when STDIN is a terminal, else production' ],
     [ '--default-middleware' => 'on' ], [ '--future-xs' => 'off' ], [ '--reload' => 'off' ],
