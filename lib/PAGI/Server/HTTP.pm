@@ -143,6 +143,10 @@ sub _body {
     unless ($more) {
         if   ($self->{trailers}) { $self->{body_ended} = 1 }
         else                     { $self->{state} = 2 }
+        # A final body never waits for drain: the response is over, and its
+        # bytes are bounded by what the app already held (DESIGN 4).
+        $self->{server}->_flush_soon;
+        return $DONE;
     }
     return $self->_after_send($buffered);
 }
