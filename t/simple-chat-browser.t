@@ -16,12 +16,9 @@ use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use PAGI::Test::Server ();    # loads the helpers; the alarm is set below
+use PAGI::Test::Chromium qw(need_chromium start_browser stop_browser cdp browser_log);
 use PAGI::Test::CLI qw(ROOT start_cli stop_cli stderr_of wait_until);
-use Fcntl ();
-use File::Temp ();
-use IO::Select;
 use JSON::PP ();
-use POSIX ();
 use Time::HiRes qw(time sleep);
 
 binmode Test::More->builder->$_, ':encoding(UTF-8)' for qw(output failure_output todo_output);
@@ -29,26 +26,7 @@ binmode Test::More->builder->$_, ':encoding(UTF-8)' for qw(output failure_output
 my $BROWSER_TIMEOUT = 20;    # seconds for Chromium to start and show a page
 my $DOM_TIMEOUT     = 20;    # seconds for a message to reach the other page's DOM
 
-# --- Find Chromium ---------------------------------------------------------
-sub find_chromium {
-    return $ENV{CHROMIUM} if $ENV{CHROMIUM};
-    for my $name (qw(chromium chromium-browser)) {
-        for my $dir (split /:/, $ENV{PATH} // '') {
-            return "$dir/$name" if -x "$dir/$name";
-        }
-    }
-    return -x '/usr/bin/chromium' ? '/usr/bin/chromium' : undef;
-}
-my $CHROMIUM = find_chromium();
-unless ($CHROMIUM && -x $CHROMIUM) {
-    my $why = 'Chromium not found (install Debian\'s chromium, or set CHROMIUM=/path/to/chromium)';
-    if (($ENV{CI} // '') eq 'true') {
-        fail("CI=true and $why: ./setup.sh installs it under CI");
-        done_testing;
-        exit;
-    }
-    plan skip_all => $why;
-}
+need_chromium();
 
 # The whole file is bounded; exit (not the default SIGALRM death) so that the
 # END blocks below still kill Chromium and the server.
@@ -71,91 +49,6 @@ ok($server->{ready}, 'the chat example listens')
 my $port = $server->{port};
 my $url  = "http://127.0.0.1:$port/";
 
-# --- Browser ---------------------------------------------------------------
-sub start_browser {
-    my ($target) = @_;
-    my $profile = File::Temp->newdir('pagi-chromium-XXXXXX', TMPDIR => 1);
-    my $log     = File::Temp->new;
-    pipe(my $cmd_r, my $cmd_w)   or die "pipe: $!";    # test → browser (its fd 3)
-    pipe(my $res_r, my $res_w)   or die "pipe: $!";    # browser → test (its fd 4)
-    my @argv = (
-        $CHROMIUM,
-        '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync',
-        '--user-data-dir=' . $profile->dirname,
-        '--remote-debugging-pipe',
-        $target,
-    );
-    my $pid = fork // die "fork: $!";
-    if (!$pid) {
-        setpgrp(0, 0);    # its own group: Chromium's helpers go down with it
-        open STDIN, '<', '/dev/null';
-        open STDOUT, '>', $log->filename;
-        open STDERR, '>&', \*STDOUT;
-        # fds 3 and 4, inherited across exec (dup2 clears close-on-exec).
-        my ($r, $w) = (fileno $cmd_r, fileno $res_w);
-        $r = POSIX::dup($r) if $r == 4;    # keep dup2(…, 4) from clobbering it
-        POSIX::dup2($r, 3) // POSIX::_exit(126) unless $r == 3;
-        POSIX::dup2($w, 4) // POSIX::_exit(126) unless $w == 4;
-        for my $fd (3, 4) {
-            my $flags = POSIX::fcntl($fd, Fcntl::F_GETFD(), 0);
-            POSIX::fcntl($fd, Fcntl::F_SETFD(), $flags & ~Fcntl::FD_CLOEXEC());
-        }
-        { exec { $argv[0] } @argv }
-        POSIX::_exit(127);
-    }
-    close $cmd_r;
-    close $res_w;
-    $cmd_w->autoflush(1);
-    return { pid => $pid, to => $cmd_w, from => $res_r, buf => '', next_id => 0,
-             log => $log, profile => $profile, argv => \@argv };
-}
-
-sub stop_browser {
-    my ($b) = @_;
-    return if $b->{stopped}++;
-    close $b->{to};
-    close $b->{from};
-    # TERM the group, give it 5 s, then KILL whatever is left of it.
-    kill 'TERM', -$b->{pid};
-    my $deadline = time + 5;
-    my $reaped   = 0;
-    while (time < $deadline) {
-        $reaped ||= waitpid($b->{pid}, POSIX::WNOHANG()) != 0;
-        last if $reaped && !kill 0, -$b->{pid};
-        sleep 0.05;
-    }
-    kill 'KILL', -$b->{pid} if kill 0, -$b->{pid};
-    waitpid $b->{pid}, 0 unless $reaped;
-}
-
-# cdp($browser, $method, \%params, $session) → the result hashref; dies on a
-# protocol error or when no answer comes within $timeout (5) seconds.
-sub cdp {
-    my ($b, $method, $params, $session, $timeout) = @_;
-    my $id = ++$b->{next_id};
-    my %msg = (id => $id, method => $method, params => $params // {});
-    $msg{sessionId} = $session if defined $session;
-    my $bytes = JSON::PP->new->utf8->canonical->encode(\%msg) . "\0";
-    defined syswrite($b->{to}, $bytes) or die "write to Chromium: $!\n";
-    my $sel      = IO::Select->new($b->{from});
-    my $deadline = time + ($timeout // 5);
-    while (1) {
-        while ($b->{buf} =~ s/\A([^\0]*)\0//) {
-            my $reply = JSON::PP->new->utf8->decode($1);
-            next unless defined $reply->{id} && $reply->{id} == $id;    # events, other replies
-            die "$method: $reply->{error}{message}\n" if $reply->{error};
-            return $reply->{result};
-        }
-        my $left = $deadline - time;
-        die "$method: no answer from Chromium within ${\($timeout // 5)} s\n" if $left <= 0;
-        next unless $sel->can_read($left);
-        my $n = sysread $b->{from}, $b->{buf}, 65536, length $b->{buf};
-        die "$method: Chromium closed the DevTools pipe\n" unless $n;
-    }
-}
-
-sub browser_log { $_[0] ? PAGI::Test::CLI::slurp($_[0]{log}->filename) : '' }
 
 $browser = start_browser($url);
 
