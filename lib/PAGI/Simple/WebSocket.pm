@@ -76,14 +76,13 @@ sub app ($self)         { $self->{app} }
 sub stash ($self)       { $self->{stash} }
 sub path_params ($self) { $self->{path_params} }
 sub param ($self, $name) { $self->{path_params}{$name} }
-# The query string of the request that opened this stream, decoded once.
-sub _query ($self) {
-    require Hash::MultiValue;
+# The query string of the request that opened this stream, parsed as $c->req does.
+sub _req ($self) {
     require PAGI::Simple::Request;
-    $self->{query} //= Hash::MultiValue->new(PAGI::Simple::Request->parse_urlencoded($self->{scope}{query_string}));
+    $self->{req} //= PAGI::Simple::Request->new(scope => $self->{scope});
 }
-sub query_param ($self, $name)  { scalar $self->_query->get($name) }
-sub query_params ($self, $name) { [ $self->_query->get_all($name) ] }
+sub query_param ($self, $name)  { $self->_req->query_param($name) }
+sub query_params ($self, $name) { $self->_req->query_params($name) }
 sub is_closed ($self)   { $self->{closed} ? 1 : 0 }
 sub pubsub ($self)      { $self->{app}->pubsub }
 
