@@ -11,6 +11,9 @@ use PAGI::Server::Validate;
 use PAGI::Test::Client::Check;
 use PAGI::Test::Client::Response;
 
+use parent -norequire, 'PAGI::Test::Client::Exchange';
+use PAGI::Test::Client::Exchange ();
+
 our @CARP_NOT = qw(PAGI::Test::Client);
 
 =head1 NAME
@@ -101,26 +104,17 @@ sub _timeout_message {
 
 sub _receive {
     my ($self) = @_;
-    return Future->done(shift @{ $self->{inbox} }) if @{ $self->{inbox} };
-    return Future->done({ type => 'http.disconnect' }) if $self->{state} == 2;
-    return $self->{receive_f} //= $self->{client}->loop->new_future;
+    return $self->_next_inbound($self->{state} == 2 ? { type => 'http.disconnect' } : undef);
 }
 
 sub _send {
     my ($self, $event) = @_;
-    my $problem = ref $event ne 'HASH' ? 'send: the event must be a hash reference'
-                : !defined $event->{type} ? "send: the event has no 'type' field"
-                : !$SEND{ $event->{type} } ? "Unrecognized event type '$event->{type}' for http protocol"
-                : PAGI::Server::Validate->http_event($event);
+    my $problem = $self->_event_problem($event, \%SEND, 'http') // PAGI::Server::Validate->http_event($event);
     unless (defined $problem) {
         my $method = $SEND{ $event->{type} };
         $problem = $self->$method($event);
     }
-    return Future->done unless defined $problem;
-    # The first problem is what the request croaks with, even when the app
-    # catches the failed $send.
-    $self->{problem} //= $problem;
-    return Future->fail("$problem\n", 'pagi');
+    return $self->_answer($problem);
 }
 
 sub _start {

@@ -10,6 +10,9 @@ use Scalar::Util ();
 use PAGI::Test::Client::Check;
 use PAGI::Test::Client::Response;
 
+use parent -norequire, 'PAGI::Test::Client::Exchange';
+use PAGI::Test::Client::Exchange ();
+
 our @CARP_NOT = qw(PAGI::Test::Client);
 
 =head1 NAME
@@ -86,16 +89,6 @@ sub connect {
     return $self;
 }
 
-sub _croak { croak "PAGI::Test::Client: $_[0]{what}: $_[1]" }
-
-sub _croak_problem { $_[0]->_croak($_[0]{problem}) if defined $_[0]{problem} }
-
-sub _croak_app_error {
-    my ($self) = @_;
-    return unless defined $self->{app_error} && $self->{client}{raise_app_errors};
-    $self->_croak("the app died: $self->{app_error}");
-}
-
 sub _app_finished {
     my ($self) = @_;
     my $f = $self->{app_f};
@@ -139,18 +132,13 @@ sub header {
 
 sub _receive {
     my ($self) = @_;
-    return Future->done(shift @{ $self->{inbox} }) if @{ $self->{inbox} };
-    return Future->done({ type => 'sse.disconnect', reason => $self->{disconnect_reason} // 'x-server-closed' })
-        if $self->{state} == 2 || $self->{state} == 4;
-    return $self->{receive_f} //= $self->{client}->loop->new_future;
+    my $over = $self->{state} == 2 || $self->{state} == 4;
+    return $self->_next_inbound($over ? { type => 'sse.disconnect', reason => $self->{disconnect_reason} // 'x-server-closed' } : undef);
 }
 
 sub _send {
     my ($self, $event) = @_;
-    my $problem = ref $event ne 'HASH' ? 'send: the event must be a hash reference'
-                : !defined $event->{type} ? "send: the event has no 'type' field"
-                : !$SEND{ $event->{type} } ? "Unrecognized event type '$event->{type}' for sse protocol"
-                : undef;
+    my $problem = $self->_event_problem($event, \%SEND, 'sse');
     unless (defined $problem) {
         my $type = $event->{type};
         if ($self->{app_closed}) {
@@ -165,9 +153,7 @@ sub _send {
             $problem = $self->$method($event);
         }
     }
-    return Future->done unless defined $problem;
-    $self->{problem} //= $problem;
-    return Future->fail("$problem\n", 'pagi');
+    return $self->_answer($problem);
 }
 
 sub _start {

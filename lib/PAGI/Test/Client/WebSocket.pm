@@ -12,6 +12,9 @@ use PAGI::Test::Client::Check;
 use PAGI::Test::Client::JSON;
 use PAGI::Test::Client::Response;
 
+use parent -norequire, 'PAGI::Test::Client::Exchange';
+use PAGI::Test::Client::Exchange ();
+
 our @CARP_NOT = qw(PAGI::Test::Client);
 
 =head1 NAME
@@ -80,19 +83,6 @@ sub connect {
     return $self;
 }
 
-sub _croak {
-    my ($self, $message) = @_;
-    croak "PAGI::Test::Client: $self->{what}: $message";
-}
-
-sub _croak_problem { $_[0]->_croak($_[0]{problem}) if defined $_[0]{problem} }
-
-sub _croak_app_error {
-    my ($self) = @_;
-    return unless defined $self->{app_error} && $self->{client}{raise_app_errors};
-    $self->_croak("the app died: $self->{app_error}");
-}
-
 sub _app_finished {
     my ($self) = @_;
     my $f = $self->{app_f};
@@ -149,11 +139,9 @@ sub _closed {
 
 sub _receive {
     my ($self) = @_;
-    return Future->done(shift @{ $self->{inbox} }) if @{ $self->{inbox} };
     # After a close either way the app hears the close handshake's code.
-    return Future->done({ type => 'websocket.disconnect', code => $self->{close_code}, reason => $self->{close_reason} })
-        if $self->{state} == 2;
-    return $self->{receive_f} //= $self->{client}->loop->new_future;
+    return $self->_next_inbound($self->{state} == 2
+        ? { type => 'websocket.disconnect', code => $self->{close_code}, reason => $self->{close_reason} } : undef);
 }
 
 sub _deliver {
@@ -164,19 +152,14 @@ sub _deliver {
 
 sub _send {
     my ($self, $event) = @_;
-    my $problem = ref $event ne 'HASH' ? 'send: the event must be a hash reference'
-                : !defined $event->{type} ? "send: the event has no 'type' field"
-                : !$SEND{ $event->{type} } ? "Unrecognized event type '$event->{type}' for websocket protocol"
-                : undef;
+    my $problem = $self->_event_problem($event, \%SEND, 'websocket');
     unless (defined $problem) {
         # Closed: a no-op, as PAGI-SPEC 3.2.2 says for a server.
         return Future->done if $self->{state} == 2 || $self->{state} == 4;
         my $method = $SEND{ $event->{type} };
         $problem = $self->$method($event);
     }
-    return Future->done unless defined $problem;
-    $self->{problem} //= $problem;
-    return Future->fail("$problem\n", 'pagi');
+    return $self->_answer($problem);
 }
 
 sub _accept {
