@@ -12,9 +12,8 @@ use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use PAGI::Test::Server;    # its import sets the alarm bounding this file
-use PAGI::Test::PSGIApps qw(need_modules start_psgi_server stop_psgi_server server_log http_request
-                            multipart curl set_cookie stream_ok);
-use Digest::SHA ();
+use PAGI::Test::PSGIApps qw(form_ok upload_ok need_modules start_psgi_server stop_psgi_server server_log http_request
+                            curl set_cookie stream_ok);
 use File::Temp ();
 
 $SIG{PIPE} = 'IGNORE';
@@ -43,35 +42,9 @@ subtest 'GET: actions, path and query arguments' => sub {
     is($r && $r->{body}, "no action for no/such/action\n", 'with its body');
 };
 
-subtest 'POST form' => sub {
-    my $r = http_request($port, 'POST', '/form', body => 'name=Zo%C3%AB&colour=red&colour=blue',
-        headers => [ 'Content-Type' => 'application/x-www-form-urlencoded' ]);
-    is($r && $r->{status}, 200, 'status 200');
-    is($r && $r->{body}, "name=Zo\xc3\xab\ncolours=red,blue\n", 'the fields, decoded and encoded again as UTF-8');
-};
+subtest 'POST form' => sub { form_ok($port) };
 
-subtest 'file upload through $c->req->upload' => sub {
-    my $bytes = join '', map { chr($_ % 256) . ($_ % 1000 ? '' : "\r\n--\r\n") } 0 .. 299_999;
-    my $expect = "title=holiday photos\nfilename=data.bin\ncontent-type=application/x-test\nsize="
-        . length($bytes) . "\nsha1=" . Digest::SHA::sha1_hex($bytes) . "\n";
-
-    my ($type, $body) = multipart(title => 'holiday photos', file => [ 'data.bin', $bytes, 'application/x-test' ]);
-    my $r = http_request($port, 'POST', '/upload', body => $body, headers => [ 'Content-Type' => $type ]);
-    is($r && $r->{status}, 200, 'a raw multipart request: status 200');
-    is($r && $r->{body}, $expect, 'the upload arrives whole, with its filename, type and other field');
-
-    my $file = File::Temp->new;
-    binmode $file;
-    print {$file} $bytes;
-    close $file;
-    my $c = curl('-F', 'title=holiday photos', '-F', "file=\@$file;filename=data.bin;type=application/x-test",
-        "$base/upload");
-    SKIP: {
-        skip 'the curl command is not installed', 2 if $c->{missing};
-        is($c->{status}, 200, 'with curl -F: status 200');
-        is($c->{body}, $expect, 'the same');
-    }
-};
+subtest 'file upload through $c->req->upload' => sub { upload_ok($port, $base) };
 
 subtest 'cookie session: Session, State::Cookie, Store::FastMmap' => sub {
     my $jar = File::Temp->new;

@@ -15,6 +15,7 @@ use strict;
 use warnings;
 
 use parent 'Exporter';
+use Digest::SHA ();
 use File::Spec;
 use File::Temp ();
 use IO::Select;
@@ -25,7 +26,7 @@ use Time::HiRes qw(time);
 use PAGI::Test::Server ();
 use PAGI::Test::CLI qw(ROOT free_port start_cli stop_cli wait_until slurp);
 
-our @EXPORT_OK = qw(need_modules start_psgi_server stop_psgi_server server_log http_request timed_request
+our @EXPORT_OK = qw(form_ok upload_ok need_modules start_psgi_server stop_psgi_server server_log http_request timed_request
                     multipart curl set_cookie stream_ok APPS);
 
 my $CI = ($ENV{CI} // '') eq 'true';
@@ -264,6 +265,40 @@ sub stream_ok {
         or Test::More::diag(sprintf 'first piece read at %.3f, second written at %s',
             $first_read ? $first_read->[0] : -1, $second // '?');
     return $r;
+}
+
+# The form and upload checks every fixture app answers the same way
+# (t/apps/*: POST /form echoes the fields, POST /upload describes the file).
+sub form_ok {
+    my ($port) = @_;
+    my $r = http_request($port, 'POST', '/form', body => 'name=Zo%C3%AB&colour=red&colour=blue',
+        headers => [ 'Content-Type' => 'application/x-www-form-urlencoded' ]);
+    Test::More::is($r && $r->{status}, 200, 'status 200');
+    Test::More::is($r && $r->{body}, "name=Zo\xc3\xab\ncolours=red,blue\n", 'the fields, decoded and encoded again as UTF-8');
+}
+
+sub upload_ok {
+    my ($port, $base) = @_;
+    my $bytes = join '', map { chr($_ % 256) . ($_ % 1000 ? '' : "\r\n--\r\n") } 0 .. 299_999;
+    my $expect = "title=holiday photos\nfilename=data.bin\ncontent-type=application/x-test\nsize="
+        . length($bytes) . "\nsha1=" . Digest::SHA::sha1_hex($bytes) . "\n";
+
+    my ($type, $body) = multipart(title => 'holiday photos', file => [ 'data.bin', $bytes, 'application/x-test' ]);
+    my $r = http_request($port, 'POST', '/upload', body => $body, headers => [ 'Content-Type' => $type ]);
+    Test::More::is($r && $r->{status}, 200, 'a raw multipart request: status 200');
+    Test::More::is($r && $r->{body}, $expect, 'the upload arrives whole, with its filename, type and other field');
+
+    my $file = File::Temp->new;
+    binmode $file;
+    print {$file} $bytes;
+    close $file;
+    my $c = curl('-F', 'title=holiday photos', '-F', "file=\@$file;filename=data.bin;type=application/x-test",
+        "$base/upload");
+    SKIP: {
+        Test::More::skip('the curl command is not installed', 2) if $c->{missing};
+        Test::More::is($c->{status}, 200, 'with curl -F: status 200');
+        Test::More::is($c->{body}, $expect, 'the same');
+    }
 }
 
 1;
