@@ -208,8 +208,10 @@ sub free_low_port {
     return undef;
 }
 
-subtest '--reuseport with --user: workers bind as the user and serve' => sub {
-    my $child = start_cli([ '--no-access-log', '--workers', 2, '--reuseport', '--user', $user, $app ]);
+# Two reuseport workers serving as $user, each from its own socket.
+sub reuseport_workers_serve_as_user {
+    my (%start) = @_;
+    my $child = start_cli([ '--no-access-log', '--workers', 2, '--reuseport', '--user', $user, $app ], %start);
     ok($child->{ready}, 'pagi-server is up') or return diag(stderr_of($child));
     my %pids;
     ok(wait_until(sub {
@@ -219,21 +221,14 @@ subtest '--reuseport with --user: workers bind as the user and serve' => sub {
     }, 20), 'both workers answer') or diag(stderr_of($child));
     is_deeply([ sort values %pids ], [ $uid, $uid ], "each as $user");
     is(stop_cli($child), 0, 'exit 0 on TERM');
-};
+}
+
+subtest '--reuseport with --user: workers bind as the user and serve' => sub { reuseport_workers_serve_as_user() };
 
 subtest '--reuseport with --user on a port below 1024: the master binds the slots before the drop' => sub {
     my $low = free_low_port();
     ok($low, 'a free port below 1024') or return;
-    my $child = start_cli([ '--no-access-log', '--workers', 2, '--reuseport', '--user', $user, $app ], port => $low);
-    ok($child->{ready}, 'pagi-server is up on the low port') or return diag(stderr_of($child));
-    my %pids;
-    ok(wait_until(sub {
-        my $r = plain_get($child->{port});
-        $pids{ field($r, 'pid') } = field($r, 'euid') if $r && $r->{status} == 200;
-        keys %pids == 2;
-    }, 20), 'both workers answer') or diag(stderr_of($child));
-    is_deeply([ sort values %pids ], [ $uid, $uid ], "each as $user");
-    is(stop_cli($child), 0, 'exit 0 on TERM');
+    reuseport_workers_serve_as_user(port => $low);
 };
 
 done_testing;
