@@ -311,23 +311,21 @@ SKIP: {
         # Two clients that connect and never start their handshake. The kernel
         # queues connections in order, so the engine takes these two first.
         my @silent = map { IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $port) or die $! } 1 .. 2;
-        my $report = in_child(sub {
-            my $s = $tls_client->($port);
-            print {$s} get('/', "Connection: close\r\n");
-            my $got = '';
-            while (1) { my $n = sysread($s, $got, 65536, length $got); last unless $n }
-            return $got;
-        }, 20) // '';
+        # One TLS request, read to the close, from a child process.
+        my $tls_get = sub {
+            in_child(sub {
+                my $s = $tls_client->($port);
+                print {$s} get('/', "Connection: close\r\n");
+                my $got = '';
+                while (1) { my $n = sysread($s, $got, 65536, length $got); last unless $n }
+                return $got;
+            }, 20) // '';
+        };
+        my $report = $tls_get->();
         like($report, qr{\AHTTP/1\.1 503 }, 'the third client gets a 503, over TLS');
         like($report, qr/retry-after: 5/i, 'with Retry-After');
         close $_ for @silent;
-        my $after = in_child(sub {
-            my $s = $tls_client->($port);
-            print {$s} get('/', "Connection: close\r\n");
-            my $got = '';
-            while (1) { my $n = sysread($s, $got, 65536, length $got); last unless $n }
-            return $got;
-        }, 20) // '';
+        my $after = $tls_get->();
         like($after, qr{\AHTTP/1\.1 200 .*served\z}s, 'once they left, a client is served');
         stop_server($server);
     };
