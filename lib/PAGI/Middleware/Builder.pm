@@ -9,6 +9,7 @@ use Carp ();
 use Future;
 use Future::AsyncAwait;
 use Scalar::Util ();
+use PAGI::Middleware ();
 
 our @EXPORT = qw(builder enable enable_if mount);
 
@@ -251,13 +252,8 @@ sub _wrapper {
     return sub { $middleware->wrap($_[0]) };
 }
 
-sub _is_code {
-    my ($value) = @_;
-    return 1 if ref $value eq 'CODE';
-    return Scalar::Util::blessed($value) && overload::Method($value, '&{}') ? 1 : 0;
-}
-
-require overload;
+# A code reference, or an object that overloads calling (PAGI::Middleware's test).
+sub _is_code { PAGI::Middleware::_is_code(@_) }
 
 =head1 SEE ALSO
 
