@@ -5,6 +5,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 const CONNECTS_IN_FLIGHT: usize = 256;
 const MAX_REPORTED_ERRORS: u64 = 5;
+static MISMATCHES_SHOWN: AtomicU64 = AtomicU64::new(0);
 
 struct Config {
     url: String,
@@ -267,7 +269,8 @@ async fn connection(
                 };
                 if is_binary != cfg.binary || payload != message_bytes(id, seq, cfg.size).as_slice() {
                     counts.mismatches += 1;
-                    if counts.mismatches == 1 {
+                    // One line per connection at most, and a few in all.
+                    if counts.mismatches == 1 && MISMATCHES_SHOWN.fetch_add(1, Ordering::Relaxed) < MAX_REPORTED_ERRORS {
                         let shown = String::from_utf8_lossy(&payload[..payload.len().min(40)]).into_owned();
                         eprintln!("ws-load: connection {id}: echo of message {seq} does not match (got {} bytes, {}: {shown:?})",
                             payload.len(), if is_binary { "binary" } else { "text" });
