@@ -19,6 +19,7 @@ my %subscribers;         # key => { queue => [[first, last], ...], owed => batch
 my $next_key    = 0;
 my $seq         = 0;     # id of the last event published
 my $outstanding = 0;     # subscriber-batches still being sent
+my $publish_queued = 0;  # a publish_batch already waits on the loop
 my $loop;
 
 sub publish_batch {
@@ -39,7 +40,12 @@ sub settle {
     my ($sub, $n) = @_;
     $sub->{owed}  -= $n;
     $outstanding -= $n;
-    $loop->later(\&publish_batch) if $outstanding == 0;
+    # One queued publish at most: a new subscriber may publish directly
+    # meanwhile, and several queued publishes would each send a whole batch
+    # in one loop pass.
+    return if $outstanding || $publish_queued;
+    $publish_queued = 1;
+    $loop->later(sub { $publish_queued = 0; publish_batch() });
 }
 
 async sub stream {

@@ -34,8 +34,13 @@ pub enum FileSource<'a> {
     Fd(RawFd),
 }
 
+/// Commands queued on the Perl thread are handed to the IO thread at the
+/// latest when this many wait, whether or not Perl has flushed yet.
+pub const AUTO_FLUSH_COMMANDS: usize = 512;
+
 /// Engine-wide counters plus the event backlog.
 #[derive(Debug, Default, Clone, Copy)]
+
 pub struct Snapshot {
     pub connections_active: u64,
     pub connections_total: u64,
@@ -400,6 +405,12 @@ impl Engine {
             counters.buffered.load(Ordering::Acquire)
         };
         self.pending.push(Command::Request { id, action });
+        // Perl flushes once per wake, but an app that keeps the loop busy
+        // (a burst to many connections, work queued with `later`) could
+        // otherwise hold every command back: hand them over in batches.
+        if self.pending.len() >= AUTO_FLUSH_COMMANDS {
+            self.flush()?;
+        }
         Ok(Sent::Queued(buffered))
     }
 
