@@ -40,10 +40,14 @@ sub settle {
     my ($sub, $n) = @_;
     $sub->{owed}  -= $n;
     $outstanding -= $n;
-    # One queued publish at most: a new subscriber may publish directly
-    # meanwhile, and several queued publishes would each send a whole batch
-    # in one loop pass.
-    return if $outstanding || $publish_queued;
+    schedule_publish() if $outstanding == 0;
+}
+
+# Batches start from the loop, at most one queued: publishing straight from
+# a subscribe or a settle would send a whole batch to everyone inside that
+# call, and a burst of new subscribers would then hold the loop for seconds.
+sub schedule_publish {
+    return if $publish_queued;
     $publish_queued = 1;
     $loop->later(sub { $publish_queued = 0; publish_batch() });
 }
@@ -59,7 +63,7 @@ async sub stream {
         return $ev->{type} eq 'sse.request' ? $receive->() : Future->done($ev);
     });
     $subscribers{$key} = $sub;
-    publish_batch();
+    schedule_publish();
     while (!$gone->is_ready) {
         if (my $batch = shift @{ $sub->{queue} }) {
             my ($first, $last) = @$batch;
