@@ -17,9 +17,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use std::future::poll_fn;
-use crate::server::writer::{poll_io, poll_read_capped, sleep_opt, Io, Writer};
+use crate::server::writer::{poll_io, poll_read_capped, sleep_opt, Io, Writer, HEAD_CHUNK, READ_CHUNK};
 use crate::server::transport::Transport;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Read-ahead allowed while the app is not asking for the body.
@@ -35,7 +35,8 @@ const MAX_LEADING_EMPTY_LINES: usize = 8;
 
 
 enum HeadResult {
-    Head(Head),
+    /// Boxed, so the connection task does not keep room for a head while idle.
+    Head(Box<Head>),
     Refused(u16),
     Closed,
 }
@@ -87,8 +88,8 @@ macro_rules! h1_wire {
 pub struct Conn<S: Transport> {
     ctx: Rc<IoCtx>,
     stream: S,
-    rx: mpsc::UnboundedReceiver<(Id, Action)>,
-    tx: ActionSender,
+    /// Commands from Perl; the registry holds the other reference.
+    inbox: ActionSender,
     phase: watch::Receiver<Phase>,
     rbuf: BytesMut,
     out: Writer,
@@ -106,17 +107,15 @@ pub struct Conn<S: Transport> {
 
 impl<S: Transport> Conn<S> {
     pub fn new(ctx: Rc<IoCtx>, stream: S, client: Option<(String, u16)>, server: (String, Option<u16>), tls: Option<Arc<crate::server::tls::TlsInfo>>) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
         let phase = ctx.phase.clone();
         let counters = Arc::new(ConnCounters::default());
         let shared = ctx.shared.clone();
         Conn {
             ctx,
             stream,
-            rx,
-            tx,
+            inbox: crate::server::ctx::Inbox::new(),
             phase,
-            rbuf: BytesMut::with_capacity(8192),
+            rbuf: BytesMut::new(),
             out: Writer::new(shared, counters.clone()),
             eof: false,
             counters,
@@ -131,24 +130,43 @@ impl<S: Transport> Conn<S> {
     pub async fn serve(mut self) {
         let mut first = true;
         loop {
-            let head = match self.read_head(first).await {
-                HeadResult::Head(h) => h,
+            // Everything but read_head runs boxed: a connection waiting
+            // between requests then holds only read_head's small state.
+            let step = match self.read_head(first).await {
+                HeadResult::Head(head) => self.request_step(*head),
                 HeadResult::Closed => break,
                 HeadResult::Refused(status) => {
                     let server = self.ctx.shared.config.server_header.clone();
                     response::encode_error(self.out.buf(), status, &server);
-                    self.finish_writes().await;
-                    break;
+                    self.refusal_step()
                 }
             };
             first = false;
-            if !self.handle_request(head).await || *self.phase.borrow() != Phase::Running {
+            if !step.await || *self.phase.borrow() != Phase::Running {
                 break;
             }
         }
+        self.close_step().await;
+    }
+
+    fn request_step(&mut self, head: Head) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + '_>> {
+        Box::pin(self.handle_request(head))
+    }
+
+    /// Writes the refusal already encoded; the connection then closes.
+    fn refusal_step(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + '_>> {
+        Box::pin(async move {
+            self.finish_writes().await;
+            false
+        })
+    }
+
+    fn close_step(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>> {
         // A TLS close_notify is a write too: bounded, so a client that stopped
         // reading cannot hold the task.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.stream.shutdown()).await;
+        Box::pin(async move {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.stream.shutdown()).await;
+        })
     }
 
     /// Writes what is queued, bounded by the write stall timer and the end of the grace.
@@ -173,6 +191,12 @@ impl<S: Transport> Conn<S> {
         if first && *self.phase.borrow() != Phase::Running {
             // Accepted from the backlog during shutdown: serve what was already sent, briefly.
             deadline = Some(Instant::now() + std::time::Duration::from_secs(1));
+        }
+        if !first && self.rbuf.is_empty() {
+            // Between requests: hold no buffer memory until the next one comes.
+            self.rbuf = BytesMut::new();
+            self.out.release_idle();
+            self.inbox.release_idle();
         }
         let mut head_started = first;
         let mut empty_lines = 0usize;
@@ -210,7 +234,7 @@ impl<S: Transport> Conn<S> {
                         Ok(Some(raw)) => {
                             let bytes = self.rbuf.split_to(raw.len).freeze();
                             return match raw.finish(&bytes, cfg) {
-                                Ok(h) => HeadResult::Head(h),
+                                Ok(h) => HeadResult::Head(Box::new(h)),
                                 Err(r) => HeadResult::Refused(r.0),
                             };
                         }
@@ -232,7 +256,7 @@ impl<S: Transport> Conn<S> {
             let room = (limit + 1).saturating_sub(self.rbuf.len()).max(1);
             let first_conn = first;
             tokio::select! {
-                r = poll_fn(|cx| poll_read_capped(cx, &mut self.stream, &mut self.rbuf, room)) => match r {
+                r = poll_fn(|cx| poll_read_capped(cx, &mut self.stream, &mut self.rbuf, room, HEAD_CHUNK)) => match r {
                     Ok(0) | Err(_) => self.eof = true,
                     Ok(n) => { self.counters.bytes_read.fetch_add(n as u64, Ordering::Relaxed); }
                 },
@@ -303,7 +327,7 @@ impl<S: Transport> Conn<S> {
             framing: BodyFraming::Empty,
             keep_alive: false,
         };
-        self.ctx.registry.borrow_mut().insert(id, self.tx.clone());
+        self.ctx.registry.borrow_mut().insert(id, self.inbox.clone());
         shared.events.push(Event::Request(Box::new(RequestEvent {
             id,
             kind: match (&ws_key, head.event_stream) {
@@ -359,7 +383,7 @@ impl<S: Transport> Conn<S> {
             ctx: &self.ctx,
             id,
             counters: &self.counters,
-            rx: &mut self.rx,
+            inbox: &self.inbox,
             phase: &mut self.phase,
             out: &mut self.out,
         };
@@ -383,7 +407,7 @@ impl<S: Transport> Conn<S> {
             }
             let want = (n - self.rbuf.len()).max(4096);
             tokio::select! {
-                r = poll_fn(|cx| poll_read_capped(cx, &mut self.stream, &mut self.rbuf, want)) => match r {
+                r = poll_fn(|cx| poll_read_capped(cx, &mut self.stream, &mut self.rbuf, want, READ_CHUNK)) => match r {
                     Ok(m) if m > 0 => {
                         self.counters.bytes_read.fetch_add(m as u64, Ordering::Relaxed);
                     }
@@ -414,6 +438,9 @@ impl<S: Transport> Conn<S> {
             let can_read = !self.eof && (need_body || self.rbuf.len() < PEEK_LIMIT);
             // Without a body request, read only up to PEEK_LIMIT bytes ahead in total.
             let read_limit = if !can_read { 0 } else if need_body { BODY_CHUNK } else { PEEK_LIMIT.saturating_sub(self.rbuf.len()) };
+            // Reading ahead for the next request (no body wanted) grows the
+            // buffer by a head's worth, not a body chunk's.
+            let read_chunk = if need_body { READ_CHUNK } else { HEAD_CHUNK };
             let body_deadline = (need_body && !body_timeout.is_zero()).then(|| last_read + body_timeout);
             let stall_deadline = (!request_timeout.is_zero()).then(|| last_activity + request_timeout);
             let deadline = match (body_deadline, stall_deadline) {
@@ -424,8 +451,8 @@ impl<S: Transport> Conn<S> {
             let tick = ex.response.keepalive_due();
             let woke = tokio::select! {
                 biased;
-                cmd = self.rx.recv() => Woke::Command(cmd.expect("a connection holds its own sender")),
-                io = poll_fn(|cx| poll_io(cx, &mut self.stream, &mut self.out, &mut self.rbuf, read_limit)) => match io {
+                cmd = self.inbox.recv() => Woke::Command(cmd),
+                io = poll_fn(|cx| poll_io(cx, &mut self.stream, &mut self.out, &mut self.rbuf, read_limit, read_chunk)) => match io {
                     Io::Read(r) => Woke::Read(r),
                     Io::Wrote => Woke::Wrote,
                     Io::WriteFailed(_) => Woke::WriteFailed,
@@ -445,9 +472,9 @@ impl<S: Transport> Conn<S> {
                     let mut r = self.apply(ex, cid, action);
                     // After websocket.accept the rest stays queued for the session.
                     while r.is_ok() && ex.response.upgrade.is_none() {
-                        match self.rx.try_recv() {
-                            Ok((cid, action)) => r = self.apply(ex, cid, action),
-                            Err(_) => break,
+                        match self.inbox.try_recv() {
+                            Some((cid, action)) => r = self.apply(ex, cid, action),
+                            None => break,
                         }
                     }
                     r

@@ -6,13 +6,60 @@ use crate::config::Config;
 use crate::seam::event::{Action, Command, Id};
 use crate::seam::queue::EventQueue;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 /// Commands for one stream: (request id, action).
-pub type ActionSender = mpsc::UnboundedSender<(Id, Action)>;
+pub type ActionSender = Rc<Inbox>;
+
+/// A stream's command queue on the IO thread. A tokio channel would do, but
+/// it allocates a block of slots up front that an idle keep-alive
+/// connection would hold for nothing; this holds memory only while
+/// commands wait.
+#[derive(Default)]
+pub struct Inbox {
+    queue: RefCell<VecDeque<(Id, Action)>>,
+    ready: Notify,
+}
+
+impl Inbox {
+    pub fn new() -> Rc<Self> {
+        Rc::new(Self::default())
+    }
+
+    /// Queues a command and wakes the stream.
+    pub fn send(&self, item: (Id, Action)) {
+        self.queue.borrow_mut().push_back(item);
+        self.ready.notify_one();
+    }
+
+    /// The next command, without waiting.
+    pub fn try_recv(&self) -> Option<(Id, Action)> {
+        self.queue.borrow_mut().pop_front()
+    }
+
+    /// The next command. Cancel-safe: the command stays queued until this
+    /// returns it, so a `select!` that drops the future loses nothing.
+    pub async fn recv(&self) -> (Id, Action) {
+        loop {
+            if let Some(item) = self.try_recv() {
+                return item;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// Frees the queue's memory once it is empty (between requests).
+    pub fn release_idle(&self) {
+        let mut q = self.queue.borrow_mut();
+        if q.is_empty() && q.capacity() > 0 {
+            *q = VecDeque::new();
+        }
+    }
+}
 
 /// Counters readable from Perl at any time.
 #[derive(Default, Debug)]

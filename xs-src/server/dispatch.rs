@@ -20,7 +20,7 @@ pub async fn dispatch(ctx: Rc<IoCtx>, deadline: watch::Sender<Option<tokio::time
             match cmd {
                 Command::Request { id, action } => {
                     if let Some(conn) = registry.get(&id) {
-                        let _ = conn.send((id, action));
+                        conn.send((id, action));
                     }
                 }
                 Command::Shutdown { grace } => {

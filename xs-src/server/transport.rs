@@ -16,15 +16,30 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + 'static {
     /// copies them). Ready(Ok(n)) with n > 0 bytes sent; Ok(0) when the
     /// file is shorter than promised.
     fn poll_send_file(&mut self, cx: &mut Context<'_>, file: &std::fs::File, offset: u64, len: u64) -> Option<Poll<io::Result<usize>>>;
+
+    /// Ready once a read would find bytes (or an error), so a connection
+    /// waiting for its next request can hold no read buffer until then.
+    /// Streams with buffers of their own (TLS) are always ready.
+    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl Transport for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+
     fn poll_send_file(&mut self, cx: &mut Context<'_>, file: &std::fs::File, offset: u64, len: u64) -> Option<Poll<io::Result<usize>>> {
         Some(sendfile_step(cx, file, offset, len, self.as_raw_fd(), |cx| self.poll_write_ready(cx), |f| self.try_io(Interest::WRITABLE, f)))
     }
 }
 
 impl Transport for UnixStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        UnixStream::poll_read_ready(self, cx)
+    }
+
     fn poll_send_file(&mut self, cx: &mut Context<'_>, file: &std::fs::File, offset: u64, len: u64) -> Option<Poll<io::Result<usize>>> {
         Some(sendfile_step(cx, file, offset, len, self.as_raw_fd(), |cx| self.poll_write_ready(cx), |f| self.try_io(Interest::WRITABLE, f)))
     }

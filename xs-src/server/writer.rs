@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::ReadBuf;
 use tokio::time::Instant;
 
 /// Writes smaller than this are copied into one buffer (one syscall).
@@ -67,7 +67,7 @@ pub struct Writer {
 impl Writer {
     pub fn new(shared: Arc<Shared>, counters: Arc<ConnCounters>) -> Self {
         Writer {
-            small: BytesMut::with_capacity(4096),
+            small: BytesMut::new(),
             small_counted: 0,
             queue: VecDeque::new(),
             unflushed: false,
@@ -108,6 +108,15 @@ impl Writer {
         self.seal_small();
         if len > 0 {
             self.queue.push_back(Piece::File { file, offset, len });
+        }
+    }
+
+    /// Gives the buffers' memory back while nothing waits to be written:
+    /// an idle keep-alive connection should cost little more than its socket.
+    pub fn release_idle(&mut self) {
+        if self.is_idle() {
+            self.small = BytesMut::new();
+            self.queue = VecDeque::new();
         }
     }
 
@@ -272,13 +281,28 @@ pub async fn sleep_opt(at: Option<Instant>) {
     }
 }
 
+/// How far a body or pipelined read grows the read buffer at a time.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// How far a request-head read grows it: most heads are a few hundred bytes.
+pub const HEAD_CHUNK: usize = 4096;
+
 /// Reads at most `limit` bytes into `buf` (the cap is what bounds
-/// read-ahead). Ready(Ok(0)) is end of stream.
-pub fn poll_read_capped<S: AsyncRead + Unpin>(cx: &mut Context<'_>, stream: &mut S, buf: &mut BytesMut, limit: usize) -> Poll<io::Result<usize>> {
+/// read-ahead), growing `buf` by at most `chunk` first. Ready(Ok(0)) is end
+/// of stream.
+pub fn poll_read_capped<S: Transport>(cx: &mut Context<'_>, stream: &mut S, buf: &mut BytesMut, limit: usize, chunk: usize) -> Poll<io::Result<usize>> {
     if limit == 0 {
         return Poll::Pending;
     }
-    buf.reserve(limit.min(64 * 1024));
+    if buf.capacity() == 0 {
+        // A released buffer (idle keep-alive): allocate only once bytes are there.
+        match stream.poll_read_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    buf.reserve(limit.min(chunk));
     let spare = buf.spare_capacity_mut();
     let take = spare.len().min(limit);
     let mut rb = ReadBuf::uninit(&mut spare[..take]);
@@ -297,14 +321,15 @@ pub fn poll_read_capped<S: AsyncRead + Unpin>(cx: &mut Context<'_>, stream: &mut
 /// One poll of a connection's socket in both directions: output first,
 /// then (if `read_limit` > 0) input. Resolves on the first thing that
 /// happened; cancel-safe, so it can sit in a select with commands.
-pub fn poll_io<S: Transport>(cx: &mut Context<'_>, stream: &mut S, writer: &mut Writer, rbuf: &mut BytesMut, read_limit: usize) -> Poll<Io> {
+/// `read_chunk` is how far the read buffer may grow for this read.
+pub fn poll_io<S: Transport>(cx: &mut Context<'_>, stream: &mut S, writer: &mut Writer, rbuf: &mut BytesMut, read_limit: usize, read_chunk: usize) -> Poll<Io> {
     match writer.poll_write(cx, stream) {
         Poll::Ready(Ok(true)) => return Poll::Ready(Io::Wrote),
         Poll::Ready(Err(e)) => return Poll::Ready(Io::WriteFailed(e)),
         Poll::Ready(Ok(false)) | Poll::Pending => {}
     }
     if read_limit > 0 {
-        if let Poll::Ready(r) = poll_read_capped(cx, stream, rbuf, read_limit) {
+        if let Poll::Ready(r) = poll_read_capped(cx, stream, rbuf, read_limit, read_chunk) {
             return Poll::Ready(Io::Read(r));
         }
     }

@@ -42,7 +42,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -226,7 +226,7 @@ pub struct Session<'a> {
     pub ctx: &'a Rc<IoCtx>,
     pub id: Id,
     pub counters: &'a Arc<ConnCounters>,
-    pub rx: &'a mut mpsc::UnboundedReceiver<(Id, Action)>,
+    pub inbox: &'a crate::server::ctx::Inbox,
     pub phase: &'a mut watch::Receiver<Phase>,
     /// The connection's writer: every byte of the session goes through it.
     pub out: &'a mut Writer,
@@ -236,7 +236,7 @@ impl Session<'_> {
     /// Runs the session to its end and reports it to Perl exactly once.
     /// The caller closes the transport afterwards.
     pub async fn run<S: Transport>(self, stream: &mut S, leftover: Vec<u8>) {
-        let Session { ctx, id, counters, rx, phase, out } = self;
+        let Session { ctx, id, counters, inbox, phase, out } = self;
         let cfg = &ctx.shared.config;
         let config = WebSocketConfig::default()
             .max_message_size(Some(cfg.max_ws_frame_size))
@@ -258,7 +258,7 @@ impl Session<'_> {
             told_app: false,
             last_write: Instant::now(),
         };
-        let exit = live.serve(stream, rx, phase).await;
+        let exit = live.serve(stream, inbox, phase).await;
         live.move_output();
         if !live.told_app {
             // Messages that arrived before the end reach the app before its disconnect.
@@ -292,7 +292,7 @@ struct Live<'a> {
 
 impl Live<'_> {
     /// The session loop: one select over commands, socket IO, the phase and timers.
-    async fn serve<S: Transport>(&mut self, stream: &mut S, rx: &mut mpsc::UnboundedReceiver<(Id, Action)>, phase: &mut watch::Receiver<Phase>) -> Exit {
+    async fn serve<S: Transport>(&mut self, stream: &mut S, inbox: &crate::server::ctx::Inbox, phase: &mut watch::Receiver<Phase>) -> Exit {
         let write_stall = self.ctx.shared.config.timeout;
         let mut draining = false;
         let mut paused_at: Option<Instant> = None;
@@ -320,13 +320,13 @@ impl Live<'_> {
             let out = &mut *self.out;
             let woke = tokio::select! {
                 biased;
-                Some((cid, action)) = rx.recv() => {
+                (cid, action) = inbox.recv() => {
                     if cid != self.id {
                         continue; // a command for a request that already ended
                     }
                     Woke::Command(action)
                 }
-                io = poll_fn(|cx| poll_io(cx, stream, out, &mut pipe.inbound, read_limit)) => Woke::Io(io),
+                io = poll_fn(|cx| poll_io(cx, stream, out, &mut pipe.inbound, read_limit, crate::server::writer::READ_CHUNK)) => Woke::Io(io),
                 p = phase.wait_for(|p| if draining { *p == Phase::Closing } else { *p != Phase::Running }) => {
                     match p.map(|p| *p) {
                         Ok(Phase::Closing) | Err(_) => Woke::Closing,
@@ -342,10 +342,10 @@ impl Live<'_> {
                 Woke::Command(action) => {
                     let mut r = self.apply(action);
                     while r.is_ok() {
-                        match rx.try_recv() {
-                            Ok((cid, action)) if cid == self.id => r = self.apply(action),
-                            Ok(_) => {}
-                            Err(_) => break,
+                        match inbox.try_recv() {
+                            Some((cid, action)) if cid == self.id => r = self.apply(action),
+                            Some(_) => {}
+                            None => break,
                         }
                     }
                     r
