@@ -40,7 +40,7 @@ get '/download' => sub ($c) {
     $c->res->headers->content_length($size);
     my $left = $size / length $CHUNK;
     my $more;
-    $more = sub ($c) {
+    $more = sub ($c, @) {
         return undef $more if $left-- <= 0;    # Content-Length reached: done
         $c->write($CHUNK, $more);
     };
