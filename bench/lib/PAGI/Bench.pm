@@ -17,9 +17,10 @@ our $VERSION = '0.01';
 
 our @EXPORT_OK = qw(
     chdir_repo_root require_tools require_pagi_build in_path
-    free_port start_server stop_all server_died trap_signals wait_ready http_get
+    free_port start_server stop_all server_died trap_signals wait_ready http_get http_request
     run_wrk parse_wrk run_rounds
-    process_tree tree_cpu_ticks tree_rss record_rss rss_total rss_section clock_ticks
+    process_tree tree_cpu_ticks thread_cpu_ticks tree_rss record_rss rss_total rss_section clock_ticks
+    loadavg
     timestamp results_dir host_info save_results slurp median
 );
 our %EXPORT_TAGS = (all => \@EXPORT_OK);
@@ -158,28 +159,59 @@ sub wait_ready {
 # nothing answers.
 sub http_get {
     my ($port, $path) = @_;
-    $path //= '/';
+    return http_request($port, path => $path);
+}
+
+# One request with Connection: close. method (GET), path (/), body, headers
+# (array ref of [name, value]); max_body stops reading once that many body
+# bytes arrived (for endless or huge responses), timeout (5 s) bounds it all.
+# A chunked body is de-chunked as far as it arrived.
+sub http_request {
+    my ($port, %arg) = @_;
+    my $method = $arg{method} // 'GET';
+    my $path   = $arg{path} // '/';
     my $sock = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $port, Timeout => 1)
         or return;
-    print {$sock} "GET $path HTTP/1.1\r\nHost: 127.0.0.1:$port\r\nConnection: close\r\n\r\n";
-    my ($buf, $sel, $deadline) = ('', IO::Select->new($sock), time + 5);
+    my $req = "$method $path HTTP/1.1\r\nHost: 127.0.0.1:$port\r\nConnection: close\r\n";
+    $req .= "$_->[0]: $_->[1]\r\n" for @{ $arg{headers} || [] };
+    $req .= 'Content-Length: ' . length($arg{body}) . "\r\n" if defined $arg{body};
+    $req .= "\r\n" . ($arg{body} // '');
+    print {$sock} $req;
+    my ($buf, $sel, $deadline) = ('', IO::Select->new($sock), time + ($arg{timeout} // 5));
     while (time < $deadline && $sel->can_read(0.5)) {
         sysread($sock, $buf, 65536, length $buf) or last;
+        if (defined $arg{max_body} && (my $at = index $buf, "\r\n\r\n") >= 0) {
+            last if length($buf) - $at - 4 >= $arg{max_body};
+        }
     }
     close $sock;
     my ($head, $body) = split /\r\n\r\n/, $buf, 2;
     return unless defined $head && $head =~ m{^HTTP/1\.[01] (\d{3})};
     my $status = $1;
     my %hdr = map { /^([^:\s]+):\s*(.*)$/ ? (lc $1 => $2) : () } split /\r\n/, $head;
-    return { status => $status, headers => \%hdr, body => $body // '' };
+    $body //= '';
+    if (($hdr{'transfer-encoding'} // '') =~ /chunked/i) {
+        my $plain = '';
+        while ($body =~ s/\A([0-9a-fA-F]+)[^\r\n]*\r\n//) {
+            my $n = hex $1;
+            last if $n == 0;
+            $plain .= substr($body, 0, $n, '');
+            $body =~ s/\A\r\n//;
+        }
+        $plain .= $body if length($body) && $body !~ /\A[0-9a-fA-F]/;    # a partial piece
+        $body = $plain;
+    }
+    $body = substr($body, 0, $arg{max_body}) if defined $arg{max_body} && length $body > $arg{max_body};
+    return { status => $status, headers => \%hdr, body => $body };
 }
 
 # --- Load --------------------------------------------------------------------
 
 sub run_wrk {
-    my ($s, $seconds, $connections) = @_;
+    my ($s, $seconds, $connections, %arg) = @_;
     my $path = $s->{path} // '/';
     my @cmd = ('wrk', '-t1', "-c$connections", "-d${seconds}s", '--latency',
+        ($arg{script} ? ('-s', $arg{script}) : ()),
         "http://127.0.0.1:$s->{port}$path");
     open my $pipe, '-|', @cmd or die "run wrk: $!\n";
     my $raw = do { local $/; <$pipe> } // '';
@@ -247,6 +279,28 @@ sub tree_cpu_ticks {
         $ticks += $f[11] + $f[12];    # utime + stime
     }
     return $ticks;
+}
+
+# [main thread, other threads] utime + stime of one process, from
+# /proc/PID/task: the main thread's TID is the PID. pagi-server runs Perl on
+# the main thread and its Rust engine on the others.
+sub thread_cpu_ticks {
+    my ($pid) = @_;
+    my ($main, $other) = (0, 0);
+    for my $stat (glob "/proc/$pid/task/[0-9]*/stat") {
+        my $line = slurp($stat) // next;
+        my ($tid) = $line =~ /^(\d+)/ or next;
+        $line =~ s/^.*\) //s;
+        my @f = split ' ', $line;
+        if ($tid == $pid) { $main += $f[11] + $f[12] } else { $other += $f[11] + $f[12] }
+    }
+    return [ $main, $other ];
+}
+
+# The 1-, 5- and 15-minute load averages, as /proc/loadavg has them.
+sub loadavg {
+    my $line = slurp('/proc/loadavg') // return 'unknown';
+    return join ' ', (split ' ', $line)[0 .. 2];
 }
 
 sub clock_ticks {
@@ -353,7 +407,7 @@ PAGI::Bench - shared harness for the load scripts in bench/
 
 =head1 DESCRIPTION
 
-Helpers for F<bench/compare-starman.pl>, F<bench/compare-simple.pl>, F<bench/access-log.pl>,
+Helpers for F<bench/run>, F<bench/compare-starman.pl>, F<bench/compare-simple.pl>, F<bench/access-log.pl>,
 F<bench/ws-echo.pl> and F<bench/sse-fanout.pl>. Nothing is exported by
 default; C<:all> exports everything below.
 
@@ -413,6 +467,12 @@ is C<http_get> answering with any status.
 A GET on 127.0.0.1; returns C<{ status, headers, body }> (header names lower
 case) or nothing.
 
+=item http_request($port, method => 'GET', path => '/', body => $bytes, headers => [[n, v]], max_body => $n, timeout => 5)
+
+One request with C<Connection: close>, as C<http_get> answers. C<max_body>
+stops reading after that many body bytes (for streams and huge bodies); a
+chunked body is de-chunked.
+
 =item server_died($s)
 
 True once the server has exited (reaps it).
@@ -431,9 +491,9 @@ INT, TERM and HUP exit with status 130 so the C<END> cleanup runs.
 
 =over
 
-=item run_wrk($s, $seconds, $connections), parse_wrk($raw, $name)
+=item run_wrk($s, $seconds, $connections, script => $lua), parse_wrk($raw, $name)
 
-Runs C<wrk -t1 --latency> against C<< $s->{port} >> and C<< $s->{path} >>
+Runs C<wrk -t1 --latency> (with C<-s $lua> when given) against C<< $s->{port} >> and C<< $s->{path} >>
 (default C</>); returns
 C<{ rps, p99_ms, requests, raw }>, warning about socket errors and non-2xx.
 
@@ -448,6 +508,15 @@ C<flip> reverses the order on even rounds.
 
 The pid and its descendants from F</proc>; their utime + stime in clock
 ticks; ticks per second.
+
+=item thread_cpu_ticks($pid)
+
+C<[main, other]>: CPU ticks of the process's main thread (TID = PID) and of
+all its other threads, from F</proc/PID/task>.
+
+=item loadavg()
+
+The three load averages from F</proc/loadavg>, as one string.
 
 =item tree_rss($pid), record_rss(@s), rss_total($s), rss_section(@s)
 
