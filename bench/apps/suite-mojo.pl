@@ -60,6 +60,7 @@ my %subscribers;
 my $next_key    = 0;
 my $seq         = 0;
 my $outstanding = 0;
+my $publish_queued = 0;
 
 sub publish_batch {
     return if $outstanding || !%subscribers;
@@ -77,7 +78,14 @@ sub publish_batch {
 sub settle ($sub, $n) {
     $sub->{owed}  -= $n;
     $outstanding -= $n;
-    Mojo::IOLoop->next_tick(\&publish_batch) if $outstanding == 0;
+    schedule_publish() if $outstanding == 0;
+}
+
+# Batches start from the loop, one queued at most, as in suite.pl.
+sub schedule_publish {
+    return if $publish_queued;
+    $publish_queued = 1;
+    Mojo::IOLoop->next_tick(sub { $publish_queued = 0; publish_batch() });
 }
 
 get '/sse' => sub ($c) {
@@ -92,7 +100,7 @@ get '/sse' => sub ($c) {
         settle($sub, $sub->{owed}) if $sub->{owed};
     });
     $c->write;
-    publish_batch();
+    schedule_publish();
 };
 
 app->start;

@@ -99,6 +99,7 @@ my %subscribers;
 my $next_key    = 0;
 my $seq         = 0;    # id of the last event published
 my $outstanding = 0;    # subscriber-batches still being sent
+my $publish_queued = 0; # a publish_batch already waits on the loop
 my $loop;
 
 sub publish_batch {
@@ -117,7 +118,16 @@ sub settle {
     my ($sub, $n) = @_;
     $sub->{owed}  -= $n;
     $outstanding -= $n;
-    $loop->later(\&publish_batch) if $outstanding == 0;
+    schedule_publish() if $outstanding == 0;
+}
+
+# Batches start from the loop, one queued at most (as in apps/sse-fanout.pl):
+# a resolved Future runs its subscriber at once, so publishing straight from
+# a subscribe would send a whole batch to everyone inside that call.
+sub schedule_publish {
+    return if $publish_queued;
+    $publish_queued = 1;
+    $loop->later(sub { $publish_queued = 0; publish_batch() });
 }
 
 async sub sse {
@@ -131,7 +141,7 @@ async sub sse {
         return $ev->{type} eq 'sse.request' ? $receive->() : Future->done($ev);
     });
     $subscribers{$key} = $sub;
-    publish_batch();
+    schedule_publish();
     while (!$gone->is_ready) {
         if (my $batch = shift @{ $sub->{queue} }) {
             my ($first, $last) = @$batch;

@@ -85,6 +85,7 @@ class Hub:
         self.subscribers = set()
         self.seq = 0          # id of the last event published
         self.outstanding = 0  # subscriber-batches still being sent
+        self.publish_queued = False
 
     def publish_batch(self):
         if self.outstanding or not self.subscribers:
@@ -101,7 +102,18 @@ class Hub:
         sub.owed -= n
         self.outstanding -= n
         if self.outstanding == 0:
-            asyncio.get_running_loop().call_soon(self.publish_batch)
+            self.schedule_publish()
+
+    def schedule_publish(self):
+        # Batches start from the loop, one queued at most, as in suite.pl.
+        if self.publish_queued:
+            return
+        self.publish_queued = True
+        asyncio.get_running_loop().call_soon(self._publish_now)
+
+    def _publish_now(self):
+        self.publish_queued = False
+        self.publish_batch()
 
 
 class Subscriber:
@@ -127,7 +139,7 @@ async def sse(scope, receive, send):
     sub = Subscriber()
     gone = asyncio.ensure_future(wait_disconnect(receive))
     HUB.subscribers.add(sub)
-    HUB.publish_batch()
+    HUB.schedule_publish()
     try:
         while not gone.done():
             if sub.queue:
