@@ -209,6 +209,233 @@ static IV pn_sent(pTHX_ int rc, const char *method) {
     return rc == PN_OK ? 1 : 0;
 }
 
+
+/* ---- PAGI::Server::HTTP fast path ------------------------------------------
+ * The two events nearly every response is made of (http.response.start and
+ * an in-memory http.response.body) are checked and queued here without a
+ * Perl sub call per step. Anything else, anything unusual, and every case
+ * that must fail goes to the Perl method (PAGI::Server::HTTP::send), which
+ * has the whole set of rules and their messages: this only takes the cases
+ * that method would accept, with the same effects. */
+
+static SV *pn_hv_get(pTHX_ HV *hv, const char *key, I32 klen) {
+    SV **svp = hv_fetch(hv, key, klen, 0);
+    return svp ? *svp : NULL;
+}
+#define PN_GET(hv, key) pn_hv_get(aTHX_ (hv), "" key "", sizeof(key) - 1)
+
+static int pn_true(pTHX_ SV *sv) {
+    return sv && SvTRUE(sv);
+}
+
+static IV pn_iv(pTHX_ SV *sv) {
+    return sv && SvOK(sv) ? SvIV(sv) : 0;
+}
+
+static void pn_set_iv(pTHX_ HV *hv, const char *key, I32 klen, IV v) {
+    SV **svp = hv_fetch(hv, key, klen, 1);
+    if (svp)
+        sv_setiv(*svp, v);
+}
+#define PN_SET(hv, key, v) pn_set_iv(aTHX_ (hv), "" key "", sizeof(key) - 1, (v))
+
+/* A plain byte string (or undef): no reference, no characters above 0xFF. */
+static int pn_plain_bytes(pTHX_ SV *sv) {
+    if (!sv || !SvOK(sv))
+        return 1;
+    if (SvROK(sv) || SvGMAGICAL(sv) || SvUTF8(sv))
+        return 0;
+    return SvPOK(sv) || SvIOK(sv) || SvNOK(sv);
+}
+
+/* headers as the Perl path accepts them without a second look: undef, or an
+ * array of [name, value] pairs of plain byte strings. Fills the scratch array. */
+static int pn_headers_plain(pTHX_ SV *headers, size_t *count) {
+    AV *av;
+    SSize_t i, n;
+    *count = 0;
+    if (!headers || !SvOK(headers))
+        return 1;
+    if (SvGMAGICAL(headers) || !SvROK(headers) || SvTYPE(SvRV(headers)) != SVt_PVAV || SvRMAGICAL(SvRV(headers)))
+        return 0;
+    av = (AV *)SvRV(headers);
+    n = av_len(av) + 1;
+    if ((size_t)n > pn_scratch_cap) {
+        pn_scratch_cap = (size_t)n * 2 + 16;
+        Renew(pn_scratch, pn_scratch_cap, pn_header);
+    }
+    for (i = 0; i < n; i++) {
+        SV **pair = av_fetch(av, i, 0);
+        AV *p;
+        SV **name, **value;
+        STRLEN nl, vl;
+        if (!pair || !SvROK(*pair) || SvTYPE(SvRV(*pair)) != SVt_PVAV || SvRMAGICAL(SvRV(*pair)))
+            return 0;
+        p = (AV *)SvRV(*pair);
+        if (av_len(p) != 1)
+            return 0;
+        name = av_fetch(p, 0, 0);
+        value = av_fetch(p, 1, 0);
+        if (!name || !value || !SvOK(*name) || !SvOK(*value) || !pn_plain_bytes(aTHX_ *name) || !pn_plain_bytes(aTHX_ *value))
+            return 0;
+        pn_scratch[i].name.ptr = SvPV_nomg(*name, nl);
+        pn_scratch[i].name.len = nl;
+        pn_scratch[i].value.ptr = SvPV_nomg(*value, vl);
+        pn_scratch[i].value.len = vl;
+    }
+    *count = (size_t)n;
+    return 1;
+}
+
+/* A status the Perl path accepts: three digits, the first not 0. */
+static int pn_status_plain(pTHX_ SV *sv, IV *status) {
+    STRLEN len;
+    const char *p;
+    if (!sv || !SvOK(sv) || SvROK(sv) || SvGMAGICAL(sv))
+        return 0;
+    p = SvPV_nomg(sv, len);
+    if (len != 3 || p[0] < '1' || p[0] > '9' || p[1] < '0' || p[1] > '9' || p[2] < '0' || p[2] > '9')
+        return 0;
+    *status = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
+    return 1;
+}
+
+static SV *pn_done_future = NULL;
+
+/* PAGI::Server::_flush_soon, without the call when it would return at once. */
+static void pn_flush_soon(pTHX_ HV *self) {
+    SV *in_drain = get_sv("PAGI::Server::IN_DRAIN", 0);
+    SV *server = PN_GET(self, "server");
+    if (in_drain && SvTRUE(in_drain))
+        return;
+    if (!server || !SvROK(server))
+        return;
+    if (pn_true(aTHX_ PN_GET((HV *)SvRV(server), "flush_pending")))
+        return;
+    {
+        dSP;
+        ENTER;
+        SAVETMPS;
+        PUSHMARK(SP);
+        XPUSHs(server);
+        PUTBACK;
+        call_method("_flush_soon", G_DISCARD);
+        FREETMPS;
+        LEAVE;
+    }
+}
+
+/* $self->$method(@args) in scalar context; the result, with a reference of its own. */
+static SV *pn_call_method(pTHX_ SV *self, const char *method, SV *arg) {
+    SV *result;
+    int count;
+    dSP;
+    ENTER;
+    SAVETMPS;
+    PUSHMARK(SP);
+    XPUSHs(self);
+    if (arg)
+        XPUSHs(arg);
+    PUTBACK;
+    count = call_method(method, G_SCALAR);
+    SPAGAIN;
+    result = count > 0 ? newSVsv(POPs) : newSV(0);
+    PUTBACK;
+    FREETMPS;
+    LEAVE;
+    return result;
+}
+
+/* 1 when queued (RETVAL set), 0 when the Perl method must take the event. */
+static int pn_http_send_fast(pTHX_ SV *self_rv, SV *event_rv, SV **retval) {
+    HV *self, *ev, *server;
+    SV *type, *engine_sv, *server_sv;
+    pn_engine *e;
+    UV id;
+    STRLEN tl;
+    const char *t;
+    if (!SvROK(self_rv) || SvTYPE(SvRV(self_rv)) != SVt_PVHV)
+        return 0;
+    if (!event_rv || !SvROK(event_rv) || SvTYPE(SvRV(event_rv)) != SVt_PVHV || SvRMAGICAL(SvRV(event_rv)))
+        return 0;
+    self = (HV *)SvRV(self_rv);
+    ev = (HV *)SvRV(event_rv);
+    server_sv = PN_GET(self, "server");
+    engine_sv = PN_GET(self, "engine");
+    if (!server_sv || !SvROK(server_sv) || !engine_sv || !sv_isobject(engine_sv))
+        return 0;
+    server = (HV *)SvRV(server_sv);
+    if (pn_true(aTHX_ PN_GET(server, "validate_events")) || pn_true(aTHX_ PN_GET(self, "gone")))
+        return 0;
+    e = INT2PTR(pn_engine *, SvIV(SvRV(engine_sv)));
+    if (!e)
+        return 0;
+    id = (UV)pn_iv(aTHX_ PN_GET(self, "id"));
+    type = PN_GET(ev, "type");
+    if (!type || !SvPOK(type) || SvGMAGICAL(type))
+        return 0;
+    t = SvPV_nomg(type, tl);
+    if (pn_done_future == NULL) {
+        pn_done_future = get_sv("PAGI::Server::Scope::DONE", 0);
+        if (!pn_done_future || !SvROK(pn_done_future))
+            return 0;
+        SvREFCNT_inc_simple_void_NN(pn_done_future);
+    }
+    if (tl == 18 && memEQ(t, "http.response.body", 18)) {
+        SV *body = PN_GET(ev, "body");
+        SV *file = PN_GET(ev, "file"), *fh = PN_GET(ev, "fh");
+        STRLEN bl = 0;
+        const char *b = "";
+        size_t buffered = 0;
+        int more, rc;
+        if ((file && SvOK(file)) || (fh && SvOK(fh)) || !pn_plain_bytes(aTHX_ body))
+            return 0;
+        if (pn_iv(aTHX_ PN_GET(self, "state")) != 1 || pn_true(aTHX_ PN_GET(self, "body_ended")) || pn_true(aTHX_ PN_GET(self, "streaming")))
+            return 0;
+        more = pn_true(aTHX_ PN_GET(ev, "more"));
+        if (body && SvOK(body))
+            b = SvPV_nomg(body, bl);
+        rc = pagi_native_http_body(e, id, b, bl, more, &buffered);
+        if (rc == PN_ERROR)
+            return 0;    /* nothing was queued; the Perl path reports it */
+        PN_SET(self, "bytes_sent", pn_iv(aTHX_ PN_GET(self, "bytes_sent")) + (IV)bl);
+        if (!more) {
+            if (pn_true(aTHX_ PN_GET(self, "trailers")))
+                PN_SET(self, "body_ended", 1);
+            else
+                PN_SET(self, "state", 2);
+            pn_flush_soon(aTHX_ self);
+            *retval = newSVsv(pn_done_future);
+            return 1;
+        }
+        if (rc == PN_OK && (IV)buffered >= pn_iv(aTHX_ PN_GET(server, "high_watermark"))) {
+            *retval = pn_call_method(aTHX_ self_rv, "_after_send", sv_2mortal(newSVuv(buffered)));
+            return 1;
+        }
+        pn_flush_soon(aTHX_ self);
+        *retval = newSVsv(pn_done_future);
+        return 1;
+    }
+    if (tl == 19 && memEQ(t, "http.response.start", 19)) {
+        IV status;
+        size_t nh;
+        int rc;
+        if (pn_iv(aTHX_ PN_GET(self, "state")) != 0 || pn_true(aTHX_ PN_GET(ev, "trailers")))
+            return 0;
+        if (!pn_status_plain(aTHX_ PN_GET(ev, "status"), &status) || !pn_headers_plain(aTHX_ PN_GET(ev, "headers"), &nh))
+            return 0;
+        rc = pagi_native_http_start(e, id, status, pn_scratch, nh, 0);
+        if (rc == PN_ERROR)
+            return 0;
+        PN_SET(self, "state", 1);
+        PN_SET(self, "status", status);
+        PN_SET(self, "trailers", 0);
+        *retval = newSVsv(pn_done_future);
+        return 1;
+    }
+    return 0;
+}
+
 MODULE = PAGI::Server::Native    PACKAGE = PAGI::Server::Native
 
 PROTOTYPES: DISABLE
@@ -580,5 +807,19 @@ int
 CLONE_SKIP(...)
   CODE:
     RETVAL = 1;
+  OUTPUT:
+    RETVAL
+
+MODULE = PAGI::Server::Native    PACKAGE = PAGI::Server::HTTP
+
+SV *
+_send_fast(SV *self, SV *event = NULL)
+  CODE:
+    {
+        SV *result = NULL;
+        if (!pn_http_send_fast(aTHX_ self, event, &result))
+            result = pn_call_method(aTHX_ self, "send", event ? event : &PL_sv_undef);
+        RETVAL = result;
+    }
   OUTPUT:
     RETVAL

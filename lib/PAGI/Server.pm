@@ -431,7 +431,12 @@ sub _dispatch_request {
     }
     $req->{t0} = Time::HiRes::time() if $self->{access_log};
     $self->{requests}{$id} = $req;
-    my $f = eval { $self->{app}->($scope, sub { $req->receive }, sub { $req->send(@_) }) };
+    # http scopes send through the XS fast path, which hands every event it
+    # does not take (and every mistake) to PAGI::Server::HTTP::send.
+    my $send = $scope->{type} eq 'http'
+        ? sub { PAGI::Server::HTTP::_send_fast($req, $_[0]) }
+        : sub { $req->send(@_) };
+    my $f = eval { $self->{app}->($scope, sub { $req->receive }, $send) };
     if (!defined $f && $@) {
         $f = Future->fail($@);
     }
