@@ -29,6 +29,9 @@ requires 'CryptX', '0.060';
 
 # Faster loop on Linux; IO::Async picks it up automatically when installed.
 recommends 'IO::Async::Loop::Epoll';
+# Future's C implementation: Future uses it when installed, which makes every
+# await cheaper (Debian 12 does not package it).
+recommends 'Future::XS', '0.09';
 # PAGI::App::File's content types (a built-in table of common types otherwise).
 recommends 'MIME::Types';
 
