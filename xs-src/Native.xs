@@ -189,6 +189,9 @@ static SV *pn_event_sv(pTHX_ const pn_event *ev) {
         av_push(av, reason);
         break;
     }
+    case PN_EV_DONE:
+        av_push(av, newSVnv(ev->at));
+        break;
     case PN_EV_DISCONNECT:
     case PN_EV_FATAL:
         av_push(av, pn_sv(aTHX_ ev->data));
@@ -434,6 +437,78 @@ static int pn_http_send_fast(pTHX_ SV *self_rv, SV *event_rv, SV **retval) {
         return 1;
     }
     return 0;
+}
+
+
+/* websocket.send of a text or byte string after the accept: the one event an
+ * open WebSocket sends over and over. Same rules as _send_message, whose
+ * cases this leaves alone it hands back (0). */
+static int pn_ws_send_fast(pTHX_ SV *self_rv, SV *event_rv, SV **retval) {
+    HV *self, *ev, *server;
+    SV *type, *engine_sv, *server_sv, *text, *bytes;
+    pn_engine *e;
+    UV id;
+    STRLEN tl, dl;
+    const char *t, *d;
+    size_t buffered = 0;
+    int rc, is_text;
+    if (!SvROK(self_rv) || SvTYPE(SvRV(self_rv)) != SVt_PVHV)
+        return 0;
+    if (!event_rv || !SvROK(event_rv) || SvTYPE(SvRV(event_rv)) != SVt_PVHV || SvRMAGICAL(SvRV(event_rv)))
+        return 0;
+    self = (HV *)SvRV(self_rv);
+    ev = (HV *)SvRV(event_rv);
+    type = PN_GET(ev, "type");
+    if (!type || !SvPOK(type) || SvGMAGICAL(type))
+        return 0;
+    t = SvPV_nomg(type, tl);
+    if (tl != 14 || !memEQ(t, "websocket.send", 14))
+        return 0;
+    server_sv = PN_GET(self, "server");
+    engine_sv = PN_GET(self, "engine");
+    if (!server_sv || !SvROK(server_sv) || !engine_sv || !sv_isobject(engine_sv))
+        return 0;
+    server = (HV *)SvRV(server_sv);
+    if (pn_true(aTHX_ PN_GET(self, "gone")) || pn_iv(aTHX_ PN_GET(self, "state")) != 1)
+        return 0;
+    e = INT2PTR(pn_engine *, SvIV(SvRV(engine_sv)));
+    if (!e)
+        return 0;
+    text = PN_GET(ev, "text");
+    bytes = PN_GET(ev, "bytes");
+    if (text && !SvOK(text))
+        text = NULL;
+    if (bytes && !SvOK(bytes))
+        bytes = NULL;
+    if ((text != NULL) == (bytes != NULL))
+        return 0;
+    is_text = text != NULL;
+    if (is_text) {
+        if (SvROK(text) || SvGMAGICAL(text))
+            return 0;
+        d = SvPVutf8(text, dl);     /* characters go out UTF-8 encoded, as ws_send_text does */
+    } else {
+        if (!pn_plain_bytes(aTHX_ bytes))
+            return 0;
+        d = SvPV_nomg(bytes, dl);
+    }
+    if (pn_done_future == NULL) {
+        pn_done_future = get_sv("PAGI::Server::Scope::DONE", 0);
+        if (!pn_done_future || !SvROK(pn_done_future))
+            return 0;
+        SvREFCNT_inc_simple_void_NN(pn_done_future);
+    }
+    id = (UV)pn_iv(aTHX_ PN_GET(self, "id"));
+    rc = pagi_native_ws_send(e, id, d, dl, is_text, &buffered);
+    if (rc == PN_ERROR)
+        return 0;
+    if (rc == PN_OK && (IV)buffered >= pn_iv(aTHX_ PN_GET(server, "high_watermark"))) {
+        *retval = pn_call_method(aTHX_ self_rv, "_after_send", sv_2mortal(newSVuv(buffered)));
+        return 1;
+    }
+    pn_flush_soon(aTHX_ self);
+    *retval = newSVsv(pn_done_future);
+    return 1;
 }
 
 MODULE = PAGI::Server::Native    PACKAGE = PAGI::Server::Native
@@ -818,6 +893,20 @@ _send_fast(SV *self, SV *event = NULL)
     {
         SV *result = NULL;
         if (!pn_http_send_fast(aTHX_ self, event, &result))
+            result = pn_call_method(aTHX_ self, "send", event ? event : &PL_sv_undef);
+        RETVAL = result;
+    }
+  OUTPUT:
+    RETVAL
+
+MODULE = PAGI::Server::Native    PACKAGE = PAGI::Server::WebSocket
+
+SV *
+_send_fast(SV *self, SV *event = NULL)
+  CODE:
+    {
+        SV *result = NULL;
+        if (!pn_ws_send_fast(aTHX_ self, event, &result))
             result = pn_call_method(aTHX_ self, "send", event ? event : &PL_sv_undef);
         RETVAL = result;
     }

@@ -71,6 +71,7 @@ typedef struct {
     pn_str data;                 /* body bytes, disconnect reason, log or fatal message */
     pn_str level;                /* PN_EV_LOG: debug, info, warn or error */
     const pn_request *request;   /* PN_EV_REQUEST only */
+    double at;                   /* PN_EV_DONE: when the response was complete (epoch seconds) */
 } pn_event;
 
 typedef struct {

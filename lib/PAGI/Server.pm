@@ -37,6 +37,8 @@ our $FUTURE_IO = do {
 
 # True while events are being dispatched: commands are flushed once at the end.
 our $IN_DRAIN = 0;
+# Classes whose objects are Futures (they can is_ready), found once per class.
+my %FUTURE_CLASS;
 
 sub new {
     my ($class, %args) = @_;
@@ -330,6 +332,9 @@ sub _dispatch_event {
     }
     elsif ($kind == EV_DONE) {
         my $req = delete $requests->{ $ev->[1] } or return;
+        # The engine's completion time: the event itself may come a
+        # millisecond later, riding along with the next wake.
+        $req->{done_at} = $ev->[2];
         $self->_end_request($req, _ev_done => ());
     }
     elsif ($kind == EV_BODY) {
@@ -376,7 +381,8 @@ sub _end_request {
     my ($self, $req, $method, @args) = @_;
     my $ok = eval { $req->$method(@args); 1 };
     my $error = $@;
-    $self->_access_log($req) if $self->{access_log};
+    # Logged when logging was on as the request arrived (t0 set then).
+    $self->_access_log($req) if $self->{access_log} && defined $req->{t0};
     $self->_callback_error($req, $error) unless $ok;
     $req->_ended;
 }
@@ -431,16 +437,18 @@ sub _dispatch_request {
     }
     $req->{t0} = Time::HiRes::time() if $self->{access_log};
     $self->{requests}{$id} = $req;
-    # http scopes send through the XS fast path, which hands every event it
-    # does not take (and every mistake) to PAGI::Server::HTTP::send.
-    my $send = $scope->{type} eq 'http'
-        ? sub { PAGI::Server::HTTP::_send_fast($req, $_[0]) }
-        : sub { $req->send(@_) };
+    # http and websocket scopes send through an XS fast path, which hands
+    # every event it does not take (and every mistake) to the class's send.
+    my $type = $scope->{type};
+    my $send = $type eq 'http' ? sub { PAGI::Server::HTTP::_send_fast($req, $_[0]) }
+        : $type eq 'websocket' ? sub { PAGI::Server::WebSocket::_send_fast($req, $_[0]) }
+        :                        sub { $req->send(@_) };
     my $f = eval { $self->{app}->($scope, sub { $req->receive }, $send) };
     if (!defined $f && $@) {
         $f = Future->fail($@);
     }
-    if (!blessed $f || !$f->can('is_ready')) {
+    my $class = blessed $f;
+    if (!$class || !($FUTURE_CLASS{$class} //= $f->can('is_ready') ? 1 : 0)) {
         $req->app_finished(Future->done);
     }
     elsif ($f->is_ready) {
@@ -484,7 +492,7 @@ sub _flush_soon {
 sub _access_log {
     my ($self, $req) = @_;
     my $scope = $req->{scope} or return;
-    my $now = Time::HiRes::time();
+    my $now = $req->{done_at} // Time::HiRes::time();
     $self->{log_pending} .= $self->{log_format}->({
         client   => $scope->{client} ? $scope->{client}[0] : undef,
         time     => $now,

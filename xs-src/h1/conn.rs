@@ -360,7 +360,8 @@ impl<S: Transport> Conn<S> {
         self.current.set(0);
         match outcome {
             Outcome::Finished { keep_alive } => {
-                shared.events.push(Event::Done { id });
+                let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+                self.ctx.push_lazy(Event::Done { id, at });
                 keep_alive && self.skip_unread_body(&mut ex).await
             }
             Outcome::Failed(reason) => {

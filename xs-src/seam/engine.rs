@@ -203,7 +203,7 @@ impl Engine {
                 Event::Request(r) => {
                     self.live.insert(r.id, r.counters.clone());
                 }
-                Event::Done { id } | Event::Disconnect { id, .. } | Event::WsDisconnect { id, .. } => {
+                Event::Done { id, .. } | Event::Disconnect { id, .. } | Event::WsDisconnect { id, .. } => {
                     self.live.remove(id);
                 }
                 Event::Stopped | Event::Fatal { .. } => self.stopped = true,

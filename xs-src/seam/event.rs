@@ -85,7 +85,9 @@ pub enum Event {
     /// The response buffer of `id` fell below the low watermark.
     Writable { id: Id },
     /// The response of `id` was completely written; the request is over.
-    Done { id: Id },
+    /// `at`: when the response was complete, seconds since the epoch (the
+    /// event itself may reach Perl a little later, see `IoCtx::push_lazy`).
+    Done { id: Id, at: f64 },
     /// The request `id` ended abnormally.
     Disconnect { id: Id, reason: Reason },
     /// A complete WebSocket message (text is valid UTF-8).

@@ -94,6 +94,8 @@ pub struct PnEvent {
     pub data: PnStr,
     pub level: PnStr,
     pub request: *const PnRequest,
+    /// PN_EV_DONE: when the response was complete (epoch seconds).
+    pub at: f64,
 }
 
 /// `pn_stats`.
@@ -303,7 +305,7 @@ impl Handle {
         }
         let mut request_at = 0;
         for ev in batch {
-            let mut rec = PnEvent { kind: 0, more: 0, id: 0, data: PnStr::EMPTY, level: PnStr::EMPTY, request: ptr::null() };
+            let mut rec = PnEvent { kind: 0, more: 0, id: 0, data: PnStr::EMPTY, level: PnStr::EMPTY, request: ptr::null(), at: 0.0 };
             match ev {
                 Event::Request(r) => {
                     rec.kind = 1;
@@ -326,9 +328,10 @@ impl Handle {
                     rec.id = *id;
                     rec.data = PnStr::of(reason.as_str().as_bytes());
                 }
-                Event::Done { id } => {
+                Event::Done { id, at } => {
                     rec.kind = 5;
                     rec.id = *id;
+                    rec.at = *at;
                 }
                 Event::Stopped => rec.kind = 6,
                 Event::WsMessage { id, data, text } => {

@@ -45,6 +45,20 @@ impl EventQueue {
         self.wake();
     }
 
+    /// Queues an event that need not wake Perl by itself (a finished
+    /// request): it rides along with the next wake. The caller makes sure
+    /// one comes soon ([`EventQueue::wake_if_pending`] from a timer).
+    pub fn push_lazy(&self, event: Event) {
+        self.lock().push_back(event);
+    }
+
+    /// Wakes Perl if events wait and no wake is outstanding.
+    pub fn wake_if_pending(&self) {
+        if !self.lock().is_empty() {
+            self.wake();
+        }
+    }
+
     /// Moves up to `max` events into `out`; re-arms the fd if more remain.
     pub fn drain_into(&self, max: usize, out: &mut Vec<Event>) {
         self.clear_fd();

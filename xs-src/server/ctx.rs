@@ -108,4 +108,29 @@ pub struct IoCtx {
     /// the connections queued before shutdown.
     pub accepting: Cell<usize>,
     pub all_closed: Notify,
+    /// Poked after a lazy event was queued; see [`IoCtx::push_lazy`].
+    pub lazy_events: Notify,
+}
+
+/// How long a lazy event may wait for a wake to ride along with.
+pub const LAZY_EVENT_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
+
+impl IoCtx {
+    /// Queues an event Perl needs soon but not at once (a finished
+    /// request): under load it joins the wake of the next request instead
+    /// of costing the Perl thread a loop iteration of its own; when nothing
+    /// else comes, [`lazy_waker`] wakes Perl within [`LAZY_EVENT_DELAY`].
+    pub fn push_lazy(&self, event: crate::seam::event::Event) {
+        self.shared.events.push_lazy(event);
+        self.lazy_events.notify_one();
+    }
+}
+
+/// The IO thread's task behind [`IoCtx::push_lazy`].
+pub async fn lazy_waker(ctx: Rc<IoCtx>) {
+    loop {
+        ctx.lazy_events.notified().await;
+        tokio::time::sleep(LAZY_EVENT_DELAY).await;
+        ctx.shared.events.wake_if_pending();
+    }
 }

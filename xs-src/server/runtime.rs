@@ -60,7 +60,9 @@ async fn io_main(shared: Arc<Shared>, listeners: Vec<StdListener>) {
         live: Cell::new(0),
         accepting: Cell::new(0),
         all_closed: Notify::new(),
+        lazy_events: Notify::new(),
     });
+    tokio::task::spawn_local(crate::server::ctx::lazy_waker(ctx.clone()));
     for l in listeners {
         match l.into_tokio() {
             Ok(l) => {

@@ -331,7 +331,9 @@ sub app_finished {
 sub _app_outcome {
     my ($self, $f) = @_;
     my $server = $self->{server};
-    if (blessed $f && ($f->is_failed || $f->is_cancelled)) {
+    # A ready Future that is not done failed or was cancelled (one call for
+    # the usual case, a done one).
+    if (blessed $f && !$f->is_done) {
         my $error = $f->is_failed ? ($f->failure)[0] : 'app future was cancelled';
         $error =~ s/\s+\z//;
         $server->_log(error => "PAGI application error: $error ($self->{scope}{method} $self->{scope}{path})");
@@ -398,8 +400,9 @@ sub _ev_done {
     if (my $f = delete $self->{receive_f}) {
         $f->done({%$DISCONNECT});
     }
-    $self->_ev_writable;
-    $self->_run_callbacks(delete $self->{on_complete_cbs});
+    # Most requests never waited for drain nor registered callbacks: no calls then.
+    $self->_ev_writable if $self->{above_high} || $self->{drain_f};
+    if (my $cbs = delete $self->{on_complete_cbs}) { $self->_run_callbacks($cbs) }
     delete $self->{on_disconnect_cbs};
 }
 

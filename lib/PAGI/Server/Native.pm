@@ -220,7 +220,7 @@ events):
     [EV_REQUEST,    $id, $scope, $body]  # $body: the whole body, or undef to pull it
     [EV_BODY,       $id, $bytes, $more]  # answer to want_body
     [EV_WRITABLE,   $id]                 # buffer fell below the low watermark
-    [EV_DONE,       $id]                 # response completely written
+    [EV_DONE,       $id, $at]            # response completely written, at $at (epoch seconds)
     [EV_DISCONNECT, $id, $reason]        # ended abnormally (client_closed, ...)
     [EV_STOPPED,    0]                   # shutdown finished; the IO thread is gone
     [EV_LOG,        0, $level, $message]
@@ -234,7 +234,9 @@ scheme C<ws>); answer it with L</ws_accept> or refuse it. Otherwise
 C<$scope> is a PAGI http scope (type, pagi, http_version, method, scheme,
 path, raw_path, query_string, root_path, headers, client, server). Every
 request gets exactly one of C<EV_DONE> or C<EV_DISCONNECT>; ids are never
-reused.
+reused. C<EV_DONE> does not wake the notifier by itself: it comes with the
+next wake, at most about a millisecond later (under load, with the next
+request), and C<$at> says when the response was actually complete.
 
 =head2 respond_full
 

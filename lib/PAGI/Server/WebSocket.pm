@@ -108,18 +108,21 @@ C<websocket.http.response.start> / C<websocket.http.response.body>.
 
 =cut
 
+my %SEND_METHOD = (
+    'websocket.send'                => '_send_message',
+    'websocket.accept'              => '_accept',
+    'websocket.close'               => '_close',
+    'websocket.keepalive'           => '_keepalive',
+    'websocket.http.response.start' => '_deny_start',
+    'websocket.http.response.body'  => '_deny_body',
+);
+
 sub send {
     my ($self, $event) = @_;
     my ($type, $failed) = PAGI::Server::Scope::_event_type($event);
     return $failed if $failed;
-    my $method = {
-        'websocket.send'               => '_send_message',
-        'websocket.accept'             => '_accept',
-        'websocket.close'              => '_close',
-        'websocket.keepalive'          => '_keepalive',
-        'websocket.http.response.start' => '_deny_start',
-        'websocket.http.response.body'  => '_deny_body',
-    }->{$type} or return _fail("Unrecognized event type '$type' for websocket protocol");
+    my $method = $SEND_METHOD{$type}
+        or return _fail("Unrecognized event type '$type' for websocket protocol");
     return $self->$method($event);
 }
 
