@@ -110,6 +110,8 @@ pub struct IoCtx {
     pub all_closed: Notify,
     /// Poked after a lazy event was queued; see [`IoCtx::push_lazy`].
     pub lazy_events: Notify,
+    /// The lazy waker's timer runs: lazy events queued meanwhile share it.
+    pub lazy_armed: Cell<bool>,
 }
 
 /// How long a lazy event may wait for a wake to ride along with.
@@ -122,7 +124,9 @@ impl IoCtx {
     /// else comes, [`lazy_waker`] wakes Perl within [`LAZY_EVENT_DELAY`].
     pub fn push_lazy(&self, event: crate::seam::event::Event) {
         self.shared.events.push_lazy(event);
-        self.lazy_events.notify_one();
+        if !self.lazy_armed.replace(true) {
+            self.lazy_events.notify_one();
+        }
     }
 }
 
@@ -131,6 +135,7 @@ pub async fn lazy_waker(ctx: Rc<IoCtx>) {
     loop {
         ctx.lazy_events.notified().await;
         tokio::time::sleep(LAZY_EVENT_DELAY).await;
+        ctx.lazy_armed.set(false);
         ctx.shared.events.wake_if_pending();
     }
 }

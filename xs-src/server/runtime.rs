@@ -61,6 +61,7 @@ async fn io_main(shared: Arc<Shared>, listeners: Vec<StdListener>) {
         accepting: Cell::new(0),
         all_closed: Notify::new(),
         lazy_events: Notify::new(),
+        lazy_armed: Cell::new(false),
     });
     tokio::task::spawn_local(crate::server::ctx::lazy_waker(ctx.clone()));
     for l in listeners {
