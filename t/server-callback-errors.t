@@ -39,10 +39,11 @@ my $app = async sub {
         return;
     }
     if ($path eq '/bad-send') {
-        # More than the high watermark: this $send waits for the engine's
-        # "writable" event, and its callback dies then.
+        # Far more than the high watermark buffered: the $send after it
+        # waits for the engine's "writable" event, and its callback dies then.
         await $send->({ type => 'http.response.start', status => 200, headers => [] });
-        my $f = $send->({ type => 'http.response.body', body => 'x' x (4 * 1024 * 1024), more => 1 });
+        await $send->({ type => 'http.response.body', body => 'x' x (4 * 1024 * 1024), more => 1 });
+        my $f = $send->({ type => 'http.response.body', body => 'y' x 1024, more => 1 });
         $waiting{$path} = $f->is_ready ? 'ready' : 'pending';
         $f->on_done(sub { die "send callback boom\n" });
         await $f;

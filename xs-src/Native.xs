@@ -411,8 +411,28 @@ static int pn_http_send_fast(pTHX_ SV *self_rv, SV *event_rv, SV **retval) {
             *retval = newSVsv(pn_done_future);
             return 1;
         }
-        if (rc == PN_OK && (IV)buffered >= pn_iv(aTHX_ PN_GET(server, "high_watermark"))) {
-            *retval = pn_call_method(aTHX_ self_rv, "_after_send", sv_2mortal(newSVuv(buffered)));
+        /* Waits only when what was buffered before this body reached the high watermark. */
+        if (rc == PN_OK && (IV)buffered - (IV)bl >= pn_iv(aTHX_ PN_GET(server, "high_watermark"))) {
+            SV *added = sv_2mortal(newSVuv(bl));
+            SV *result;
+            {
+                dSP;
+                int count;
+                ENTER;
+                SAVETMPS;
+                PUSHMARK(SP);
+                XPUSHs(self_rv);
+                XPUSHs(sv_2mortal(newSVuv(buffered)));
+                XPUSHs(added);
+                PUTBACK;
+                count = call_method("_after_send", G_SCALAR);
+                SPAGAIN;
+                result = count > 0 ? newSVsv(POPs) : newSV(0);
+                PUTBACK;
+                FREETMPS;
+                LEAVE;
+            }
+            *retval = result;
             return 1;
         }
         pn_flush_soon(aTHX_ self);
@@ -500,6 +520,76 @@ static int pn_ws_send_fast(pTHX_ SV *self_rv, SV *event_rv, SV **retval) {
     }
     id = (UV)pn_iv(aTHX_ PN_GET(self, "id"));
     rc = pagi_native_ws_send(e, id, d, dl, is_text, &buffered);
+    if (rc == PN_ERROR)
+        return 0;
+    if (rc == PN_OK && (IV)buffered >= pn_iv(aTHX_ PN_GET(server, "high_watermark"))) {
+        *retval = pn_call_method(aTHX_ self_rv, "_after_send", sv_2mortal(newSVuv(buffered)));
+        return 1;
+    }
+    pn_flush_soon(aTHX_ self);
+    *retval = newSVsv(pn_done_future);
+    return 1;
+}
+
+
+/* sse.send on a started stream: data plus optional event and id, the event
+ * an SSE stream sends over and over. Same rules as _sse_send; a retry
+ * field, and every case this does not take, go to the Perl method. */
+static int pn_sse_send_fast(pTHX_ SV *self_rv, SV *event_rv, SV **retval) {
+    HV *self, *ev, *server;
+    SV *type, *engine_sv, *server_sv, *data, *name, *eid, *retry;
+    pn_engine *e;
+    STRLEN tl, dl = 0, nl = 0, il = 0;
+    const char *t, *d, *n = NULL, *i = NULL;
+    size_t buffered = 0;
+    int rc;
+    if (!SvROK(self_rv) || SvTYPE(SvRV(self_rv)) != SVt_PVHV)
+        return 0;
+    if (!event_rv || !SvROK(event_rv) || SvTYPE(SvRV(event_rv)) != SVt_PVHV || SvRMAGICAL(SvRV(event_rv)))
+        return 0;
+    self = (HV *)SvRV(self_rv);
+    ev = (HV *)SvRV(event_rv);
+    type = PN_GET(ev, "type");
+    if (!type || !SvPOK(type) || SvGMAGICAL(type))
+        return 0;
+    t = SvPV_nomg(type, tl);
+    if (tl != 8 || !memEQ(t, "sse.send", 8))
+        return 0;
+    server_sv = PN_GET(self, "server");
+    engine_sv = PN_GET(self, "engine");
+    if (!server_sv || !SvROK(server_sv) || !engine_sv || !sv_isobject(engine_sv))
+        return 0;
+    server = (HV *)SvRV(server_sv);
+    {
+        SV *gone = PN_GET(self, "gone");
+        if ((gone && SvOK(gone)) || pn_true(aTHX_ PN_GET(self, "closed")) || pn_true(aTHX_ PN_GET(self, "declined"))
+            || pn_iv(aTHX_ PN_GET(self, "state")) != 1)
+            return 0;
+    }
+    data = PN_GET(ev, "data");
+    name = PN_GET(ev, "event");
+    eid = PN_GET(ev, "id");
+    retry = PN_GET(ev, "retry");
+    if (!data || !SvOK(data) || SvROK(data) || SvGMAGICAL(data) || (retry && SvOK(retry)))
+        return 0;
+    if ((name && (SvROK(name) || SvGMAGICAL(name))) || (eid && (SvROK(eid) || SvGMAGICAL(eid))))
+        return 0;
+    e = INT2PTR(pn_engine *, SvIV(SvRV(engine_sv)));
+    if (!e)
+        return 0;
+    if (pn_done_future == NULL) {
+        pn_done_future = get_sv("PAGI::Server::Scope::DONE", 0);
+        if (!pn_done_future || !SvROK(pn_done_future))
+            return 0;
+        SvREFCNT_inc_simple_void_NN(pn_done_future);
+    }
+    /* Text fields are characters; the engine gets them UTF-8 encoded (as sse_send). */
+    d = SvPVutf8(data, dl);
+    if (name && SvOK(name))
+        n = SvPVutf8(name, nl);
+    if (eid && SvOK(eid))
+        i = SvPVutf8(eid, il);
+    rc = pagi_native_sse_send(e, (UV)pn_iv(aTHX_ PN_GET(self, "id")), n, nl, d, dl, i, il, -1, &buffered);
     if (rc == PN_ERROR)
         return 0;
     if (rc == PN_OK && (IV)buffered >= pn_iv(aTHX_ PN_GET(server, "high_watermark"))) {
@@ -907,6 +997,20 @@ _send_fast(SV *self, SV *event = NULL)
     {
         SV *result = NULL;
         if (!pn_ws_send_fast(aTHX_ self, event, &result))
+            result = pn_call_method(aTHX_ self, "send", event ? event : &PL_sv_undef);
+        RETVAL = result;
+    }
+  OUTPUT:
+    RETVAL
+
+MODULE = PAGI::Server::Native    PACKAGE = PAGI::Server::SSE
+
+SV *
+_send_fast(SV *self, SV *event = NULL)
+  CODE:
+    {
+        SV *result = NULL;
+        if (!pn_sse_send_fast(aTHX_ self, event, &result))
             result = pn_call_method(aTHX_ self, "send", event ? event : &PL_sv_undef);
         RETVAL = result;
     }

@@ -442,7 +442,7 @@ sub _dispatch_request {
     my $type = $scope->{type};
     my $send = $type eq 'http' ? sub { PAGI::Server::HTTP::_send_fast($req, $_[0]) }
         : $type eq 'websocket' ? sub { PAGI::Server::WebSocket::_send_fast($req, $_[0]) }
-        :                        sub { $req->send(@_) };
+        :                        sub { PAGI::Server::SSE::_send_fast($req, $_[0]) };
     my $f = eval { $self->{app}->($scope, sub { $req->receive }, $send) };
     if (!defined $f && $@) {
         $f = Future->fail($@);

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 /// Read-ahead allowed while the app is not asking for the body.
 pub const PEEK_LIMIT: usize = 64 * 1024;
 /// Largest body chunk handed to Perl in one `body` event.
-const BODY_CHUNK: usize = 64 * 1024;
+const BODY_CHUNK: usize = 256 * 1024;
 /// Content-Length bodies up to this size come with the request event.
 const PREREAD_MAX: u64 = 64 * 1024;
 /// Unread request body the server will skip to keep a connection alive.

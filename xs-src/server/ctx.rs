@@ -130,6 +130,31 @@ impl IoCtx {
     }
 }
 
+/// How often [`trim_after_activity`] looks.
+pub const TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Gives freed heap memory back to the system after a period with traffic:
+/// request buffers freed between long-lived allocations (the tasks of idle
+/// keep-alive connections) otherwise stay resident. glibc only; a walk of
+/// the heap every few seconds, and only when requests or connections came.
+pub async fn trim_after_activity(ctx: Rc<IoCtx>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = &ctx.shared.stats;
+    let mut seen = (stats.requests_total.load(Relaxed), stats.connections_total.load(Relaxed));
+    loop {
+        tokio::time::sleep(TRIM_INTERVAL).await;
+        let now = (stats.requests_total.load(Relaxed), stats.connections_total.load(Relaxed));
+        if now != seen {
+            seen = now;
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only releases free memory; any thread may call it.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    }
+}
+
 /// The IO thread's task behind [`IoCtx::push_lazy`].
 pub async fn lazy_waker(ctx: Rc<IoCtx>) {
     loop {

@@ -64,6 +64,7 @@ async fn io_main(shared: Arc<Shared>, listeners: Vec<StdListener>) {
         lazy_armed: Cell::new(false),
     });
     tokio::task::spawn_local(crate::server::ctx::lazy_waker(ctx.clone()));
+    tokio::task::spawn_local(crate::server::ctx::trim_after_activity(ctx.clone()));
     for l in listeners {
         match l.into_tokio() {
             Ok(l) => {

@@ -148,7 +148,7 @@ sub _body {
         $self->{server}->_flush_soon;
         return $DONE;
     }
-    return $self->_after_send($buffered);
+    return $self->_after_send($buffered, length($body // ''));
 }
 
 # `file` / `fh` bodies complete the response. A regular file goes to the
@@ -265,7 +265,7 @@ sub _stream_chunks {
             $done->done;
             return;
         }
-        my $wait = $self->_after_send($buffered);
+        my $wait = $self->_after_send($buffered, $n);
         next if $wait->is_ready;
         $wait->on_done(sub { $self->_stream_chunks($fh, $left, $done) });
         return;

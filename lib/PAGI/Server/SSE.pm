@@ -75,19 +75,21 @@ sub receive {
     });
 }
 
+my %SEND_METHOD = (
+    'sse.start'               => '_sse_start',
+    'sse.send'                => '_sse_send',
+    'sse.comment'             => '_sse_comment',
+    'sse.keepalive'           => '_sse_keepalive',
+    'sse.close'               => '_sse_close',
+    'sse.http.response.start' => '_decline_start',
+    'sse.http.response.body'  => '_decline_body',
+);
+
 sub send {
     my ($self, $event) = @_;
     my ($type, $failed) = PAGI::Server::Scope::_event_type($event);
     return $failed if $failed;
-    my $method = {
-        'sse.start'              => '_sse_start',
-        'sse.send'               => '_sse_send',
-        'sse.comment'            => '_sse_comment',
-        'sse.keepalive'          => '_sse_keepalive',
-        'sse.close'              => '_sse_close',
-        'sse.http.response.start' => '_decline_start',
-        'sse.http.response.body'  => '_decline_body',
-    }->{$type};
+    my $method = $SEND_METHOD{$type};
     if (!$method && $type eq 'http.fullflush' && $self->{scope}{extensions}{fullflush}) {
         $self->{engine}->flush;
         return $DONE;

@@ -64,12 +64,15 @@ sub _event_type {
     return ($type);
 }
 
-# After a body, message or event was queued: a done Future below the high
-# watermark, else one that resolves when the engine reports the drain.
+# After a body, message or event was queued: a done Future unless the bytes
+# buffered before it ($buffered minus the $added it brought) reached the high
+# watermark, else one that resolves when the engine reports the drain. So a
+# stream of chunks the size of the watermark does not wait on every one:
+# memory stays bounded by the watermark plus one chunk.
 sub _after_send {
-    my ($self, $buffered) = @_;
+    my ($self, $buffered, $added) = @_;
     $self->{server}->_flush_soon;
-    if ($buffered >= $self->{server}{high_watermark}) {
+    if ($buffered - ($added // 0) >= $self->{server}{high_watermark}) {
         $self->_high_water unless $self->{above_high};
         return $self->{drain_f} //= $self->_new_future if $self->{engine}->wait_writable($self->{id});
         $self->_drained;
