@@ -328,8 +328,9 @@ static void pn_flush_soon(pTHX_ HV *self) {
     }
 }
 
-/* $self->$method(@args) in scalar context; the result, with a reference of its own. */
-static SV *pn_call_method(pTHX_ SV *self, const char *method, SV *arg) {
+/* $self->$method(@args) in scalar context, with up to two arguments; the
+ * result, with a reference of its own. */
+static SV *pn_call_method(pTHX_ SV *self, const char *method, SV *arg, SV *arg2) {
     SV *result;
     int count;
     dSP;
@@ -339,6 +340,8 @@ static SV *pn_call_method(pTHX_ SV *self, const char *method, SV *arg) {
     XPUSHs(self);
     if (arg)
         XPUSHs(arg);
+    if (arg2)
+        XPUSHs(arg2);
     PUTBACK;
     count = call_method(method, G_SCALAR);
     SPAGAIN;
@@ -349,44 +352,79 @@ static SV *pn_call_method(pTHX_ SV *self, const char *method, SV *arg) {
     return result;
 }
 
-/* 1 when queued (RETVAL set), 0 when the Perl method must take the event. */
-static int pn_http_send_fast(pTHX_ SV *self_rv, SV *event_rv, SV **retval) {
+/* What every fast path starts from: the scope object, the event hash and
+ * its type, the server hash and the engine. */
+typedef struct {
     HV *self, *ev, *server;
-    SV *type, *engine_sv, *server_sv;
     pn_engine *e;
     UV id;
-    STRLEN tl;
-    const char *t;
+    const char *type;
+    STRLEN type_len;
+} pn_fast;
+
+/* 0 when anything is unusual (the Perl method then takes the event). */
+static int pn_fast_begin(pTHX_ SV *self_rv, SV *event_rv, pn_fast *f) {
+    SV *type, *engine_sv, *server_sv;
     if (!SvROK(self_rv) || SvTYPE(SvRV(self_rv)) != SVt_PVHV)
         return 0;
     if (!event_rv || !SvROK(event_rv) || SvTYPE(SvRV(event_rv)) != SVt_PVHV || SvRMAGICAL(SvRV(event_rv)))
         return 0;
-    self = (HV *)SvRV(self_rv);
-    ev = (HV *)SvRV(event_rv);
-    server_sv = PN_GET(self, "server");
-    engine_sv = PN_GET(self, "engine");
-    if (!server_sv || !SvROK(server_sv) || !engine_sv || !sv_isobject(engine_sv))
-        return 0;
-    server = (HV *)SvRV(server_sv);
-    if (pn_true(aTHX_ PN_GET(server, "validate_events")) || pn_true(aTHX_ PN_GET(self, "gone")))
-        return 0;
-    e = INT2PTR(pn_engine *, SvIV(SvRV(engine_sv)));
-    if (!e)
-        return 0;
-    id = (UV)pn_iv(aTHX_ PN_GET(self, "id"));
-    type = PN_GET(ev, "type");
+    f->self = (HV *)SvRV(self_rv);
+    f->ev = (HV *)SvRV(event_rv);
+    type = PN_GET(f->ev, "type");
     if (!type || !SvPOK(type) || SvGMAGICAL(type))
         return 0;
-    t = SvPV_nomg(type, tl);
+    f->type = SvPV_nomg(type, f->type_len);
+    server_sv = PN_GET(f->self, "server");
+    engine_sv = PN_GET(f->self, "engine");
+    if (!server_sv || !SvROK(server_sv) || !engine_sv || !sv_isobject(engine_sv))
+        return 0;
+    f->server = (HV *)SvRV(server_sv);
+    f->e = INT2PTR(pn_engine *, SvIV(SvRV(engine_sv)));
+    if (!f->e)
+        return 0;
     if (pn_done_future == NULL) {
         pn_done_future = get_sv("PAGI::Server::Scope::DONE", 0);
-        if (!pn_done_future || !SvROK(pn_done_future))
+        if (!pn_done_future || !SvROK(pn_done_future)) {
+            pn_done_future = NULL;
             return 0;
+        }
         SvREFCNT_inc_simple_void_NN(pn_done_future);
     }
-    if (tl == 18 && memEQ(t, "http.response.body", 18)) {
-        SV *body = PN_GET(ev, "body");
-        SV *file = PN_GET(ev, "file"), *fh = PN_GET(ev, "fh");
+    f->id = (UV)pn_iv(aTHX_ PN_GET(f->self, "id"));
+    return 1;
+}
+
+#define PN_TYPE_IS(f, lit) ((f)->type_len == sizeof(lit) - 1 && memEQ((f)->type, lit, sizeof(lit) - 1))
+
+/* The shared done Future, after a flush is arranged: what a send that need
+ * not wait returns. */
+static SV *pn_fast_done(pTHX_ pn_fast *f) {
+    pn_flush_soon(aTHX_ f->self);
+    return newSVsv(pn_done_future);
+}
+
+/* PAGI::Server::Scope::_after_send in C for the usual case: done unless the
+ * bytes buffered before this send ($buffered minus $added) reached the high
+ * watermark, when the Perl method arranges the wait. */
+static SV *pn_fast_after_send(pTHX_ pn_fast *f, SV *self_rv, int rc, size_t buffered, size_t added) {
+    if (rc == PN_OK && (IV)buffered - (IV)added >= pn_iv(aTHX_ PN_GET(f->server, "high_watermark")))
+        return pn_call_method(aTHX_ self_rv, "_after_send", sv_2mortal(newSVuv(buffered)), sv_2mortal(newSVuv(added)));
+    return pn_fast_done(aTHX_ f);
+}
+
+/* 1 when queued (RETVAL set), 0 when the Perl method must take the event. */
+static int pn_http_send_fast(pTHX_ SV *self_rv, SV *event_rv, SV **retval) {
+    pn_fast f;
+    HV *self;
+    if (!pn_fast_begin(aTHX_ self_rv, event_rv, &f))
+        return 0;
+    self = f.self;
+    if (pn_true(aTHX_ PN_GET(f.server, "validate_events")) || pn_true(aTHX_ PN_GET(self, "gone")))
+        return 0;
+    if (PN_TYPE_IS(&f, "http.response.body")) {
+        SV *body = PN_GET(f.ev, "body");
+        SV *file = PN_GET(f.ev, "file"), *fh = PN_GET(f.ev, "fh");
         STRLEN bl = 0;
         const char *b = "";
         size_t buffered = 0;
@@ -395,60 +433,33 @@ static int pn_http_send_fast(pTHX_ SV *self_rv, SV *event_rv, SV **retval) {
             return 0;
         if (pn_iv(aTHX_ PN_GET(self, "state")) != 1 || pn_true(aTHX_ PN_GET(self, "body_ended")) || pn_true(aTHX_ PN_GET(self, "streaming")))
             return 0;
-        more = pn_true(aTHX_ PN_GET(ev, "more"));
+        more = pn_true(aTHX_ PN_GET(f.ev, "more"));
         if (body && SvOK(body))
             b = SvPV_nomg(body, bl);
-        rc = pagi_native_http_body(e, id, b, bl, more, &buffered);
+        rc = pagi_native_http_body(f.e, f.id, b, bl, more, &buffered);
         if (rc == PN_ERROR)
             return 0;    /* nothing was queued; the Perl path reports it */
         PN_SET(self, "bytes_sent", pn_iv(aTHX_ PN_GET(self, "bytes_sent")) + (IV)bl);
         if (!more) {
+            /* A final body never waits for drain. */
             if (pn_true(aTHX_ PN_GET(self, "trailers")))
                 PN_SET(self, "body_ended", 1);
             else
                 PN_SET(self, "state", 2);
-            pn_flush_soon(aTHX_ self);
-            *retval = newSVsv(pn_done_future);
+            *retval = pn_fast_done(aTHX_ &f);
             return 1;
         }
-        /* Waits only when what was buffered before this body reached the high watermark. */
-        if (rc == PN_OK && (IV)buffered - (IV)bl >= pn_iv(aTHX_ PN_GET(server, "high_watermark"))) {
-            SV *added = sv_2mortal(newSVuv(bl));
-            SV *result;
-            {
-                dSP;
-                int count;
-                ENTER;
-                SAVETMPS;
-                PUSHMARK(SP);
-                XPUSHs(self_rv);
-                XPUSHs(sv_2mortal(newSVuv(buffered)));
-                XPUSHs(added);
-                PUTBACK;
-                count = call_method("_after_send", G_SCALAR);
-                SPAGAIN;
-                result = count > 0 ? newSVsv(POPs) : newSV(0);
-                PUTBACK;
-                FREETMPS;
-                LEAVE;
-            }
-            *retval = result;
-            return 1;
-        }
-        pn_flush_soon(aTHX_ self);
-        *retval = newSVsv(pn_done_future);
+        *retval = pn_fast_after_send(aTHX_ &f, self_rv, rc, buffered, bl);
         return 1;
     }
-    if (tl == 19 && memEQ(t, "http.response.start", 19)) {
+    if (PN_TYPE_IS(&f, "http.response.start")) {
         IV status;
         size_t nh;
-        int rc;
-        if (pn_iv(aTHX_ PN_GET(self, "state")) != 0 || pn_true(aTHX_ PN_GET(ev, "trailers")))
+        if (pn_iv(aTHX_ PN_GET(self, "state")) != 0 || pn_true(aTHX_ PN_GET(f.ev, "trailers")))
             return 0;
-        if (!pn_status_plain(aTHX_ PN_GET(ev, "status"), &status) || !pn_headers_plain(aTHX_ PN_GET(ev, "headers"), &nh))
+        if (!pn_status_plain(aTHX_ PN_GET(f.ev, "status"), &status) || !pn_headers_plain(aTHX_ PN_GET(f.ev, "headers"), &nh))
             return 0;
-        rc = pagi_native_http_start(e, id, status, pn_scratch, nh, 0);
-        if (rc == PN_ERROR)
+        if (pagi_native_http_start(f.e, f.id, status, pn_scratch, nh, 0) == PN_ERROR)
             return 0;
         PN_SET(self, "state", 1);
         PN_SET(self, "status", status);
@@ -459,43 +470,22 @@ static int pn_http_send_fast(pTHX_ SV *self_rv, SV *event_rv, SV **retval) {
     return 0;
 }
 
-
 /* websocket.send of a text or byte string after the accept: the one event an
  * open WebSocket sends over and over. Same rules as _send_message, whose
  * cases this leaves alone it hands back (0). */
 static int pn_ws_send_fast(pTHX_ SV *self_rv, SV *event_rv, SV **retval) {
-    HV *self, *ev, *server;
-    SV *type, *engine_sv, *server_sv, *text, *bytes;
-    pn_engine *e;
-    UV id;
-    STRLEN tl, dl;
-    const char *t, *d;
+    pn_fast f;
+    SV *text, *bytes;
+    STRLEN dl;
+    const char *d;
     size_t buffered = 0;
     int rc, is_text;
-    if (!SvROK(self_rv) || SvTYPE(SvRV(self_rv)) != SVt_PVHV)
+    if (!pn_fast_begin(aTHX_ self_rv, event_rv, &f) || !PN_TYPE_IS(&f, "websocket.send"))
         return 0;
-    if (!event_rv || !SvROK(event_rv) || SvTYPE(SvRV(event_rv)) != SVt_PVHV || SvRMAGICAL(SvRV(event_rv)))
+    if (pn_true(aTHX_ PN_GET(f.self, "gone")) || pn_iv(aTHX_ PN_GET(f.self, "state")) != 1)
         return 0;
-    self = (HV *)SvRV(self_rv);
-    ev = (HV *)SvRV(event_rv);
-    type = PN_GET(ev, "type");
-    if (!type || !SvPOK(type) || SvGMAGICAL(type))
-        return 0;
-    t = SvPV_nomg(type, tl);
-    if (tl != 14 || !memEQ(t, "websocket.send", 14))
-        return 0;
-    server_sv = PN_GET(self, "server");
-    engine_sv = PN_GET(self, "engine");
-    if (!server_sv || !SvROK(server_sv) || !engine_sv || !sv_isobject(engine_sv))
-        return 0;
-    server = (HV *)SvRV(server_sv);
-    if (pn_true(aTHX_ PN_GET(self, "gone")) || pn_iv(aTHX_ PN_GET(self, "state")) != 1)
-        return 0;
-    e = INT2PTR(pn_engine *, SvIV(SvRV(engine_sv)));
-    if (!e)
-        return 0;
-    text = PN_GET(ev, "text");
-    bytes = PN_GET(ev, "bytes");
+    text = PN_GET(f.ev, "text");
+    bytes = PN_GET(f.ev, "bytes");
     if (text && !SvOK(text))
         text = NULL;
     if (bytes && !SvOK(bytes))
@@ -512,92 +502,47 @@ static int pn_ws_send_fast(pTHX_ SV *self_rv, SV *event_rv, SV **retval) {
             return 0;
         d = SvPV_nomg(bytes, dl);
     }
-    if (pn_done_future == NULL) {
-        pn_done_future = get_sv("PAGI::Server::Scope::DONE", 0);
-        if (!pn_done_future || !SvROK(pn_done_future))
-            return 0;
-        SvREFCNT_inc_simple_void_NN(pn_done_future);
-    }
-    id = (UV)pn_iv(aTHX_ PN_GET(self, "id"));
-    rc = pagi_native_ws_send(e, id, d, dl, is_text, &buffered);
+    rc = pagi_native_ws_send(f.e, f.id, d, dl, is_text, &buffered);
     if (rc == PN_ERROR)
         return 0;
-    if (rc == PN_OK && (IV)buffered >= pn_iv(aTHX_ PN_GET(server, "high_watermark"))) {
-        *retval = pn_call_method(aTHX_ self_rv, "_after_send", sv_2mortal(newSVuv(buffered)));
-        return 1;
-    }
-    pn_flush_soon(aTHX_ self);
-    *retval = newSVsv(pn_done_future);
+    *retval = pn_fast_after_send(aTHX_ &f, self_rv, rc, buffered, 0);
     return 1;
 }
-
 
 /* sse.send on a started stream: data plus optional event and id, the event
  * an SSE stream sends over and over. Same rules as _sse_send; a retry
  * field, and every case this does not take, go to the Perl method. */
 static int pn_sse_send_fast(pTHX_ SV *self_rv, SV *event_rv, SV **retval) {
-    HV *self, *ev, *server;
-    SV *type, *engine_sv, *server_sv, *data, *name, *eid, *retry;
-    pn_engine *e;
-    STRLEN tl, dl = 0, nl = 0, il = 0;
-    const char *t, *d, *n = NULL, *i = NULL;
+    pn_fast f;
+    SV *data, *name, *eid, *retry, *gone;
+    STRLEN dl = 0, nl = 0, il = 0;
+    const char *d, *n = NULL, *i = NULL;
     size_t buffered = 0;
     int rc;
-    if (!SvROK(self_rv) || SvTYPE(SvRV(self_rv)) != SVt_PVHV)
+    if (!pn_fast_begin(aTHX_ self_rv, event_rv, &f) || !PN_TYPE_IS(&f, "sse.send"))
         return 0;
-    if (!event_rv || !SvROK(event_rv) || SvTYPE(SvRV(event_rv)) != SVt_PVHV || SvRMAGICAL(SvRV(event_rv)))
+    gone = PN_GET(f.self, "gone");
+    if ((gone && SvOK(gone)) || pn_true(aTHX_ PN_GET(f.self, "closed")) || pn_true(aTHX_ PN_GET(f.self, "declined"))
+        || pn_iv(aTHX_ PN_GET(f.self, "state")) != 1)
         return 0;
-    self = (HV *)SvRV(self_rv);
-    ev = (HV *)SvRV(event_rv);
-    type = PN_GET(ev, "type");
-    if (!type || !SvPOK(type) || SvGMAGICAL(type))
-        return 0;
-    t = SvPV_nomg(type, tl);
-    if (tl != 8 || !memEQ(t, "sse.send", 8))
-        return 0;
-    server_sv = PN_GET(self, "server");
-    engine_sv = PN_GET(self, "engine");
-    if (!server_sv || !SvROK(server_sv) || !engine_sv || !sv_isobject(engine_sv))
-        return 0;
-    server = (HV *)SvRV(server_sv);
-    {
-        SV *gone = PN_GET(self, "gone");
-        if ((gone && SvOK(gone)) || pn_true(aTHX_ PN_GET(self, "closed")) || pn_true(aTHX_ PN_GET(self, "declined"))
-            || pn_iv(aTHX_ PN_GET(self, "state")) != 1)
-            return 0;
-    }
-    data = PN_GET(ev, "data");
-    name = PN_GET(ev, "event");
-    eid = PN_GET(ev, "id");
-    retry = PN_GET(ev, "retry");
+    data = PN_GET(f.ev, "data");
+    name = PN_GET(f.ev, "event");
+    eid = PN_GET(f.ev, "id");
+    retry = PN_GET(f.ev, "retry");
     if (!data || !SvOK(data) || SvROK(data) || SvGMAGICAL(data) || (retry && SvOK(retry)))
         return 0;
     if ((name && (SvROK(name) || SvGMAGICAL(name))) || (eid && (SvROK(eid) || SvGMAGICAL(eid))))
         return 0;
-    e = INT2PTR(pn_engine *, SvIV(SvRV(engine_sv)));
-    if (!e)
-        return 0;
-    if (pn_done_future == NULL) {
-        pn_done_future = get_sv("PAGI::Server::Scope::DONE", 0);
-        if (!pn_done_future || !SvROK(pn_done_future))
-            return 0;
-        SvREFCNT_inc_simple_void_NN(pn_done_future);
-    }
     /* Text fields are characters; the engine gets them UTF-8 encoded (as sse_send). */
     d = SvPVutf8(data, dl);
     if (name && SvOK(name))
         n = SvPVutf8(name, nl);
     if (eid && SvOK(eid))
         i = SvPVutf8(eid, il);
-    rc = pagi_native_sse_send(e, (UV)pn_iv(aTHX_ PN_GET(self, "id")), n, nl, d, dl, i, il, -1, &buffered);
+    rc = pagi_native_sse_send(f.e, f.id, n, nl, d, dl, i, il, -1, &buffered);
     if (rc == PN_ERROR)
         return 0;
-    if (rc == PN_OK && (IV)buffered >= pn_iv(aTHX_ PN_GET(server, "high_watermark"))) {
-        *retval = pn_call_method(aTHX_ self_rv, "_after_send", sv_2mortal(newSVuv(buffered)));
-        return 1;
-    }
-    pn_flush_soon(aTHX_ self);
-    *retval = newSVsv(pn_done_future);
+    *retval = pn_fast_after_send(aTHX_ &f, self_rv, rc, buffered, 0);
     return 1;
 }
 
@@ -983,7 +928,7 @@ _send_fast(SV *self, SV *event = NULL)
     {
         SV *result = NULL;
         if (!pn_http_send_fast(aTHX_ self, event, &result))
-            result = pn_call_method(aTHX_ self, "send", event ? event : &PL_sv_undef);
+            result = pn_call_method(aTHX_ self, "send", event ? event : &PL_sv_undef, NULL);
         RETVAL = result;
     }
   OUTPUT:
@@ -997,7 +942,7 @@ _send_fast(SV *self, SV *event = NULL)
     {
         SV *result = NULL;
         if (!pn_ws_send_fast(aTHX_ self, event, &result))
-            result = pn_call_method(aTHX_ self, "send", event ? event : &PL_sv_undef);
+            result = pn_call_method(aTHX_ self, "send", event ? event : &PL_sv_undef, NULL);
         RETVAL = result;
     }
   OUTPUT:
@@ -1011,7 +956,7 @@ _send_fast(SV *self, SV *event = NULL)
     {
         SV *result = NULL;
         if (!pn_sse_send_fast(aTHX_ self, event, &result))
-            result = pn_call_method(aTHX_ self, "send", event ? event : &PL_sv_undef);
+            result = pn_call_method(aTHX_ self, "send", event ? event : &PL_sv_undef, NULL);
         RETVAL = result;
     }
   OUTPUT:
