@@ -7,6 +7,8 @@
 # write backpressure applies). Events: `event: tick`, `data:` 64 bytes, `id:`
 # the sequence number. bench/apps/sse-fanout-mojo.pl is the same hub in
 # Mojolicious. GET / answers 'sse-fanout' so the runner can probe readiness.
+# A package of its own: apps/suite.pl loads this file beside its own subs.
+package PAGI::Bench::SSEFanout;
 use strict;
 use warnings;
 use Future::AsyncAwait;

@@ -8,19 +8,18 @@
 #   POST /upload   200 text/plain, the byte count of the body (read in pieces)
 #   GET /download  200 application/octet-stream, 1 GiB in 64 KiB sends (?bytes=N: N)
 #   WebSocket /ws  every message back, text as text, binary as binary
-#   SSE /sse       the closed-loop fan-out hub of apps/sse-fanout.pl
+#   SSE /sse       the closed-loop fan-out hub of apps/sse-fanout.pl (loaded from it)
 use strict;
 use warnings;
 use Future::AsyncAwait;
-use IO::Async::Loop;
+use File::Basename ();
+use File::Spec;
 use JSON::MaybeXS ();
 
 my $JSON      = JSON::MaybeXS->new(utf8 => 1, canonical => 1);
 my $BLOB_64K  = 'x' x 65536;
 my $CHUNK     = 'd' x 65536;
 my $DOWNLOAD  = 1073741824;    # bytes for GET /download
-my $BATCH     = $ENV{SSE_FANOUT_BATCH} || 50;
-my $PAYLOAD   = 'x' x 64;
 
 async sub respond {
     my ($send, $type, $body) = @_;
@@ -92,78 +91,15 @@ async sub websocket {
     }
 }
 
-# --- SSE hub: the closed loop of apps/sse-fanout.pl ----------------------------
-# A batch of $BATCH events goes to every subscriber; the next batch goes out
-# once every subscriber has sent the whole batch (each sse.send awaited).
-my %subscribers;
-my $next_key    = 0;
-my $seq         = 0;    # id of the last event published
-my $outstanding = 0;    # subscriber-batches still being sent
-my $publish_queued = 0; # a publish_batch already waits on the loop
-my $loop;
-
-sub publish_batch {
-    return if $outstanding || !%subscribers;
-    my @range = ($seq + 1, $seq + $BATCH);
-    $seq += $BATCH;
-    for my $sub (values %subscribers) {
-        push @{ $sub->{queue} }, \@range;
-        $sub->{owed}++;
-        $outstanding++;
-        if (my $wake = delete $sub->{wake}) { $wake->done }
-    }
-}
-
-sub settle {
-    my ($sub, $n) = @_;
-    $sub->{owed}  -= $n;
-    $outstanding -= $n;
-    schedule_publish() if $outstanding == 0;
-}
-
-# Batches start from the loop, one queued at most (as in apps/sse-fanout.pl):
-# a resolved Future runs its subscriber at once, so publishing straight from
-# a subscribe would send a whole batch to everyone inside that call.
-sub schedule_publish {
-    return if $publish_queued;
-    $publish_queued = 1;
-    $loop->later(sub { $publish_queued = 0; publish_batch() });
-}
-
-async sub sse {
-    my ($scope, $receive, $send) = @_;
-    $loop //= IO::Async::Loop->new;
-    my $sub = { queue => [], owed => 0 };
-    my $key = ++$next_key;
-    await $send->({ type => 'sse.start', status => 200 });
-    my $gone = $receive->()->then(sub {
-        my ($ev) = @_;
-        return $ev->{type} eq 'sse.request' ? $receive->() : Future->done($ev);
-    });
-    $subscribers{$key} = $sub;
-    schedule_publish();
-    while (!$gone->is_ready) {
-        if (my $batch = shift @{ $sub->{queue} }) {
-            my ($first, $last) = @$batch;
-            for my $id ($first .. $last) {
-                await $send->({ type => 'sse.send', event => 'tick', id => $id, data => $PAYLOAD });
-                last if $gone->is_ready;
-            }
-            settle($sub, 1) unless $gone->is_ready;
-            next;
-        }
-        $sub->{wake} = $loop->new_future;
-        await Future->wait_any($sub->{wake}, $gone->without_cancel);
-    }
-    delete $subscribers{$key};
-    settle($sub, $sub->{owed}) if $sub->{owed};
-}
+# --- SSE: the closed-loop fan-out hub of apps/sse-fanout.pl, that app itself.
+my $sse_fanout = do(File::Spec->rel2abs('sse-fanout.pl', File::Basename::dirname(__FILE__)))
+    or die "cannot load apps/sse-fanout.pl: ", $@ || $!, "\n";
 
 async sub app {
     my ($scope, $receive, $send) = @_;
     return await http($scope, $receive, $send)      if $scope->{type} eq 'http';
     return await websocket($scope, $receive, $send) if $scope->{type} eq 'websocket';
-    return await sse($scope, $receive, $send)       if $scope->{type} eq 'sse';
+    return await $sse_fanout->($scope, $receive, $send) if $scope->{type} eq 'sse';
     die "Unsupported scope type: $scope->{type}\n";
 }
 
