@@ -298,6 +298,9 @@ subtest '--pid FILE: written, then removed at exit' => sub {
     my $pid_file = "$dir/server.pid";
     my $child = serve([ '--pid', $pid_file, $scope_app ]);
     return unless $child->{ready};
+    # The listener is bound before the pid file is written (a busy port is
+    # reported first), so an accepting port does not yet mean the file exists.
+    ok(wait_until(sub { -s $pid_file }, 10), 'the pid file is written');
     is(slurp($pid_file), "$child->{pid}\n", 'the pid file holds the server pid');
     is(stop_cli($child), 0, 'exit 0');
     ok(!-e $pid_file, 'the pid file is gone');
