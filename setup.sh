@@ -59,7 +59,9 @@ if command -v apt-get >/dev/null 2>&1; then
           libcatalyst-plugin-session-state-cookie-perl libcatalyst-plugin-session-store-fastmmap-perl
           # PAGI::Simple: JSON, form/multipart bodies, cookies, session crypto.
           libjson-maybexs-perl libcpanel-json-xs-perl libhttp-entity-parser-perl libcookie-baker-perl
-          libhash-multivalue-perl libcryptx-perl)
+          libhash-multivalue-perl libcryptx-perl
+          # Rooms and channels across workers and machines: each test starts its own.
+          redis-server)
     [ "$bench" = 1 ] && want+=(wrk libmojolicious-perl)
     [ "$browser" = 1 ] && want+=(chromium)
 
