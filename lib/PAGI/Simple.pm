@@ -290,7 +290,8 @@ sub _http ($self, $scope, $receive, $send) {
         $match && $match->{params} ? $match->{params} : {});
     my $route = $match && $match->{route};
     return $self->_http_run($c, $match)
-        if !$route || $route->{raw_body} || @{ $route->{mw} } || @{ $self->{hooks}{before} };
+        if !$route || $route->{raw_body} || @{ $route->{mw} } || @{ $self->{hooks}{before} }
+        || ($self->{sessions} && $self->{sessions}{async_store} && $self->{sessions}->needs_preload($c));
     my @read = $self->_read_body($scope, $receive);
     return $self->_http_run($c, $match, \@read) if !defined $read[0];
     $c->{req_body} = $read[0];
@@ -320,6 +321,9 @@ async sub _http_run ($self, $c, $match, $read = undef) {
                 $c->{req_body} = $body;
                 $c->{req}{body} = $body if $c->{req};
             }
+            # An async session store: the session is there before the handler asks.
+            my $sessions = $self->{sessions};
+            await $sessions->preload($c) if $sessions && $sessions->{async_store} && $sessions->needs_preload($c);
             if (@{ $route->{mw} } || @{ $self->{hooks}{before} }) {
                 await $self->_run_route($c, $route);
             }
@@ -682,6 +686,13 @@ dies with a message saying how to configure them. C<< $c->session_clear >>
 ends the session: the response expires the cookie, so values set later in
 the same request are dropped too (to keep a one-shot "signed out" message,
 delete the keys instead of clearing).
+
+A server-side store whose methods return Futures (C<is_async>, such as
+L<PAGI::Simple::Session::Store::Redis>, which keeps sessions in Redis through
+pagi-server's C<--pubsub> connection so every worker shares them) is awaited
+for you: a request with a session cookie has its session loaded before the
+handler runs, and a changed session is saved before the response starts
+(see L<PAGI::Simple::Session/STORES>).
 
 =head1 DIFFERENCES FROM THE 2025-12 SEED
 

@@ -218,8 +218,23 @@ sub _track ($self, $f) { push @{ $self->{pending} }, $f; $f }
 sub _start_event ($self) {
     Carp::croak('Response already started') if $self->{started};
     $self->{started} = 1;
-    $self->{app}->_session_manager->save($self) if $self->{session};
+    # An async session store's save: the response start waits for it (_send_start).
+    $self->{session_saving} = $self->{app}->_session_manager->save($self) if $self->{session};
     return { type => 'http.response.start', status => $self->{status}, headers => $self->{res_headers} };
+}
+
+# Sends the start event, after the session store's save when one is pending.
+# A failed save answers 500 instead and fails, so the response's body is not sent.
+sub _send_start ($self, $start) {
+    my $send = $self->{send};
+    my $saving = delete $self->{session_saving} or return $send->($start);
+    return $saving->then(sub (@) { $send->($start) }, sub ($err, @) {
+        my $body = 'Internal Server Error';
+        return $send->({ type => 'http.response.start', status => 500, headers => [
+                [ 'content-type', 'text/plain; charset=utf-8' ], [ 'content-length', length $body ] ] })
+            ->then(sub (@) { $send->({ type => 'http.response.body', body => $body, more => 0 }) })
+            ->then(sub (@) { Future->fail("session store failed to save the session: $err") });
+    });
 }
 
 sub send_response ($self, $body = '') {
@@ -231,7 +246,7 @@ sub send_response ($self, $body = '') {
         unless $status == 204 || $status == 304 || $self->_has_header('content-length');
     my $send = $self->{send};
     my $body_event = { type => 'http.response.body', body => $no_body ? '' : $bytes, more => 0 };
-    my $started = $send->($start);
+    my $started = $self->_send_start($start);
     # The server usually accepts the start at once: send the body now rather
     # than through ->then (a closure and a Future less per response).
     my $sent = $started->is_done
@@ -325,7 +340,7 @@ sub send_file ($self, $path, %opt) {
     my $body = $self->method eq 'HEAD' || $length == 0
         ? { type => 'http.response.body', body => '', more => 0 }
         : { type => 'http.response.body', file => $abs, offset => $offset, length => $length };
-    return $self->_track($send->($start)->then(sub { $send->($body) }));
+    return $self->_track($self->_send_start($start)->then(sub { $send->($body) }));
 }
 
 # --- streaming ---
@@ -336,7 +351,7 @@ sub stream ($self, $code, %opt) {
     my $writer = PAGI::Simple::Writer->new(send => $self->{send}, head => $self->method eq 'HEAD');
     my $start = $self->_start_event;
     my $f = (async sub {
-        await $self->{send}->($start);
+        await $self->_send_start($start);
         my $r = $code->($writer);
         await $r if blessed($r) && $r->isa('Future');
         await $writer->close;

@@ -5,6 +5,9 @@ use Digest::SHA ();
 use MIME::Base64 ();
 use JSON::MaybeXS ();
 use Cookie::Baker ();
+use Future;
+use Future::AsyncAwait;
+use Scalar::Util ();
 
 our $VERSION = '0.01';
 
@@ -48,11 +51,51 @@ signature: the content is unreadable to the client as well as tamper-proof.
 Server-side sessions: the cookie then carries only a signed random id and the
 data lives in C<$store>, an object with C<get($id)>, C<set($id, $data,
 $expires_epoch)> and C<delete($id)>; L<PAGI::Simple::Session::Store::Memory> is
-the in-process one.
+the in-process one, L<PAGI::Simple::Session::Store::Redis> keeps sessions in
+Redis through the server. See L</STORES>.
 
 =item path => '/', domain, samesite => 'Lax', httponly => 1, secure => 'auto'
 
 C<secure> C<auto> sets the Secure attribute when the request came over https.
+
+=back
+
+=head1 STORES
+
+A store is any object with these methods:
+
+=over
+
+=item get($id)
+
+The session data (a hashref) of C<$id>, or undef when there is none (or it
+expired).
+
+=item set($id, $data, $expires_epoch)
+
+Keeps C<$data> until C<$expires_epoch> (seconds since the epoch).
+
+=item delete($id)
+
+=item is_async (optional)
+
+True when C<get>, C<set> and C<delete> return L<Future>s (of the same
+values) instead of the values themselves. For such a store PAGI::Simple
+loads the session B<before> the route's handler (and C<before> hooks) run,
+when the request carries a session cookie, so C<< $c->session >> stays a
+plain hashref; and a changed session is saved before the response starts
+(the C<http.response.start> waits for the C<set> or C<delete> Future). If
+that Future fails, the client gets a 500 instead of the response and the
+failure is logged. A request without a session cookie touches the store
+only when its handler stored something. A synchronous store (no
+C<is_async>, or false) is called exactly as before: when the handler first
+uses C<< $c->session >> and when the response starts.
+
+=item for_scope($scope) (optional)
+
+Called with the request's PAGI scope before each use, so a store can pick
+up what the server offers there (the Redis store takes the server's hub
+from C<< $scope->{extensions}{groups} >>).
 
 =back
 
@@ -68,8 +111,25 @@ sub new ($class, %o) {
     my %known = map { $_ => 1 } qw(secrets cookie_name expires encrypt store path domain samesite httponly secure);
     for (keys %o) { Carp::croak("sessions: unknown option '$_'") unless $known{$_} }
     require Crypt::AuthEnc::GCM if $o{encrypt};
+    my $async = $o{store} && $o{store}->can('is_async') && $o{store}->is_async ? 1 : 0;
     return bless { cookie_name => 'pagi_session', expires => 14 * 86400, path => '/', samesite => 'Lax',
-        httponly => 1, secure => 'auto', %o, secrets => $secrets }, $class;
+        httponly => 1, secure => 'auto', %o, secrets => $secrets, async_store => $async }, $class;
+}
+
+# True when the store's methods return Futures.
+sub async_store ($self) { $self->{async_store} }
+
+# Whether this request's session must be loaded before its handler runs:
+# an async store and a session cookie.
+sub needs_preload ($self, $c) {
+    return 0 unless $self->{async_store};
+    return defined $c->req->cookie($self->{cookie_name}) ? 1 : 0;
+}
+
+sub _store ($self, $c) {
+    my $store = $self->{store};
+    $store->for_scope($c->{scope}) if $store->can('for_scope');
+    return $store;
 }
 
 sub _b64 ($s) { MIME::Base64::encode_base64url($s) }
@@ -133,16 +193,49 @@ sub load ($self, $c) {
     if ($doc) {
         if ($self->{store}) {
             $c->{session_id} = $doc->{id} if defined $doc->{id};
-            $data = ($doc->{id} && $self->{store}->get($doc->{id})) || {};
+            if ($doc->{id}) {
+                my $got = $self->_store($c)->get($doc->{id});
+                # An async store's session was loaded before the handler (preload);
+                # one that did not say it is async may still hand back a done Future.
+                if (Scalar::Util::blessed($got) && $got->isa('Future')) {
+                    die "PAGI::Simple::Session: the store's get returned a pending Future; "
+                        . "a store whose methods return Futures must have an is_async method returning true\n"
+                        unless $got->is_ready;
+                    $got = $got->get;
+                }
+                $data = $got if ref $got eq 'HASH';
+            }
         }
         else { $data = ref $doc->{d} eq 'HASH' ? $doc->{d} : {} }
     }
+    return $self->_loaded($c, $doc, $data);
+}
+
+sub _loaded ($self, $c, $doc, $data) {
     $c->{session_snapshot} = $JSON->encode($data);
     $c->{session_had_cookie} = $doc ? 1 : 0;
     return $data;
 }
 
+# For an async store: loads the request's session into $c before the
+# handler runs, awaiting the store's get.
+async sub preload ($self, $c) {
+    my $doc = $self->decode_value($c->req->cookie($self->{cookie_name}));
+    my $data = {};
+    if ($doc && $doc->{id}) {
+        $c->{session_id} = $doc->{id};
+        my $got = await _as_future($self->_store($c)->get($doc->{id}));
+        $data = $got if ref $got eq 'HASH';
+    }
+    $c->{session} = $self->_loaded($c, $doc, $data);
+    return;
+}
+
+sub _as_future ($v) { Scalar::Util::blessed($v) && $v->isa('Future') ? $v : Future->done($v) }
+
 # Called when the response starts: writes the cookie if the session changed.
+# Returns the store's Future when the store is async (the response start
+# waits for it), else nothing.
 sub save ($self, $c) {
     my $data = $c->{session} // return;
     my $clear = $c->{session_clear};
@@ -151,27 +244,41 @@ sub save ($self, $c) {
         ($self->{httponly} ? (httponly => 1) : ()),
         (defined $self->{domain} ? (domain => $self->{domain}) : ()),
         (($self->{secure} eq 'auto' ? $c->req->is_secure : $self->{secure}) ? (secure => 1) : ()));
+    my $stored;
     if ($clear || !%$data) {
-        $self->{store}->delete($c->{session_id}) if $self->{store} && $c->{session_id};
-        return unless $c->{session_had_cookie} || $clear;
-        $c->res_header('set-cookie' => Cookie::Baker::bake_cookie($self->{cookie_name},
-            { value => '', expires => 'Thu, 01 Jan 1970 00:00:00 GMT', 'max-age' => 0, %attrs }));
-        return;
+        $stored = $self->_store($c)->delete($c->{session_id}) if $self->{store} && $c->{session_id};
+        if ($c->{session_had_cookie} || $clear) {
+            $c->res_header('set-cookie' => Cookie::Baker::bake_cookie($self->{cookie_name},
+                { value => '', expires => 'Thu, 01 Jan 1970 00:00:00 GMT', 'max-age' => 0, %attrs }));
+        }
+        return $self->_pending($stored);
     }
     my $exp = time + $self->{expires};
     my $doc;
     if ($self->{store}) {
         my $id = $c->{session_id} //= unpack 'H*', _random_bytes(16);
-        $self->{store}->set($id, $data, $exp);
+        $stored = $self->_store($c)->set($id, $data, $exp);
         $doc = { id => $id, exp => $exp };
     }
     else { $doc = { d => $data, exp => $exp } }
     $c->res_header('set-cookie' => Cookie::Baker::bake_cookie($self->{cookie_name},
         { value => $self->encode_value($doc), 'max-age' => $self->{expires}, %attrs }));
+    return $self->_pending($stored);
+}
+
+# A store's Future the response must wait for; nothing for a sync store or
+# one that is already done.
+sub _pending ($self, $r) {
+    return undef unless Scalar::Util::blessed($r) && $r->isa('Future');
+    return undef if $r->is_done;
+    return $r;
 }
 
 package PAGI::Simple::Session::Store::Memory;
 use v5.36;
+use JSON::MaybeXS ();
+
+my $STORE_JSON = JSON::MaybeXS->new(utf8 => 1, canonical => 1);
 
 =head1 NAME
 
@@ -182,15 +289,40 @@ PAGI::Simple::Session::Store::Memory - in-process server-side session store
 C<get($id)>, C<set($id, $data, $expires_epoch)>, C<delete($id)>; expired
 entries are dropped when read. One process only (workers do not share it).
 
+    PAGI::Simple::Session::Store::Memory->new;                           # synchronous
+    PAGI::Simple::Session::Store::Memory->new(async => 1, delay => 0.01);
+
+With C<< async => 1 >> it behaves like a remote store: C<is_async> is true,
+every method returns a L<Future> that completes on a later turn of the
+L<IO::Async::Loop> (after C<delay> seconds, default 0: the next tick), and
+the data is kept as JSON, so a request gets a copy, never another request's
+hashref. For trying and testing the async store support.
+
 =cut
 
-sub new ($class) { bless { data => {} }, $class }
-sub get ($self, $id) {
-    my $e = $self->{data}{$id} or return undef;
-    if ($e->[1] < time) { delete $self->{data}{$id}; return undef }
-    return $e->[0];
+sub new ($class, %o) { bless { data => {}, async => $o{async} ? 1 : 0, delay => $o{delay} // 0 }, $class }
+sub is_async ($self) { $self->{async} }
+
+sub _reply ($self, $value) {
+    return $value unless $self->{async};
+    require IO::Async::Loop;
+    my $loop = IO::Async::Loop->new;
+    my $f = $loop->new_future;
+    my $done = sub { $f->done($value) unless $f->is_ready };
+    if ($self->{delay} > 0) { $loop->watch_time(after => $self->{delay}, code => $done) }
+    else { $loop->later($done) }
+    return $f;
 }
-sub set ($self, $id, $data, $exp) { $self->{data}{$id} = [ $data, $exp ]; 1 }
-sub delete ($self, $id) { delete $self->{data}{$id}; 1 }
+
+sub get ($self, $id) {
+    my $e = $self->{data}{$id};
+    if ($e && $e->[1] < time) { delete $self->{data}{$id}; undef $e }
+    return $self->_reply($e && ($self->{async} ? $STORE_JSON->decode($e->[0]) : $e->[0]));
+}
+sub set ($self, $id, $data, $exp) {
+    $self->{data}{$id} = [ $self->{async} ? $STORE_JSON->encode($data) : $data, $exp ];
+    return $self->_reply(1);
+}
+sub delete ($self, $id) { delete $self->{data}{$id}; $self->_reply(1) }
 
 1;
