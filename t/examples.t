@@ -518,6 +518,82 @@ my %CHECK = (
         $res = http_get_cli($port, '/books/1');
         is($res && "$res->{status} $res->{body}", '404 {"error":"no book with id 1"}', 'then it is gone: 404');
     },
+    '10-chat-showcase' => sub {
+        my ($child) = @_;
+        my $port = $child->{port};
+        my $file = sub { open my $fh, '<', ROOT() . "/examples/10-chat-showcase/public/$_[0]" or die $!; local $/; scalar <$fh> };
+        my $res = get($port, '/');
+        is($res && $res->{status}, 200, 'GET /: status 200');
+        is($res && $res->{header}{'content-type'}, 'text/html; charset=utf-8', 'an HTML page');
+        is($res && $res->{body}, $file->('index.html'), 'public/index.html');
+        $res = get($port, '/chat.js');
+        is($res && "$res->{status} " . ($res->{body} eq $file->('chat.js') ? 'same' : 'differs'), '200 same', 'GET /chat.js: the script');
+
+        my ($read, $sock, $buf) = sse_stream($port, '/activity');
+        ok($read && $read->(sub { grep { ($_->{event} // '') eq 'rooms' } @_ }, 15), 'the activity feed opens')
+            or return diag($buf ? $$buf : "connect: $@");
+        like($$buf, qr{\AHTTP/1\.1 200 .*^content-type: text/event-stream\r$}ms, 'as text/event-stream');
+        is(($read->())[0]{data}, '{"rooms":{}}', 'its first event: no rooms yet');
+        my $activity = sub {    # the feed's events after the first, as "event data"
+            my ($n) = @_;
+            $read->(sub { @_ > $n }, 15);
+            return [ map { "$_->{event} $_->{data}" } (($read->())[ 1 .. $n ]) ];
+        };
+
+        my $join = sub {
+            my ($room, $name) = @_;
+            my ($ws) = eval { ws_connect($port, path => "/ws/$room?name=$name")->get };
+            fail("$name joins $room: $@") unless $ws;
+            return $ws;
+        };
+        my $next = sub { my $f = eval { $_[0]->next_frame(15)->get }; $f ? $f->{payload} : "(nothing: $@)" };
+        my $ada = $join->('lobby', 'Ada') or return;
+        is($next->($ada), '{"members":1,"name":"Ada","room":"lobby","type":"welcome"}', 'Ada is welcomed, alone in the lobby');
+        my $bob = $join->('lobby', 'B%C3%B6b') or return;
+        is($next->($bob), "{\"members\":2,\"name\":\"B\xc3\xb6b\",\"room\":\"lobby\",\"type\":\"welcome\"}",
+            'Böb is welcomed, the second member');
+        is($next->($ada), "{\"members\":2,\"name\":\"B\xc3\xb6b\",\"type\":\"join\"}", 'Ada hears Böb join, with the count');
+        my $cat = $join->('kitchen', 'Cat') or return;
+        is($next->($cat), '{"members":1,"name":"Cat","room":"kitchen","type":"welcome"}', 'Cat is alone in the kitchen');
+        $res = get($port, '/api/rooms');
+        is($res && "$res->{status} $res->{body}", '200 {"rooms":{"kitchen":1,"lobby":2}}', 'GET /api/rooms: members per room');
+
+        $ada->send_text("hi \x{263a}");
+        my $said = "{\"name\":\"Ada\",\"text\":\"hi \xe2\x98\xba\",\"type\":\"message\"}";
+        is($next->($bob), $said, 'a message reaches the other member');
+        is($next->($ada), $said, 'and the sender');
+        $res = post($port, '/api/rooms/lobby/messages', 'tea is ready');
+        is($res && "$res->{status} $res->{body}", '202 {"delivered":2,"room":"lobby"}', 'POST a message to the lobby: 202, 2 members');
+        my $served = '{"name":"server","text":"tea is ready","type":"message"}';
+        is($next->($ada), $served, 'Ada gets the server message');
+        is($next->($bob), $served, 'so does Böb');
+        $res = post($port, '/api/rooms/lobby/messages', ' ');
+        is($res && "$res->{status} $res->{body}", '400 Bad Request: body: the text to send is required', 'an empty message: 400');
+
+        $bob->send_close(1000);
+        is($next->($ada), "{\"members\":1,\"name\":\"B\xc3\xb6b\",\"type\":\"leave\"}", 'Ada hears Böb leave: 1 member left');
+        is($ada->pending, 0, 'and nothing else');
+        is($cat->pending, 0, 'nothing of the lobby reached the kitchen');
+        is_deeply($activity->(5), [
+            'join {"members":1,"name":"Ada","room":"lobby"}',
+            "join {\"members\":2,\"name\":\"B\xc3\xb6b\",\"room\":\"lobby\"}",
+            'join {"members":1,"name":"Cat","room":"kitchen"}',
+            'message {"members":2,"name":"Ada","room":"lobby"}',
+            "leave {\"members\":1,\"name\":\"B\xc3\xb6b\",\"room\":\"lobby\"}",
+        ], 'the activity feed saw every join, message and leave');
+
+        my ($anon) = eval { ws_connect($port, path => '/ws/lobby')->get };
+        my $close = $anon && eval { $anon->wait_close(15)->get };
+        is($close && $close->{code}, 4400, 'no name: closed with 4400');
+        for my $ws ($ada, $cat) {
+            $ws->send_close(1000);
+            ok(eval { $ws->wait_eof(10)->get; 1 }, 'a member leaves') or diag($@);
+        }
+        my $last;
+        ok(wait_until(sub { $last = get($port, '/api/rooms'); $last && $last->{body} eq '{"rooms":{}}' }, 10),
+            'once everyone left, no rooms are listed') or diag($last && $last->{body});
+        close $sock;
+    },
     '08-tls-introspection' => sub {
         my ($child) = @_;
         my $res = http_get_cli($child->{port}, '/');
