@@ -35,6 +35,7 @@
 pub mod config;
 pub mod h1;
 pub mod http;
+pub mod pubsub;
 pub mod seam;
 pub mod server;
 pub mod sse;

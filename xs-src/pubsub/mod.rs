@@ -1,0 +1,3 @@
+//! Groups across processes: the Redis bridge.
+
+pub mod redis;
