@@ -310,6 +310,9 @@ sub _banner {
     for my $spec (@{ $self->listeners }) {
         $self->_log(info => 'listening on ' . PAGI::Server::Listen->describe($spec, $tls && $spec->{type} eq 'tcp'));
     }
+    if (($config->{workers} // 0) > 1 && $self->{groups}->backend eq 'local') {
+        $self->_log(warn => "groups (rooms and channels) are per worker: a publish reaches only the members connected to its own worker");
+    }
 }
 
 # The hot path: one drain per wake, events dispatched, commands flushed once.
@@ -1333,7 +1336,8 @@ types) has the engine encode the message once per protocol and write it
 to every member, with a bounded, documented policy for slow members
 (C<group_overflow>, C<group_max_buffered>). Events, fields, the policy and
 the counters are documented in L<PAGI::Server::Groups>. Groups are per
-process: with C<workers> each worker has its own members.
+process: with C<workers> each worker has its own members, and the startup
+banner warns about it.
 
 =head1 SEE ALSO
 

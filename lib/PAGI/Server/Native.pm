@@ -375,7 +375,7 @@ The engine's crate version and the versions of its main dependencies.
 =head1 GROUPS
 
 Named groups of WebSocket connections (after L</ws_accept>) and SSE
-streams (after L</sse_start>). A publish is encoded once per protocol (a
+streams (after C<sse_start>). A publish is encoded once per protocol (a
 WebSocket text or binary frame; an SSE event) and the one buffer is
 queued for every member by the IO thread. L<PAGI::Server::Groups> is the
 interface apps use; these are its engine calls.
