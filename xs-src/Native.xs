@@ -159,6 +159,79 @@ static SV *pn_scope(pTHX_ const pn_request *r) {
     return newRV_noinc((SV *)hv);
 }
 
+/* A string the engine had as UTF-8 text, as Perl characters. */
+static SV *pn_text_sv(pTHX_ pn_str s) {
+    SV *sv = pn_sv(aTHX_ s);
+    if (!is_ascii_string((const U8 *)SvPVX(sv), SvCUR(sv)))
+        SvUTF8_on(sv);
+    return sv;
+}
+
+/* A group message as the hash Perl subscribers get (node: undef when local). */
+static SV *pn_group_sv(pTHX_ const pn_group_msg *g) {
+    HV *hv = newHV();
+    (void)hv_stores(hv, "group", pn_text_sv(aTHX_ g->group));
+    if (g->text) {
+        SV *t = pn_sv(aTHX_ g->data);
+        SvUTF8_on(t);   /* validated as UTF-8 by the engine */
+        (void)hv_stores(hv, "text", t);
+    }
+    else
+        (void)hv_stores(hv, "bytes", pn_sv(aTHX_ g->data));
+    if (g->event.ptr)
+        (void)hv_stores(hv, "event", pn_text_sv(aTHX_ g->event));
+    if (g->event_id.ptr)
+        (void)hv_stores(hv, "id", pn_text_sv(aTHX_ g->event_id));
+    if (g->retry >= 0)
+        (void)hv_stores(hv, "retry", newSViv((IV)g->retry));
+    (void)hv_stores(hv, "node", g->node.ptr ? pn_text_sv(aTHX_ g->node) : newSV(0));
+    return newRV_noinc((SV *)hv);
+}
+
+/* Decodes one reply value (the encoding of ffi.rs encode_value): nil is
+ * undef, integers IVs, data byte strings, statuses strings, arrays array
+ * references. Advances *p; a malformed value croaks. */
+static SV *pn_value_sv(pTHX_ const unsigned char **p, const unsigned char *end, int depth) {
+    unsigned char tag;
+    uint32_t n;
+    if (*p >= end || depth > 64)
+        croak("PAGI::Server::Native::drain_events: malformed reply value");
+    tag = *(*p)++;
+    if (tag == 'n')
+        return newSV(0);
+    if (tag == 'i') {
+        uint64_t v = 0;
+        int i;
+        if (end - *p < 8)
+            croak("PAGI::Server::Native::drain_events: malformed reply value");
+        for (i = 0; i < 8; i++)
+            v = (v << 8) | (*p)[i];
+        *p += 8;
+        return newSViv((IV)(int64_t)v);
+    }
+    if (end - *p < 4)
+        croak("PAGI::Server::Native::drain_events: malformed reply value");
+    n = ((uint32_t)(*p)[0] << 24) | ((uint32_t)(*p)[1] << 16) | ((uint32_t)(*p)[2] << 8) | (uint32_t)(*p)[3];
+    *p += 4;
+    if (tag == 'd' || tag == 's') {
+        SV *sv;
+        if ((size_t)(end - *p) < n)
+            croak("PAGI::Server::Native::drain_events: malformed reply value");
+        sv = newSVpvn((const char *)*p, n);
+        *p += n;
+        return sv;
+    }
+    if (tag == 'a') {
+        AV *av = newAV();
+        uint32_t i;
+        for (i = 0; i < n; i++)
+            av_push(av, pn_value_sv(aTHX_ p, end, depth + 1));
+        return newRV_noinc((SV *)av);
+    }
+    croak("PAGI::Server::Native::drain_events: malformed reply value");
+    return NULL;
+}
+
 /* One event as an array: [kind, id, ...] (see the POD of drain_events). */
 static SV *pn_event_sv(pTHX_ const pn_event *ev) {
     AV *av = newAV();
@@ -199,6 +272,18 @@ static SV *pn_event_sv(pTHX_ const pn_event *ev) {
     case PN_EV_LOG:
         av_push(av, pn_sv(aTHX_ ev->level));
         av_push(av, pn_sv(aTHX_ ev->data));
+        break;
+    case PN_EV_GROUP_MESSAGE:
+        av_push(av, pn_group_sv(aTHX_ ev->group));
+        break;
+    case PN_EV_REPLY:
+        av_push(av, newSViv(ev->more));
+        if (ev->more) {
+            const unsigned char *p = (const unsigned char *)ev->data.ptr;
+            av_push(av, ev->data.len ? pn_value_sv(aTHX_ &p, p + ev->data.len, 0) : newSV(0));
+        }
+        else
+            av_push(av, pn_text_sv(aTHX_ ev->data));
         break;
     default:
         break;
@@ -884,6 +969,128 @@ write_watermarks(pn_engine *e)
         mXPUSHu(high);
         mXPUSHu(low);
     }
+
+IV
+group_join(pn_engine *e, UV id, SV *group, int sse = 0)
+  CODE:
+    {
+        STRLEN gl;
+        const char *g = SvPVutf8(group, gl);
+        RETVAL = pn_sent(aTHX_ pagi_native_group_join(e, id, g, gl, sse), "group_join");
+    }
+  OUTPUT:
+    RETVAL
+
+IV
+group_leave(pn_engine *e, UV id, SV *group)
+  CODE:
+    {
+        STRLEN gl;
+        const char *g = SvPVutf8(group, gl);
+        RETVAL = pn_sent(aTHX_ pagi_native_group_leave(e, id, g, gl), "group_leave");
+    }
+  OUTPUT:
+    RETVAL
+
+UV
+group_publish(pn_engine *e, SV *group, int is_text, SV *data, SV *event = NULL, SV *event_id = NULL, SV *retry = NULL, UV exclude = 0)
+  CODE:
+    {
+        /* Text is characters (sent UTF-8 encoded); bytes must be a byte string. */
+        STRLEN gl, dl, el = 0, il = 0;
+        const char *g = SvPVutf8(group, gl);
+        const char *d = is_text ? SvPVutf8(data, dl) : pn_bytes(aTHX_ data, "group_publish", "bytes", &dl);
+        const char *ev = (event && SvOK(event)) ? SvPVutf8(event, el) : NULL;
+        const char *iv = (event_id && SvOK(event_id)) ? SvPVutf8(event_id, il) : NULL;
+        IV r = (retry && SvOK(retry)) ? SvIV(retry) : -1;
+        uint64_t token = 0;
+        if (pagi_native_group_publish(e, g, gl, is_text, d, dl, ev, el, iv, il, r, exclude, &token) != PN_OK)
+            pn_croak_last(aTHX_ "group_publish");
+        RETVAL = (UV)token;
+    }
+  OUTPUT:
+    RETVAL
+
+void
+group_subscribe(pn_engine *e, SV *group, int on = 1)
+  CODE:
+    {
+        STRLEN gl;
+        const char *g = SvPVutf8(group, gl);
+        if (pagi_native_group_subscribe(e, g, gl, on) != PN_OK)
+            pn_croak_last(aTHX_ "group_subscribe");
+    }
+
+UV
+group_count(pn_engine *e, SV *group)
+  CODE:
+    {
+        STRLEN gl;
+        const char *g = SvPVutf8(group, gl);
+        uint64_t n = 0;
+        if (pagi_native_group_count(e, g, gl, &n) != PN_OK)
+            pn_croak_last(aTHX_ "group_count");
+        RETVAL = (UV)n;
+    }
+  OUTPUT:
+    RETVAL
+
+UV
+query_cluster_count(pn_engine *e, SV *group)
+  CODE:
+    {
+        STRLEN gl;
+        const char *g = SvPVutf8(group, gl);
+        uint64_t token = 0;
+        if (pagi_native_query_cluster_count(e, g, gl, &token) != PN_OK)
+            pn_croak_last(aTHX_ "query_cluster_count");
+        RETVAL = (UV)token;
+    }
+  OUTPUT:
+    RETVAL
+
+UV
+query_redis(pn_engine *e, ...)
+  CODE:
+    {
+        /* Arguments are byte strings (encode characters first). */
+        pn_str *args = NULL;
+        uint64_t token = 0;
+        int i, n = items - 1;
+        Newx(args, n > 0 ? n : 1, pn_str);
+        SAVEFREEPV(args);
+        for (i = 0; i < n; i++) {
+            STRLEN l;
+            args[i].ptr = pn_bytes(aTHX_ ST(i + 1), "query_redis", "argument", &l);
+            args[i].len = l;
+        }
+        if (pagi_native_query_redis(e, args, (size_t)n, &token) != PN_OK)
+            pn_croak_last(aTHX_ "query_redis");
+        RETVAL = (UV)token;
+    }
+  OUTPUT:
+    RETVAL
+
+SV *
+group_stats(pn_engine *e)
+  CODE:
+    {
+        pn_group_stats s;
+        HV *hv;
+        if (pagi_native_group_stats(e, &s) != PN_OK)
+            pn_croak_last(aTHX_ "group_stats");
+        hv = newHV();
+        (void)hv_stores(hv, "published", newSVuv(s.published));
+        (void)hv_stores(hv, "delivered", newSVuv(s.delivered));
+        (void)hv_stores(hv, "skipped", newSVuv(s.skipped));
+        (void)hv_stores(hv, "dropped", newSVuv(s.dropped));
+        (void)hv_stores(hv, "redis_publish_failed", newSVuv(s.redis_publish_failed));
+        (void)hv_stores(hv, "redis_reconnects", newSVuv(s.redis_reconnects));
+        (void)hv_stores(hv, "redis_connected", newSVuv(s.redis_connected));
+        RETVAL = newRV_noinc((SV *)hv);
+    }
+  OUTPUT:
+    RETVAL
 
 void
 check_tls(pn_engine *e)

@@ -54,6 +54,20 @@ pub struct Config {
     pub ssl_cipher_list: Option<String>,
     /// Value of the `server` response header; empty = do not add one.
     pub server_header: String,
+    /// What a group message does to a member with more than
+    /// `group_max_buffered` bytes unwritten: drop the member or skip it.
+    pub group_overflow: GroupOverflow,
+    /// Unwritten bytes above which a member counts as slow for group messages.
+    pub group_max_buffered: usize,
+}
+
+/// The slow-member policy of group fan-out (see `crate::pubsub`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupOverflow {
+    /// Close the member's connection (counted as `dropped`).
+    Drop,
+    /// Leave the message out for that member (counted as `skipped`).
+    Skip,
 }
 
 impl Default for Config {
@@ -83,6 +97,8 @@ impl Default for Config {
             ssl_min_version: "TLSv1_2".into(),
             ssl_cipher_list: None,
             server_header: concat!("PAGI-Server-Native/", env!("CARGO_PKG_VERSION")).to_string(),
+            group_overflow: GroupOverflow::Drop,
+            group_max_buffered: 1 << 20,
         }
     }
 }
@@ -120,6 +136,14 @@ impl Config {
                 }
                 self.server_header = value.to_string();
             }
+            "group_overflow" => {
+                self.group_overflow = match value {
+                    "drop" => GroupOverflow::Drop,
+                    "skip" => GroupOverflow::Skip,
+                    _ => return Err(format!("group_overflow: '{value}' must be drop or skip")),
+                }
+            }
+            "group_max_buffered" => self.group_max_buffered = parse_size(name, value, 1)?,
             _ => return Err(format!("unknown engine option '{name}'")),
         }
         Ok(())
@@ -182,6 +206,9 @@ mod tests {
         assert!(c.set("timeout", "-1").unwrap_err().contains("timeout"));
         assert!(c.set("bogus", "1").unwrap_err().contains("bogus"));
         assert!(c.set("max_header_count", "x").is_err());
+        c.set("group_overflow", "skip").unwrap();
+        assert_eq!(c.group_overflow, GroupOverflow::Skip);
+        assert!(c.set("group_overflow", "block").unwrap_err().contains("drop or skip"));
     }
 
     #[test]

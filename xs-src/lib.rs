@@ -25,6 +25,9 @@
 //!   `decode` (request bodies), `encode` (heads, chunking, the h1 `Wire`).
 //! - [`ws`]: the WebSocket handshake answer and session (tungstenite).
 //! - [`sse`]: Server-Sent Events framing.
+//! - [`pubsub`]: groups of WebSocket/SSE streams and the fan-out of one
+//!   encoded frame to N writers (it sits above the protocols and uses their
+//!   framing; `server::ctx` holds its registry and calls it when a stream ends).
 //! - [`config`]: engine options, one name per option shared with Perl and the CLI.
 //!
 //! A protocol module never imports another, except for the upgrade

@@ -35,6 +35,8 @@ typedef struct { pn_str name; pn_str value; } pn_header;
 #define PN_EV_SHUTDOWN   9   /* graceful shutdown began during this request */
 #define PN_EV_WS_MESSAGE 10  /* more: 1 for text (valid UTF-8), 0 for bytes */
 #define PN_EV_WS_DISCONNECT 11  /* more: close code; data: reason */
+#define PN_EV_GROUP_MESSAGE 12  /* group: the message, for Perl's subscribers */
+#define PN_EV_REPLY      13  /* id: token; more: 1 ok (data: encoded value), 0 error (data: message) */
 
 #define PN_SCOPE_HTTP      0
 #define PN_SCOPE_WEBSOCKET 1
@@ -64,6 +66,18 @@ typedef struct {
     const pn_tls *tls;           /* NULL on cleartext connections */
 } pn_request;
 
+/* A group message; absent strings have ptr NULL. */
+typedef struct {
+    pn_str group, data, event, event_id, node;
+    int32_t text;                /* data is text (valid UTF-8), else bytes */
+    int64_t retry;               /* -1 when absent */
+} pn_group_msg;
+
+typedef struct {
+    uint64_t published, delivered, skipped, dropped;
+    uint64_t redis_publish_failed, redis_reconnects, redis_connected;
+} pn_group_stats;
+
 typedef struct {
     uint32_t kind;               /* PN_EV_* */
     int32_t more;                /* PN_EV_BODY: more body follows */
@@ -72,6 +86,7 @@ typedef struct {
     pn_str level;                /* PN_EV_LOG: debug, info, warn or error */
     const pn_request *request;   /* PN_EV_REQUEST only */
     double at;                   /* PN_EV_DONE: when the response was complete (epoch seconds) */
+    const pn_group_msg *group;   /* PN_EV_GROUP_MESSAGE only */
 } pn_event;
 
 typedef struct {
@@ -108,6 +123,16 @@ int pagi_native_wait_writable(pn_engine *e, uint64_t id, int *must_wait);
 int pagi_native_stats(pn_engine *e, pn_stats *out);
 int pagi_native_request_stats(pn_engine *e, uint64_t id, uint64_t *bytes_read, uint64_t *buffered);
 int pagi_native_write_watermarks(pn_engine *e, size_t *high, size_t *low);
+int pagi_native_group_join(pn_engine *e, uint64_t id, const char *group, size_t group_len, int sse);
+int pagi_native_group_leave(pn_engine *e, uint64_t id, const char *group, size_t group_len);
+int pagi_native_group_publish(pn_engine *e, const char *group, size_t group_len, int text, const char *data, size_t data_len,
+                              const char *event, size_t event_len, const char *event_id, size_t event_id_len,
+                              int64_t retry, uint64_t exclude, uint64_t *token);
+int pagi_native_group_subscribe(pn_engine *e, const char *group, size_t group_len, int on);
+int pagi_native_group_count(pn_engine *e, const char *group, size_t group_len, uint64_t *count);
+int pagi_native_query_cluster_count(pn_engine *e, const char *group, size_t group_len, uint64_t *token);
+int pagi_native_query_redis(pn_engine *e, const pn_str *args, size_t n, uint64_t *token);
+int pagi_native_group_stats(pn_engine *e, pn_group_stats *out);
 size_t pagi_native_last_error(const char **message);
 size_t pagi_native_build_info(const char **text);
 int pagi_native_check_tls(pn_engine *e);

@@ -22,6 +22,7 @@ use PAGI::Server::HTTP;
 use PAGI::Server::WebSocket;
 use PAGI::Server::SSE;
 use PAGI::Server::Lifespan;
+use PAGI::Server::Groups;
 use PAGI::Server::Native qw(:events);
 
 # PAGI-SPEC 8.3: apps that await Future::IO (sleep, sysread, ...) run on
@@ -76,7 +77,10 @@ sub _take_config {
     if (length $config->{root_path}) { $self->{root_path} = $config->{root_path} }
     else                             { delete $self->{root_path} }
     $self->{high_watermark}  = $config->{write_high_watermark};
-    $self->{extensions}      = $config->{extensions};
+    # The groups extension: one hub and one hashref for every scope of this server.
+    $self->{groups}     //= PAGI::Server::Groups->new(server => $self);
+    $self->{groups_ext} //= { backend => $self->{groups}->backend, node => undef, hub => $self->{groups} };
+    $self->{extensions}      = { %{ $config->{extensions} }, groups => $self->{groups_ext} };
     $self->{validate_events} = $config->{validate_events};
     # Lines collected for the old destination go there first.
     $self->_write_access_log if $self->{access_log} && length($self->{log_pending} // '');
@@ -285,6 +289,8 @@ sub _start_engine {
     );
     $self->add_child($self->{wake});
     $self->{running} = 1;
+    $self->{groups_ext}{node} = $self->{groups}->node;
+    $self->{groups}->_engine_started;
     if ($self->{worker_num}) {
         $self->_log(info => "worker $self->{worker_num} ready (pid $$)");
     }
@@ -303,6 +309,9 @@ sub _banner {
         $VERSION, $PAGI::Server::Native::VERSION, sprintf('%vd', $^V), $$, $mode, $tls ? 'on' : 'off');
     for my $spec (@{ $self->listeners }) {
         $self->_log(info => 'listening on ' . PAGI::Server::Listen->describe($spec, $tls && $spec->{type} eq 'tcp'));
+    }
+    if (($config->{workers} // 0) > 1 && $self->{groups}->backend eq 'local') {
+        $self->_log(warn => "groups (rooms and channels) are per worker: a publish reaches only the members connected to its own worker");
     }
 }
 
@@ -364,6 +373,12 @@ sub _dispatch_event {
     elsif ($kind == EV_LOG) {
         $self->_log($ev->[2] => $ev->[3]);
     }
+    elsif ($kind == EV_REPLY) {
+        $self->{groups}->_ev_reply($ev->[1], $ev->[2], $ev->[3]);
+    }
+    elsif ($kind == EV_GROUP_MESSAGE) {
+        $self->{groups}->_ev_message($ev->[2]);
+    }
     elsif ($kind == EV_STOPPED) {
         $self->_engine_stopped;
     }
@@ -393,7 +408,9 @@ sub _end_request {
 sub _event_died {
     my ($self, $ev, $error) = @_;
     my $kind = $ev->[0];
-    my $req = $kind == EV_LOG || $kind == EV_STOPPED || $kind == EV_FATAL ? undef : $self->{requests}{ $ev->[1] };
+    # Engine-wide events carry no request id (a reply's second field is its token).
+    my $req = $kind == EV_LOG || $kind == EV_STOPPED || $kind == EV_FATAL || $kind == EV_REPLY || $kind == EV_GROUP_MESSAGE
+        ? undef : $self->{requests}{ $ev->[1] };
     $self->_callback_error($req, $error);
     return unless $req;
     eval { $req->_callback_died; 1 }
@@ -578,6 +595,7 @@ sub _engine_stopped {
         $req->_ev_disconnect('server_shutdown');
     }
     %{ $self->{requests} } = ();
+    $self->{groups}->_engine_stopped;
     my $f = $self->{engine_stopped_f} //= $self->loop->new_future;
     $f->done unless $f->is_ready;
 }
@@ -755,6 +773,8 @@ sub socket_path {
 }
 
 sub engine { $_[0]{engine} }
+
+sub groups { $_[0]{groups} }
 
 1;
 
@@ -1025,6 +1045,14 @@ peer is dropped (C<websocket.disconnect> 1006, C<keepalive_timeout>). 0
 turns either off. An app's C<websocket.keepalive> event overrides them for
 its connection.
 
+=item group_overflow [drop], group_max_buffered [1 MiB]
+
+The slow-member policy of the C<groups> extension: a group message that
+finds a member's connection with more than C<group_max_buffered> bytes
+unwritten is not queued for it; with C<drop> the member is closed
+(WebSocket 1008, SSE C<queue_overflow>), with C<skip> it misses that
+message. See L<PAGI::Server::Groups>.
+
 =item max_receive_queue [1000]
 
 Accepted for compatibility: the engine hands WebSocket messages to Perl
@@ -1154,6 +1182,15 @@ The listeners, normalised; after binding, with the actual addresses
 =head2 connection_count
 
 Open client connections.
+
+=head2 groups
+
+    my $hub = $server->groups;
+
+The L<PAGI::Server::Groups> hub of this server (also in every scope as
+C<< $scope->{extensions}{groups}{hub} >>): publish to groups, subscribe
+to them in Perl, count members. Usable before L</listen> (in lifespan
+startup, say); with C<workers> each worker has its own.
 
 =head1 WORKERS
 
@@ -1289,9 +1326,22 @@ close the handle); a read error fails it, and cuts the connection if part
 of the body was already sent. Such reads are synchronous: a handle that
 blocks (a pipe with a slow writer) blocks the loop while it does.
 
+=head1 GROUPS
+
+Every http, websocket and sse scope advertises the C<groups> extension
+(C<< $scope->{extensions}{groups} >>, with C<backend>, C<node> and
+C<hub>): WebSocket connections and SSE streams join named groups with the
+C<groups.join> event, and C<groups.publish> (from any of the three scope
+types) has the engine encode the message once per protocol and write it
+to every member, with a bounded, documented policy for slow members
+(C<group_overflow>, C<group_max_buffered>). Events, fields, the policy and
+the counters are documented in L<PAGI::Server::Groups>. Groups are per
+process: with C<workers> each worker has its own members, and the startup
+banner warns about it.
+
 =head1 SEE ALSO
 
-L<pagi-server>, L<PAGI::Server::Native>, L<PAGI::Server::Workers>,
+L<pagi-server>, L<PAGI::Server::Native>, L<PAGI::Server::Groups>, L<PAGI::Server::Workers>,
 L<PAGI::Server::Listen>, L<PAGI::Server::ProxyHeaders>.
 
 =cut

@@ -352,11 +352,11 @@ impl<S: Transport> Conn<S> {
         let outcome = self.exchange(&mut ex).await;
         if let (Outcome::Finished { .. }, Some((subprotocol, headers)), Some(key)) = (&outcome, ex.response.upgrade.take(), &ws_key) {
             self.websocket(id, key, subprotocol, headers).await;
-            self.ctx.registry.borrow_mut().remove(&id);
+            crate::server::ctx::unregister(&self.ctx, id);
             self.current.set(0);
             return false;
         }
-        self.ctx.registry.borrow_mut().remove(&id);
+        crate::server::ctx::unregister(&self.ctx, id);
         self.current.set(0);
         match outcome {
             Outcome::Finished { keep_alive } => {
@@ -539,8 +539,21 @@ impl<S: Transport> Conn<S> {
 
     fn apply(&mut self, ex: &mut Exchange, id: Id, action: Action) -> Result<(), Reason> {
         if id != ex.id {
+            self.out.release_stale(action);
             return Ok(()); // a command for a request that already ended
         }
+        let action = match action {
+            // A group event for an SSE stream: a body chunk while the stream
+            // is open; after its end only its count is released.
+            Action::Group { frame } if ex.response.state != Resp::Started || ex.response.aborted => {
+                self.out.data(Bytes::new(), frame.len());
+                return Ok(());
+            }
+            Action::Group { frame } => Action::Body { data: frame, more: true },
+            Action::GroupDrop if ex.response.state == Resp::Started => return Err(Reason::QueueOverflow),
+            Action::GroupDrop => return Ok(()),
+            other => other,
+        };
         let shared = self.ctx.shared.clone();
         // The response rules are protocol-neutral; the wire frames for HTTP/1.1.
         let applied = ex.response.apply(action, &mut h1_wire!(&mut self.out, ex, &shared));

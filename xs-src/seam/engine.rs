@@ -3,7 +3,7 @@
 //! reading statistics. Everything here runs on the thread that owns Perl.
 
 use crate::config::Config;
-use crate::seam::event::{Action, Command, ConnCounters, Event, Headers, Id};
+use crate::seam::event::{Action, Command, ConnCounters, Event, GroupCommand, GroupMessage, Headers, Id, Query};
 use crate::server::accept::StdListener;
 use crate::server::ctx::{Shared, Stats};
 use crate::seam::queue::EventQueue;
@@ -58,6 +58,13 @@ pub struct Engine {
     start_pid: Option<u32>,
     pending: Vec<Command>,
     live: HashMap<Id, Arc<ConnCounters>>,
+    /// Perl's mirror of group memberships, so `group_count` needs no round
+    /// trip: stream -> its groups, group -> its member count. A stream's
+    /// entries go when its final event is drained.
+    memberships: HashMap<Id, Vec<String>>,
+    group_members: HashMap<String, usize>,
+    /// Tokens of publishes and queries, answered by `Event::Reply`.
+    next_token: u64,
     /// The events of the last drain; they stay alive until the next one.
     pub batch: Vec<Event>,
     stopped: bool,
@@ -75,6 +82,9 @@ impl Engine {
             start_pid: None,
             pending: Vec::with_capacity(256),
             live: HashMap::new(),
+            memberships: HashMap::new(),
+            group_members: HashMap::new(),
+            next_token: 0,
             batch: Vec::new(),
             stopped: false,
             test_panic: std::env::var("PAGI_NATIVE_TEST_PANIC").ok().filter(|v| !v.is_empty()),
@@ -205,6 +215,13 @@ impl Engine {
                 }
                 Event::Done { id, .. } | Event::Disconnect { id, .. } | Event::WsDisconnect { id, .. } => {
                     self.live.remove(id);
+                    if !self.memberships.is_empty() {
+                        if let Some(groups) = self.memberships.remove(id) {
+                            for g in groups {
+                                uncount(&mut self.group_members, &g);
+                            }
+                        }
+                    }
                 }
                 Event::Stopped | Event::Fatal { .. } => self.stopped = true,
                 _ => {}
@@ -396,6 +413,102 @@ impl Engine {
         }
     }
 
+    /// Stream `id` joins `group` (idempotent); `sse` tells the engine how to
+    /// encode for it. The caller checks that the WebSocket was accepted or
+    /// the SSE stream started.
+    pub fn group_join(&mut self, id: Id, group: &str, sse: bool) -> Result<Sent> {
+        check_group(group)?;
+        self.shared()?;
+        let Some(counters) = self.live.get(&id).cloned() else { return Ok(Sent::Gone) };
+        let list = self.memberships.entry(id).or_default();
+        if list.iter().any(|g| g == group) {
+            return Ok(Sent::Queued(0));
+        }
+        list.push(group.to_string());
+        *self.group_members.entry(group.to_string()).or_default() += 1;
+        self.command(Command::Group(GroupCommand::Join { id, group: group.to_string(), counters, sse }))?;
+        Ok(Sent::Queued(0))
+    }
+
+    /// Stream `id` leaves `group` (a no-op when it is no member).
+    pub fn group_leave(&mut self, id: Id, group: &str) -> Result<Sent> {
+        check_group(group)?;
+        self.shared()?;
+        if !self.live.contains_key(&id) {
+            return Ok(Sent::Gone);
+        }
+        let Some(list) = self.memberships.get_mut(&id) else { return Ok(Sent::Queued(0)) };
+        let Some(at) = list.iter().position(|g| g == group) else { return Ok(Sent::Queued(0)) };
+        list.swap_remove(at);
+        if list.is_empty() {
+            self.memberships.remove(&id);
+        }
+        uncount(&mut self.group_members, group);
+        self.command(Command::Group(GroupCommand::Leave { id, group: group.to_string() }))?;
+        Ok(Sent::Queued(0))
+    }
+
+    /// Publishes `message` to `group` (but the stream `exclude`); returns
+    /// the token its `Event::Reply` (the local member count) will carry.
+    pub fn group_publish(&mut self, group: &str, message: GroupMessage, exclude: Option<Id>) -> Result<u64> {
+        check_group(group)?;
+        crate::pubsub::wire::check_sse_fields(message.event.as_deref(), message.id.as_deref())?;
+        if message.text && std::str::from_utf8(&message.data).is_err() {
+            return Err("'text' is not valid UTF-8".into());
+        }
+        self.shared()?;
+        let token = self.token();
+        self.command(Command::Group(GroupCommand::Publish { token, group: group.to_string(), message, exclude }))?;
+        Ok(token)
+    }
+
+    /// Perl's subscribers begin (or stop) wanting the messages of `group`.
+    pub fn group_subscribe(&mut self, group: &str, on: bool) -> Result<()> {
+        check_group(group)?;
+        self.shared()?;
+        let group = group.to_string();
+        self.command(Command::Group(if on { GroupCommand::Subscribe { group } } else { GroupCommand::Unsubscribe { group } }))
+    }
+
+    /// Local stream members of `group`, from Perl's mirror.
+    pub fn group_count(&self, group: &str) -> usize {
+        self.group_members.get(group).copied().unwrap_or(0)
+    }
+
+    /// Asks the IO thread a question; returns the token of its `Event::Reply`.
+    pub fn query(&mut self, query: Query) -> Result<u64> {
+        if let Query::ClusterCount { group } = &query {
+            check_group(group)?;
+        }
+        self.shared()?;
+        let token = self.token();
+        self.command(Command::Query { token, query })?;
+        Ok(token)
+    }
+
+    /// The group counters: published, delivered, skipped, dropped,
+    /// redis_publish_failed, redis_reconnects, redis_connected.
+    pub fn group_stats(&self) -> [u64; 7] {
+        let Some(sh) = &self.shared else { return [0; 7] };
+        let g = &sh.stats.groups;
+        [&g.published, &g.delivered, &g.skipped, &g.dropped, &g.redis_publish_failed, &g.redis_reconnects, &g.redis_connected]
+            .map(|c| c.load(Ordering::Relaxed))
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// Queues an engine-wide command (flushed like request commands).
+    fn command(&mut self, cmd: Command) -> Result<()> {
+        self.pending.push(cmd);
+        if self.pending.len() >= AUTO_FLUSH_COMMANDS {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     fn queue(&mut self, id: Id, action: Action, body_bytes: usize) -> Result<Sent> {
         self.shared()?;
         let Some(counters) = self.live.get(&id) else { return Ok(Sent::Gone) };
@@ -488,6 +601,26 @@ pub fn current_pid() -> u32 {
             pid
         }
         pid => pid,
+    }
+}
+
+/// A group name: 1 to 256 bytes, no NUL.
+fn check_group(group: &str) -> Result<()> {
+    if group.is_empty() || group.len() > 256 {
+        return Err(format!("'group' must be 1 to 256 bytes, got {}", group.len()));
+    }
+    if group.contains('\0') {
+        return Err("'group' must not contain NUL".into());
+    }
+    Ok(())
+}
+
+fn uncount(counts: &mut HashMap<String, usize>, group: &str) {
+    if let Some(n) = counts.get_mut(group) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(group);
+        }
     }
 }
 

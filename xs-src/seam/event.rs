@@ -57,6 +57,8 @@ pub enum Reason {
     ServerShutdown,
     ServerError,
     BodyTooLarge,
+    /// A slow member of a group was dropped (see `group_overflow`).
+    QueueOverflow,
 }
 
 impl Reason {
@@ -71,6 +73,7 @@ impl Reason {
             Reason::ServerShutdown => "server_shutdown",
             Reason::ServerError => "server_error",
             Reason::BodyTooLarge => "body_too_large",
+            Reason::QueueOverflow => "queue_overflow",
         }
     }
 }
@@ -99,6 +102,10 @@ pub enum Event {
     ShutdownNotice { id: Id },
     /// The engine finished shutting down; the IO thread is gone.
     Stopped,
+    /// A message published to a group Perl subscribed to.
+    GroupMessage(Box<GroupDelivery>),
+    /// The answer to a [`Command::Query`] (or a publish) with this token.
+    Reply { token: u64, result: Box<Result<Value, String>> },
     /// A message for Perl's log.
     Log { level: &'static str, message: String },
     /// The IO thread died; the engine is unusable.
@@ -134,12 +141,75 @@ pub enum Action {
     WantBody,
     /// Close the connection once what is queued is written.
     Abort,
+    /// A group message already encoded for this stream's protocol (a whole
+    /// WebSocket frame or an SSE event); its length was added to the
+    /// connection's buffered count when it was queued.
+    Group { frame: Bytes },
+    /// This member is too slow for its groups: end the stream now.
+    GroupDrop,
+}
+
+/// One message published to a group: plain data, encoded per protocol by
+/// `crate::pubsub` on the IO thread.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupMessage {
+    /// `text` (characters, valid UTF-8) rather than `bytes`.
+    pub text: bool,
+    pub data: Bytes,
+    /// SSE fields; WebSocket members ignore them.
+    pub event: Option<String>,
+    pub id: Option<String>,
+    pub retry: Option<u64>,
+}
+
+/// A group message for Perl's subscribers.
+#[derive(Debug)]
+pub struct GroupDelivery {
+    pub group: String,
+    pub message: GroupMessage,
+    /// The node that published it; `None` for this one.
+    pub node: Option<String>,
+}
+
+/// A reply value (the shape of a Redis reply; local queries answer `Int`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    Nil,
+    Int(i64),
+    Data(Bytes),
+    Status(String),
+    Array(Vec<Value>),
+}
+
+/// Group membership and publishing, for `crate::pubsub` on the IO thread.
+#[derive(Debug)]
+pub enum GroupCommand {
+    /// Stream `id` (a WebSocket after accept, or an SSE stream after start) joins `group`.
+    Join { id: Id, group: String, counters: Arc<ConnCounters>, sse: bool },
+    Leave { id: Id, group: String },
+    /// Fan `message` out to the members of `group` (but `exclude`); the
+    /// local member count comes back as `Event::Reply` with `token`.
+    Publish { token: u64, group: String, message: GroupMessage, exclude: Option<Id> },
+    /// Perl's subscribers want (or no longer want) the messages of `group`.
+    Subscribe { group: String },
+    Unsubscribe { group: String },
+}
+
+/// A question Perl asks the IO thread; answered by `Event::Reply`.
+#[derive(Debug)]
+pub enum Query {
+    /// Members of `group` across the cluster (locally: this process's).
+    ClusterCount { group: String },
+    /// A Redis command, for the redis backend.
+    Redis { args: Vec<Vec<u8>> },
 }
 
 /// Perl → IO thread.
 #[derive(Debug)]
 pub enum Command {
     Request { id: Id, action: Action },
+    Group(GroupCommand),
+    Query { token: u64, query: Query },
     /// Stop accepting, finish in-flight requests within `grace`, then stop.
     Shutdown { grace: std::time::Duration },
 }

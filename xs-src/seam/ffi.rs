@@ -5,7 +5,7 @@
 //! panic becomes a Perl `croak`, never a crashed interpreter.
 
 use crate::seam::engine::{Engine, FileSource, Sent};
-use crate::seam::event::{Event, Headers, RequestEvent};
+use crate::seam::event::{Event, GroupMessage, Headers, Query, RequestEvent, Value};
 use crate::server::runtime::panic_message;
 use bytes::Bytes;
 use std::cell::RefCell;
@@ -30,6 +30,11 @@ impl PnStr {
 
     fn of(b: &[u8]) -> PnStr {
         PnStr { ptr: b.as_ptr() as *const c_char, len: b.len() }
+    }
+
+    /// A present string: never a null `ptr`, even when empty.
+    fn of_str(s: &str) -> PnStr {
+        PnStr { ptr: if s.is_empty() { c"".as_ptr() } else { s.as_ptr() as *const c_char }, len: s.len() }
     }
 
     /// SAFETY: `ptr` must point to `len` readable bytes (or len == 0).
@@ -96,6 +101,22 @@ pub struct PnEvent {
     pub request: *const PnRequest,
     /// PN_EV_DONE: when the response was complete (epoch seconds).
     pub at: f64,
+    /// PN_EV_GROUP_MESSAGE only.
+    pub group: *const PnGroupMessage,
+}
+
+/// `pn_group_msg`: a group message for Perl's subscribers. Absent strings
+/// have a null `ptr`.
+#[repr(C)]
+pub struct PnGroupMessage {
+    pub group: PnStr,
+    pub data: PnStr,
+    pub event: PnStr,
+    pub event_id: PnStr,
+    pub node: PnStr,
+    pub text: i32,
+    /// -1 when absent.
+    pub retry: i64,
 }
 
 /// `pn_stats`.
@@ -116,6 +137,9 @@ pub struct Handle {
     headers: Vec<PnHeader>,
     tls: Vec<PnTls>,
     chains: Vec<PnStr>,
+    groups: Vec<PnGroupMessage>,
+    /// Reply values in the byte encoding `Native.xs` decodes (see [`encode_value`]).
+    replies: Vec<Vec<u8>>,
 }
 
 thread_local! {
@@ -178,6 +202,8 @@ pub extern "C" fn pagi_native_new() -> *mut Handle {
             headers: Vec::new(),
             tls: Vec::new(),
             chains: Vec::new(),
+            groups: Vec::new(),
+            replies: Vec::new(),
         }))
     });
     made.unwrap_or(ptr::null_mut())
@@ -262,7 +288,34 @@ impl Handle {
         self.headers.clear();
         self.tls.clear();
         self.chains.clear();
+        self.groups.clear();
+        self.replies.clear();
         let batch = &self.engine.batch;
+        for ev in batch {
+            match ev {
+                Event::GroupMessage(d) => {
+                    let opt = |s: &Option<String>| s.as_deref().map_or(PnStr::EMPTY, |v| PnStr::of_str(v));
+                    self.groups.push(PnGroupMessage {
+                        group: PnStr::of(d.group.as_bytes()),
+                        data: PnStr::of(&d.message.data),
+                        event: opt(&d.message.event),
+                        event_id: opt(&d.message.id),
+                        node: opt(&d.node),
+                        text: d.message.text as i32,
+                        retry: d.message.retry.map_or(-1, |r| r.min(i64::MAX as u64) as i64),
+                    });
+                }
+                Event::Reply { result, .. } => {
+                    let mut buf = Vec::new();
+                    match &**result {
+                        Ok(v) => encode_value(v, &mut buf),
+                        Err(e) => buf.extend_from_slice(e.as_bytes()),
+                    }
+                    self.replies.push(buf);
+                }
+                _ => {}
+            }
+        }
         for ev in batch {
             if let Event::Request(r) = ev {
                 self.headers.extend(r.headers.iter().map(|(n, v)| PnHeader { name: PnStr::of(n), value: PnStr::of(v) }));
@@ -303,9 +356,9 @@ impl Handle {
                 self.requests.push(request_record(r, hp, n, tp));
             }
         }
-        let mut request_at = 0;
+        let (mut request_at, mut group_at, mut reply_at) = (0, 0, 0);
         for ev in batch {
-            let mut rec = PnEvent { kind: 0, more: 0, id: 0, data: PnStr::EMPTY, level: PnStr::EMPTY, request: ptr::null(), at: 0.0 };
+            let mut rec = PnEvent { kind: 0, more: 0, id: 0, data: PnStr::EMPTY, level: PnStr::EMPTY, request: ptr::null(), at: 0.0, group: ptr::null() };
             match ev {
                 Event::Request(r) => {
                     rec.kind = 1;
@@ -358,6 +411,18 @@ impl Handle {
                 Event::Fatal { message } => {
                     rec.kind = 8;
                     rec.data = PnStr::of(message.as_bytes());
+                }
+                Event::GroupMessage(_) => {
+                    rec.kind = 12;
+                    rec.group = &self.groups[group_at];
+                    group_at += 1;
+                }
+                Event::Reply { token, result } => {
+                    rec.kind = 13;
+                    rec.id = *token;
+                    rec.more = result.is_ok() as i32;
+                    rec.data = PnStr::of(&self.replies[reply_at]);
+                    reply_at += 1;
                 }
             }
             self.events.push(rec);
@@ -610,6 +675,167 @@ pub unsafe extern "C" fn pagi_native_wait_writable(e: *mut Handle, id: u64, must
     guard("wait_writable", || {
         let w = handle(e)?.engine.wait_writable(id);
         *must_wait.as_mut().ok_or("null pointer")? = w as c_int;
+        Ok(PN_OK)
+    })
+}
+
+/// Encodes a reply value for `Native.xs`: `n` nil; `i` and an i64; `d`
+/// (data) or `s` (status) and a u32 length and the bytes; `a` and a u32
+/// count and the items. Integers big-endian.
+fn encode_value(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Nil => out.push(b'n'),
+        Value::Int(i) => {
+            out.push(b'i');
+            out.extend_from_slice(&i.to_be_bytes());
+        }
+        Value::Data(d) => {
+            out.push(b'd');
+            out.extend_from_slice(&(d.len() as u32).to_be_bytes());
+            out.extend_from_slice(d);
+        }
+        Value::Status(s) => {
+            out.push(b's');
+            out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        Value::Array(items) => {
+            out.push(b'a');
+            out.extend_from_slice(&(items.len() as u32).to_be_bytes());
+            for i in items {
+                encode_value(i, out);
+            }
+        }
+    }
+}
+
+/// SAFETY: `p` readable for `len` bytes (or len == 0).
+unsafe fn str_arg<'a>(p: *const c_char, len: usize, what: &str) -> Result<&'a str, String> {
+    let b: &'a [u8] = if len == 0 || p.is_null() { &[] } else { std::slice::from_raw_parts(p as *const u8, len) };
+    std::str::from_utf8(b).map_err(|_| format!("'{what}' is not UTF-8"))
+}
+
+/// Stream `id` joins `group`; `sse` when it is an SSE stream.
+///
+/// # Safety
+/// `e` from `pagi_native_new`; `group` readable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_group_join(e: *mut Handle, id: u64, group: *const c_char, group_len: usize, sse: c_int) -> c_int {
+    guard("group_join", || {
+        let h = handle(e)?;
+        h.engine.group_join(id, str_arg(group, group_len, "group")?, sse != 0).map(sent_code)
+    })
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`; `group` readable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_group_leave(e: *mut Handle, id: u64, group: *const c_char, group_len: usize) -> c_int {
+    guard("group_leave", || {
+        let h = handle(e)?;
+        h.engine.group_leave(id, str_arg(group, group_len, "group")?).map(sent_code)
+    })
+}
+
+/// Publishes; null `event`/`event_id` are absent, `retry` < 0 absent,
+/// `exclude` 0 none. Writes the reply token.
+///
+/// # Safety
+/// `e` from `pagi_native_new`; strings readable; `token` writable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_group_publish(
+    e: *mut Handle, group: *const c_char, group_len: usize, text: c_int, data: *const c_char, data_len: usize,
+    event: *const c_char, event_len: usize, event_id: *const c_char, event_id_len: usize, retry: i64, exclude: u64, token: *mut u64,
+) -> c_int {
+    guard("group_publish", || {
+        let h = handle(e)?;
+        let message = GroupMessage {
+            text: text != 0,
+            data: Bytes::copy_from_slice(PnStr { ptr: data, len: data_len }.bytes()),
+            event: opt_str(event, event_len, "event")?.map(str::to_string),
+            id: opt_str(event_id, event_id_len, "id")?.map(str::to_string),
+            retry: (retry >= 0).then_some(retry as u64),
+        };
+        let t = h.engine.group_publish(str_arg(group, group_len, "group")?, message, (exclude != 0).then_some(exclude))?;
+        *token.as_mut().ok_or("null token pointer")? = t;
+        Ok(PN_OK)
+    })
+}
+
+/// Perl's subscribers begin (`on` 1) or stop wanting the messages of `group`.
+///
+/// # Safety
+/// `e` from `pagi_native_new`; `group` readable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_group_subscribe(e: *mut Handle, group: *const c_char, group_len: usize, on: c_int) -> c_int {
+    guard("group_subscribe", || {
+        let h = handle(e)?;
+        h.engine.group_subscribe(str_arg(group, group_len, "group")?, on != 0).map(|_| PN_OK)
+    })
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`; `group` readable; `count` writable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_group_count(e: *mut Handle, group: *const c_char, group_len: usize, count: *mut u64) -> c_int {
+    guard("group_count", || {
+        let h = handle(e)?;
+        let n = h.engine.group_count(str_arg(group, group_len, "group")?);
+        *count.as_mut().ok_or("null count pointer")? = n as u64;
+        Ok(PN_OK)
+    })
+}
+
+/// Asks for the cluster-wide member count of `group`; writes the reply token.
+///
+/// # Safety
+/// `e` from `pagi_native_new`; `group` readable; `token` writable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_query_cluster_count(e: *mut Handle, group: *const c_char, group_len: usize, token: *mut u64) -> c_int {
+    guard("query_cluster_count", || {
+        let h = handle(e)?;
+        let group = str_arg(group, group_len, "group")?.to_string();
+        let t = h.engine.query(Query::ClusterCount { group })?;
+        *token.as_mut().ok_or("null token pointer")? = t;
+        Ok(PN_OK)
+    })
+}
+
+/// Sends a Redis command (`n` arguments); writes the reply token.
+///
+/// # Safety
+/// `e` from `pagi_native_new`; `args` points to `n` readable strings; `token` writable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_query_redis(e: *mut Handle, args: *const PnStr, n: usize, token: *mut u64) -> c_int {
+    guard("query_redis", || {
+        let h = handle(e)?;
+        let args = if n == 0 || args.is_null() { Vec::new() } else { std::slice::from_raw_parts(args, n).iter().map(|a| a.bytes().to_vec()).collect() };
+        let t = h.engine.query(Query::Redis { args })?;
+        *token.as_mut().ok_or("null token pointer")? = t;
+        Ok(PN_OK)
+    })
+}
+
+/// `pn_group_stats`.
+#[repr(C)]
+pub struct PnGroupStats {
+    pub published: u64,
+    pub delivered: u64,
+    pub skipped: u64,
+    pub dropped: u64,
+    pub redis_publish_failed: u64,
+    pub redis_reconnects: u64,
+    pub redis_connected: u64,
+}
+
+/// # Safety
+/// `e` from `pagi_native_new`; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn pagi_native_group_stats(e: *mut Handle, out: *mut PnGroupStats) -> c_int {
+    guard("group_stats", || {
+        let h = handle(e)?;
+        let [published, delivered, skipped, dropped, redis_publish_failed, redis_reconnects, redis_connected] = h.engine.group_stats();
+        *out.as_mut().ok_or("null stats pointer")? = PnGroupStats { published, delivered, skipped, dropped, redis_publish_failed, redis_reconnects, redis_connected };
         Ok(PN_OK)
     })
 }

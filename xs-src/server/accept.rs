@@ -217,7 +217,7 @@ fn spawn_conn<S: Transport>(ctx: Rc<IoCtx>, conn: Conn<S>) {
                 message: format!("connection task panicked: {}", panic_message(&*panic)),
             });
             if id != 0 {
-                ctx.registry.borrow_mut().remove(&id);
+                crate::server::ctx::unregister(&ctx, id);
                 ctx.shared.events.push(Event::Disconnect { id, reason: Reason::ServerError });
             }
         }

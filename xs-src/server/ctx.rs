@@ -67,6 +67,7 @@ pub struct Stats {
     pub connections_active: AtomicU64,
     pub connections_total: AtomicU64,
     pub requests_total: AtomicU64,
+    pub groups: crate::pubsub::GroupStats,
 }
 
 /// State shared by the Perl thread and the IO thread.
@@ -101,6 +102,8 @@ pub struct IoCtx {
     pub shared: Arc<Shared>,
     /// Request id → the stream serving it.
     pub registry: RefCell<HashMap<Id, ActionSender>>,
+    /// Group memberships (see `crate::pubsub`).
+    pub groups: RefCell<crate::pubsub::groups::Registry>,
     pub phase: watch::Receiver<Phase>,
     /// Connections alive (TLS handshakes in progress included).
     pub live: Cell<usize>,
@@ -112,6 +115,12 @@ pub struct IoCtx {
     pub lazy_events: Notify,
     /// The lazy waker's timer runs: lazy events queued meanwhile share it.
     pub lazy_armed: Cell<bool>,
+}
+
+/// Stream `id` is over: it leaves the registry and every group it joined.
+pub fn unregister(ctx: &Rc<IoCtx>, id: Id) {
+    ctx.registry.borrow_mut().remove(&id);
+    crate::pubsub::stream_ended(ctx, id);
 }
 
 /// How long a lazy event may wait for a wake to ride along with.

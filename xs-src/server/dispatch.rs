@@ -23,6 +23,8 @@ pub async fn dispatch(ctx: Rc<IoCtx>, deadline: watch::Sender<Option<tokio::time
                         conn.send((id, action));
                     }
                 }
+                Command::Group(cmd) => crate::pubsub::command(&ctx, cmd),
+                Command::Query { token, query } => crate::pubsub::query(&ctx, token, query),
                 Command::Shutdown { grace } => {
                     let at = tokio::time::Instant::now() + grace;
                     deadline.send_if_modified(|d| match d {

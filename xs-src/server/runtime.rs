@@ -56,6 +56,7 @@ async fn io_main(shared: Arc<Shared>, listeners: Vec<StdListener>) {
     let ctx = Rc::new(IoCtx {
         shared: shared.clone(),
         registry: RefCell::new(HashMap::new()),
+        groups: RefCell::new(Default::default()),
         phase: phase_rx,
         live: Cell::new(0),
         accepting: Cell::new(0),

@@ -102,6 +102,15 @@ impl Writer {
         }
     }
 
+    /// A command for a stream that already ended on this connection: a
+    /// group frame's bytes were counted as buffered when it was queued, so
+    /// they are released here (waking a waiting sender as writes do).
+    pub fn release_stale(&mut self, action: crate::seam::event::Action) {
+        if let crate::seam::event::Action::Group { frame } = action {
+            self.data(Bytes::new(), frame.len());
+        }
+    }
+
     /// Queues a byte range of a file.
     pub fn file(&mut self, file: std::fs::File, offset: u64, len: u64) {
         self.touch();

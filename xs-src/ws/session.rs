@@ -322,6 +322,7 @@ impl Live<'_> {
                 biased;
                 (cid, action) = inbox.recv() => {
                     if cid != self.id {
+                        self.out.release_stale(action);
                         continue; // a command for a request that already ended
                     }
                     Woke::Command(action)
@@ -344,7 +345,7 @@ impl Live<'_> {
                     while r.is_ok() {
                         match inbox.try_recv() {
                             Some((cid, action)) if cid == self.id => r = self.apply(action),
-                            Some(_) => {}
+                            Some((_, action)) => self.out.release_stale(action),
                             None => break,
                         }
                     }
@@ -431,6 +432,18 @@ impl Live<'_> {
                 self.keepalive = Keepalive::new(interval, timeout.unwrap_or(Duration::ZERO));
             }
             Action::Abort => return Err(Exit::now(1006, "server_error")),
+            Action::Group { frame } => {
+                let counted = frame.len();
+                if self.closing.is_some() || !self.ws.can_write() {
+                    self.out.data(Bytes::new(), counted);
+                } else {
+                    self.move_output();
+                    self.out.data(frame, counted);
+                }
+            }
+            // The client reads too slowly for its groups; it is not reading
+            // a Close either, so the connection just ends.
+            Action::GroupDrop => return Err(Exit::now(1008, "too slow for group messages")),
             _ => {}
         }
         Ok(())
@@ -522,7 +535,7 @@ impl Live<'_> {
 }
 
 /// The header of an unfragmented, unmasked data frame (RFC 6455 5.2).
-fn put_data_frame_header(buf: &mut BytesMut, text: bool, len: usize) {
+pub fn put_data_frame_header(buf: &mut BytesMut, text: bool, len: usize) {
     buf.put_u8(0x80 | if text { 0x1 } else { 0x2 });
     if len < 126 {
         buf.put_u8(len as u8);

@@ -40,6 +40,8 @@ my %OPTIONS = (
     max_ws_frame_size        => { default => 16 * 1024 * 1024, engine => 1, check => \&_positive },
     ws_ping_interval         => { default => 20, engine => 1, check => \&_seconds },
     ws_ping_timeout          => { default => 20, engine => 1, check => \&_seconds },
+    group_overflow           => { default => 'drop', engine => 1, check => sub { $_[0] =~ /\A(?:drop|skip)\z/ ? undef : 'must be drop or skip' } },
+    group_max_buffered       => { default => 1024 * 1024, engine => 1, check => \&_positive },
     # The engine reads WebSocket messages only as the app takes them (at most
     # 16 ahead), so its queue never reaches this bound; accepted for
     # configurations written for the reference server.

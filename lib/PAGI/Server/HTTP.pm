@@ -102,6 +102,9 @@ sub send {
         $self->{engine}->flush;
         return $DONE;
     }
+    elsif ($type eq 'groups.publish') {
+        return PAGI::Server::Groups::_scope_event($self, $event, $type, 'http');
+    }
     return _fail("Unrecognized event type '$type' for http protocol");
 }
 

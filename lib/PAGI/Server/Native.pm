@@ -20,10 +20,12 @@ use constant {
     EV_SHUTDOWN   => 9,
     EV_WS_MESSAGE    => 10,
     EV_WS_DISCONNECT => 11,
+    EV_GROUP_MESSAGE => 12,
+    EV_REPLY         => 13,
 };
 
 use Exporter 'import';
-our @EXPORT_OK = qw(EV_REQUEST EV_BODY EV_WRITABLE EV_DISCONNECT EV_DONE EV_STOPPED EV_LOG EV_FATAL EV_SHUTDOWN EV_WS_MESSAGE EV_WS_DISCONNECT);
+our @EXPORT_OK = qw(EV_REQUEST EV_BODY EV_WRITABLE EV_DISCONNECT EV_DONE EV_STOPPED EV_LOG EV_FATAL EV_SHUTDOWN EV_WS_MESSAGE EV_WS_DISCONNECT EV_GROUP_MESSAGE EV_REPLY);
 our %EXPORT_TAGS = (events => \@EXPORT_OK);
 
 _load_xs();
@@ -177,6 +179,8 @@ made before C<fork>. Options (unknown ones croak):
 
 =item ws_ping_interval (20 s; 0 = off), ws_ping_timeout (20 s; 0 = wait forever)
 
+=item group_overflow (C<drop> or C<skip>), group_max_buffered (1 MiB): the slow-member policy of L</GROUPS>
+
 =back
 
 =head2 listen_fd
@@ -228,6 +232,8 @@ events):
     [EV_SHUTDOWN,   $id]                 # graceful shutdown began; the response may finish
     [EV_WS_MESSAGE, $id, $data, $is_text] # a WebSocket message (text decoded to characters)
     [EV_WS_DISCONNECT, $id, $code, $reason] # the WebSocket ended
+    [EV_GROUP_MESSAGE, 0, \%message]    # for a group Perl subscribed to (see GROUPS)
+    [EV_REPLY,      $token, $ok, $value] # answer to a publish or query; $value is the error when !$ok
 
 For a WebSocket handshake C<$scope> is a C<websocket> scope (no method,
 scheme C<ws>); answer it with L</ws_accept> or refuse it. Otherwise
@@ -365,6 +371,36 @@ The engine's crate version and the versions of its main dependencies.
 =head2 write_watermarks
 
     my ($high, $low) = $engine->write_watermarks;
+
+=head1 GROUPS
+
+Named groups of WebSocket connections (after L</ws_accept>) and SSE
+streams (after C<sse_start>). A publish is encoded once per protocol (a
+WebSocket text or binary frame; an SSE event) and the one buffer is
+queued for every member by the IO thread. L<PAGI::Server::Groups> is the
+interface apps use; these are its engine calls.
+
+    $engine->group_join($id, $group, $is_sse);    # 1, or 0 if the request is gone
+    $engine->group_leave($id, $group);
+    my $token = $engine->group_publish($group, $is_text, $data, $event, $event_id, $retry, $exclude_id);
+    $engine->group_subscribe($group, $on);        # Perl wants EV_GROUP_MESSAGE for $group
+    my $n = $engine->group_count($group);         # local members (no round trip)
+    my $token = $engine->query_cluster_count($group);
+    my $token = $engine->query_redis(@args);      # fails without the redis backend
+    my $s = $engine->group_stats;  # published delivered skipped dropped redis_publish_failed redis_reconnects redis_connected
+
+A publish is answered by C<EV_REPLY> with its token and the number of
+members it was queued for; queries likewise. Group names are 1 to 256
+bytes (UTF-8 encoded) without NUL. A member leaves every group when its
+request ends. A member whose connection has more than
+C<group_max_buffered> bytes unwritten gets no message: with
+C<< group_overflow => 'drop' >> (the default) it is closed (a WebSocket
+ends with C<EV_WS_DISCONNECT> 1008 C<too slow for group messages>, an SSE
+stream with C<EV_DISCONNECT> C<queue_overflow>) and C<dropped> counts it;
+with C<skip> the message is left out for it and C<skipped> counts it.
+
+C<EV_GROUP_MESSAGE> carries C<< { group, text | bytes, event, id, retry, node } >>
+(C<node> undef for messages published by this process).
 
 =head1 RETURN VALUES AND ERRORS
 

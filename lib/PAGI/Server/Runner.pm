@@ -126,6 +126,8 @@ my @FLAGS = (
     [ 'ws-ping-timeout=s', 'opt:ws_ping_timeout', 'N', 'drop a WebSocket that does not answer a ping within N seconds (0 = never)' ],
     [ 'write-high-watermark=s', 'opt:write_high_watermark', 'N', 'buffered response bytes at which $send waits' ],
     [ 'write-low-watermark=s', 'opt:write_low_watermark', 'N', 'buffered response bytes below which $send resumes' ],
+    [ 'group-overflow=s', 'opt:group_overflow', 'POLICY', 'a group member with more than --group-max-buffered bytes unwritten is dropped (drop) or misses the message (skip)' ],
+    [ 'group-max-buffered=s', 'opt:group_max_buffered', 'N', 'unwritten bytes above which a group member is too slow for group messages' ],
     [ 'sync-file-threshold=s', 'opt:sync_file_threshold', 'N', 'accepted for compatibility (files are sent with sendfile)' ],
     [ 'lifespan=s',    'opt:lifespan_mode', 'MODE', 'auto, on or off' ],
     [ 'lifespan-startup-timeout=s', 'opt:lifespan_startup_timeout', 'N', 'seconds lifespan startup may take (0 = forever)' ],

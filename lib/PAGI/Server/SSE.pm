@@ -83,6 +83,9 @@ my %SEND_METHOD = (
     'sse.close'               => '_sse_close',
     'sse.http.response.start' => '_decline_start',
     'sse.http.response.body'  => '_decline_body',
+    'groups.join'             => '_groups',
+    'groups.leave'            => '_groups',
+    'groups.publish'          => '_groups',
 );
 
 sub send {
@@ -95,11 +98,19 @@ sub send {
         return $DONE;
     }
     return _fail("Unrecognized event type '$type' for sse protocol") unless $method;
+    # A publish is about the group, not this stream: it works in any state.
+    return $self->_groups($event) if $type eq 'groups.publish';
     return $DONE if defined $self->{gone};
     if ($self->{closed} && $type ne 'sse.close') {
         return _fail("cannot send '$type' after sse.close");
     }
     return $self->$method($event);
+}
+
+# The groups extension (PAGI::Server::Groups).
+sub _groups {
+    my ($self, $event) = @_;
+    return PAGI::Server::Groups::_scope_event($self, $event, $event->{type}, 'sse');
 }
 
 sub _sse_start {

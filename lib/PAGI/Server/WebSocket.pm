@@ -115,6 +115,9 @@ my %SEND_METHOD = (
     'websocket.keepalive'           => '_keepalive',
     'websocket.http.response.start' => '_deny_start',
     'websocket.http.response.body'  => '_deny_body',
+    'groups.join'                   => '_groups',
+    'groups.leave'                  => '_groups',
+    'groups.publish'                => '_groups',
 );
 
 sub send {
@@ -124,6 +127,12 @@ sub send {
     my $method = $SEND_METHOD{$type}
         or return _fail("Unrecognized event type '$type' for websocket protocol");
     return $self->$method($event);
+}
+
+# The groups extension (PAGI::Server::Groups).
+sub _groups {
+    my ($self, $event) = @_;
+    return PAGI::Server::Groups::_scope_event($self, $event, $event->{type}, 'websocket');
 }
 
 sub _accept {
