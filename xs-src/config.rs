@@ -59,6 +59,15 @@ pub struct Config {
     pub group_overflow: GroupOverflow,
     /// Unwritten bytes above which a member counts as slow for group messages.
     pub group_max_buffered: usize,
+    /// `pubsub`: the Redis server that carries group messages between
+    /// processes and machines; `None` keeps groups local to this process.
+    pub pubsub: Option<crate::pubsub::redis::RedisUrl>,
+    /// Starts every Redis key and channel of the groups (`pubsub_prefix`),
+    /// so several applications can share one Redis.
+    pub pubsub_prefix: String,
+    /// This process's node id (`node`): its own messages coming back from
+    /// Redis are recognised by it.
+    pub node: String,
 }
 
 /// The slow-member policy of group fan-out (see `crate::pubsub`).
@@ -99,6 +108,9 @@ impl Default for Config {
             server_header: concat!("PAGI-Server-Native/", env!("CARGO_PKG_VERSION")).to_string(),
             group_overflow: GroupOverflow::Drop,
             group_max_buffered: 1 << 20,
+            pubsub: None,
+            pubsub_prefix: "pagi:".into(),
+            node: String::new(),
         }
     }
 }
@@ -144,6 +156,21 @@ impl Config {
                 }
             }
             "group_max_buffered" => self.group_max_buffered = parse_size(name, value, 1)?,
+            "pubsub" => {
+                self.pubsub = if value.is_empty() { None } else { Some(crate::pubsub::redis::parse_url(value)?) }
+            }
+            "pubsub_prefix" => {
+                if value.is_empty() || value.len() > 64 || value.contains(['\0', ' ', '\r', '\n']) {
+                    return Err(format!("pubsub_prefix: '{value}' must be 1 to 64 bytes without spaces or line breaks"));
+                }
+                self.pubsub_prefix = value.to_string();
+            }
+            "node" => {
+                if value.is_empty() || value.len() > 200 {
+                    return Err("node: must be 1 to 200 bytes".into());
+                }
+                self.node = value.to_string();
+            }
             _ => return Err(format!("unknown engine option '{name}'")),
         }
         Ok(())

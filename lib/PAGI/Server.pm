@@ -78,7 +78,7 @@ sub _take_config {
     else                             { delete $self->{root_path} }
     $self->{high_watermark}  = $config->{write_high_watermark};
     # The groups extension: one hub and one hashref for every scope of this server.
-    $self->{groups}     //= PAGI::Server::Groups->new(server => $self);
+    $self->{groups}     //= PAGI::Server::Groups->new(server => $self, backend => length $config->{pubsub} ? 'redis' : 'local');
     $self->{groups_ext} //= { backend => $self->{groups}->backend, node => undef, hub => $self->{groups} };
     $self->{extensions}      = { %{ $config->{extensions} }, groups => $self->{groups_ext} };
     $self->{validate_events} = $config->{validate_events};
@@ -274,7 +274,8 @@ sub _note_port {
 
 sub _start_engine {
     my ($self) = @_;
-    my $engine = $self->{engine} = PAGI::Server::Native->new($self->{config}->engine_options);
+    # The node id is per process (a worker is a node of its own).
+    my $engine = $self->{engine} = PAGI::Server::Native->new($self->{config}->engine_options, node => $self->{groups}->node);
     my $tls = $self->{config}->tls;
     for my $l (@{ $self->{listeners} }) {
         # All TCP listeners are TLS when ssl is set; Unix sockets stay plain.
@@ -310,8 +311,12 @@ sub _banner {
     for my $spec (@{ $self->listeners }) {
         $self->_log(info => 'listening on ' . PAGI::Server::Listen->describe($spec, $tls && $spec->{type} eq 'tcp'));
     }
-    if (($config->{workers} // 0) > 1 && $self->{groups}->backend eq 'local') {
-        $self->_log(warn => "groups (rooms and channels) are per worker: a publish reaches only the members connected to its own worker");
+    if (length $config->{pubsub}) {
+        (my $where = $config->{pubsub}) =~ s{\A(rediss?://)[^@/?#]*@}{$1***@};
+        $self->_log(info => "groups (rooms and channels) cross processes through $where");
+    }
+    elsif (($config->{workers} // 0) > 1) {
+        $self->_log(warn => "groups (rooms and channels) are per worker: a publish reaches only the members connected to its own worker (--pubsub redis://... shares them)");
     }
 }
 
@@ -1052,6 +1057,23 @@ finds a member's connection with more than C<group_max_buffered> bytes
 unwritten is not queued for it; with C<drop> the member is closed
 (WebSocket 1008, SSE C<queue_overflow>), with C<skip> it misses that
 message. See L<PAGI::Server::Groups>.
+
+=item pubsub [none], pubsub_prefix [pagi:]
+
+C<redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]> (or C<rediss://> for TLS;
+C<?ca=/path/ca.pem> trusts only that CA instead of the system's roots):
+group messages cross workers and machines through Redis PUBLISH/SUBSCRIBE,
+the C<groups> extension's C<backend> becomes C<redis>, C<cluster_count>
+counts the members of every live node, and C<< $hub->redis(...) >> runs
+commands (the Redis session store of L<PAGI::Simple> uses it). The Redis
+client runs in the engine: no Perl Redis module is needed. Each process
+(each worker) is a node with its own id; it ignores its own echoes. When
+Redis goes away the engine reconnects with backoff (50 ms doubling to 2
+s), logs the loss and the return with the number of publishes that could
+not reach other nodes meanwhile, and fails each such publish's Future
+(local members still get the message). C<pubsub_prefix> starts every key
+and channel, so applications can share one Redis. A bad URL is refused by
+C<new> (its message never shows the password).
 
 =item max_receive_queue [1000]
 

@@ -24,6 +24,7 @@ pub mod wire;
 
 use crate::seam::event::{Event, GroupCommand, GroupDelivery, GroupMessage, Id, Query, Value};
 use crate::server::ctx::IoCtx;
+use redis::{Bridge, BridgeEvent, Reply};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -147,34 +148,126 @@ pub fn deliver_remote(ctx: &Rc<IoCtx>, group: &str, from_node: &str, payload: &[
     }
 }
 
-/// HOOK (cluster): a local publish after its local fan-out reached `local`
-/// members. Without a bridge it answers Perl at once; with one it would
-/// PUBLISH `encode_wire(&message, exclude)` and answer once Redis accepted it
-/// (or fail with "redis unavailable: ...").
+/// Starts the Redis bridge when the `pubsub` option is set; called once on
+/// the IO thread before anything is accepted. Its events come back here:
+/// messages from other nodes go to the local members, connection changes to
+/// the counters and the log (a publish refused while Redis was away is also
+/// failed to its publisher, so nothing is lost silently).
+pub fn start_bridge(ctx: &Rc<IoCtx>) {
+    let cfg = &ctx.shared.config;
+    let Some(url) = cfg.pubsub.clone() else { return };
+    let weak = Rc::downgrade(ctx);
+    let where_ = url.redacted();
+    let on_event = Box::new(move |ev: BridgeEvent| {
+        let Some(ctx) = weak.upgrade() else { return };
+        let stats = &ctx.shared.stats.groups;
+        let log = |level: &'static str, message: String| ctx.shared.events.push(Event::Log { level, message });
+        match ev {
+            BridgeEvent::Message { group, from_node, payload } => deliver_remote(&ctx, &group, &from_node, &payload),
+            BridgeEvent::Connected => {
+                stats.redis_connected.store(1, Relaxed);
+                log("info", format!("pubsub: connected to {where_}"));
+            }
+            BridgeEvent::Disconnected { error } => {
+                stats.redis_connected.store(0, Relaxed);
+                log("warn", format!("pubsub: lost {where_} ({error}); group messages stay local and their publishes fail until it is back"));
+            }
+            BridgeEvent::Reconnected { down_for, failed_publishes } => {
+                stats.redis_connected.store(1, Relaxed);
+                stats.redis_reconnects.fetch_add(1, Relaxed);
+                log("warn", format!("pubsub: {where_} is back after {:.1} s; {failed_publishes} publish(es) could not reach other nodes meanwhile", down_for.as_secs_f64()));
+            }
+        }
+    });
+    let bridge = Bridge::start(url, cfg.node.clone(), cfg.pubsub_prefix.clone(), on_event);
+    *ctx.bridge.borrow_mut() = Some(bridge);
+}
+
+/// Closes the bridge at the end of shutdown (this node's presence is
+/// removed from Redis), waiting at most a second for Redis.
+pub async fn stop_bridge(ctx: &Rc<IoCtx>) {
+    let bridge = ctx.bridge.borrow_mut().take();
+    if let Some(b) = bridge {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), b.close()).await;
+    }
+}
+
+fn bridge(ctx: &IoCtx) -> Option<Rc<Bridge>> {
+    ctx.bridge.borrow().clone()
+}
+
+/// A local publish after its local fan-out reached `local` members. Without
+/// a bridge Perl is answered at once; with one the message is also
+/// PUBLISHed and Perl is answered when Redis took it, or told
+/// "redis unavailable: ..." (the local members still got it). Each publish
+/// is its own task, started in order, so one slow reply holds up no other.
 pub fn forward_publish(ctx: &Rc<IoCtx>, token: u64, group: &str, message: GroupMessage, exclude: Option<Id>, local: u64) {
-    let _ = (group, message, exclude);
-    reply(ctx, token, Ok(Value::Int(local as i64)));
-}
-
-/// HOOK (cluster): `group` now has `members` local stream members (for presence).
-fn presence_changed(ctx: &Rc<IoCtx>, group: &str, members: usize) {
-    let _ = (ctx, group, members);
-}
-
-/// HOOK (cluster): this node began (`true`) or stopped wanting the messages
-/// of `group` (a first member or Perl subscriber came, the last one went).
-fn interest_changed(ctx: &Rc<IoCtx>, group: &str, interested: bool) {
-    let _ = (ctx, group, interested);
-}
-
-/// Answers a query from Perl. Without a cluster backend `cluster_count` is
-/// the local count and Redis commands fail.
-pub fn query(ctx: &Rc<IoCtx>, token: u64, q: Query) {
-    let result = match q {
-        Query::ClusterCount { group } => Ok(Value::Int(ctx.groups.borrow().count(&group) as i64)),
-        Query::Redis { .. } => Err("no redis backend (set the pubsub option)".to_string()),
+    let Some(b) = bridge(ctx) else {
+        return reply(ctx, token, Ok(Value::Int(local as i64)));
     };
-    reply(ctx, token, result);
+    let ctx = ctx.clone();
+    let group = group.to_string();
+    let payload = encode_wire(&message, exclude);
+    tokio::task::spawn_local(async move {
+        let result = match b.publish(&group, payload).await {
+            Ok(_) => Ok(Value::Int(local as i64)),
+            Err(e) => {
+                ctx.shared.stats.groups.redis_publish_failed.fetch_add(1, Relaxed);
+                Err(e)
+            }
+        };
+        reply(&ctx, token, result);
+    });
+}
+
+/// `group` now has `members` local stream members (presence in Redis).
+fn presence_changed(ctx: &Rc<IoCtx>, group: &str, members: usize) {
+    if let Some(b) = bridge(ctx) {
+        b.set_presence(group, members as u64);
+    }
+}
+
+/// This node began (`true`) or stopped wanting the messages of `group` (a
+/// first member or Perl subscriber came, the last one went): the bridge
+/// subscribes or unsubscribes its Redis channel.
+fn interest_changed(ctx: &Rc<IoCtx>, group: &str, interested: bool) {
+    if let Some(b) = bridge(ctx) {
+        if interested {
+            b.subscribe(group)
+        } else {
+            b.unsubscribe(group)
+        }
+    }
+}
+
+/// Answers a query from Perl. Without a bridge `cluster_count` is the local
+/// count and Redis commands fail; with one both go to Redis.
+pub fn query(ctx: &Rc<IoCtx>, token: u64, q: Query) {
+    let Some(b) = bridge(ctx) else {
+        let result = match q {
+            Query::ClusterCount { group } => Ok(Value::Int(ctx.groups.borrow().count(&group) as i64)),
+            Query::Redis { .. } => Err("no redis backend (set the pubsub option)".to_string()),
+        };
+        return reply(ctx, token, result);
+    };
+    let ctx = ctx.clone();
+    tokio::task::spawn_local(async move {
+        let result = match q {
+            Query::ClusterCount { group } => b.cluster_count(&group).await.map(|n| Value::Int(n as i64)),
+            Query::Redis { args } => b.command(args).await.map(value_of),
+        };
+        reply(&ctx, token, result);
+    });
+}
+
+fn value_of(r: Reply) -> Value {
+    match r {
+        Reply::Nil => Value::Nil,
+        Reply::Int(n) => Value::Int(n),
+        Reply::Data(d) => Value::Data(d.into()),
+        Reply::Status(s) => Value::Status(s),
+        Reply::Array(a) => Value::Array(a.into_iter().map(value_of).collect()),
+    }
 }
 
 /// Sends Perl the answer for `token`.

@@ -115,6 +115,8 @@ pub struct IoCtx {
     pub lazy_events: Notify,
     /// The lazy waker's timer runs: lazy events queued meanwhile share it.
     pub lazy_armed: Cell<bool>,
+    /// The Redis bridge when the `pubsub` option is set (see `crate::pubsub`).
+    pub bridge: RefCell<Option<Rc<crate::pubsub::redis::Bridge>>>,
 }
 
 /// Stream `id` is over: it leaves the registry and every group it joined.

@@ -63,7 +63,17 @@ async fn io_main(shared: Arc<Shared>, listeners: Vec<StdListener>) {
         all_closed: Notify::new(),
         lazy_events: Notify::new(),
         lazy_armed: Cell::new(false),
+        bridge: RefCell::new(None),
     });
+    crate::pubsub::start_bridge(&ctx);
+    serve(&ctx, listeners, phase_tx).await;
+    crate::pubsub::stop_bridge(&ctx).await;
+}
+
+/// Runs the accept loops and the dispatcher, then the shutdown phases, until
+/// every connection is closed.
+async fn serve(ctx: &Rc<IoCtx>, listeners: Vec<StdListener>, phase_tx: watch::Sender<Phase>) {
+    let shared = &ctx.shared;
     tokio::task::spawn_local(crate::server::ctx::lazy_waker(ctx.clone()));
     tokio::task::spawn_local(crate::server::ctx::trim_after_activity(ctx.clone()));
     for l in listeners {

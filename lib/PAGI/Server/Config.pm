@@ -42,6 +42,10 @@ my %OPTIONS = (
     ws_ping_timeout          => { default => 20, engine => 1, check => \&_seconds },
     group_overflow           => { default => 'drop', engine => 1, check => sub { $_[0] =~ /\A(?:drop|skip)\z/ ? undef : 'must be drop or skip' } },
     group_max_buffered       => { default => 1024 * 1024, engine => 1, check => \&_positive },
+    # Groups across processes and machines: the engine parses the URL, so
+    # its message (never showing the password) is the one users see.
+    pubsub                   => { default => '', engine => 1, secret => 1, check => _engine_option('pubsub') },
+    pubsub_prefix            => { default => 'pagi:', engine => 1, check => _engine_option('pubsub_prefix') },
     # The engine reads WebSocket messages only as the app takes them (at most
     # 16 ahead), so its queue never reaches this bound; accepted for
     # configurations written for the reference server.
@@ -243,7 +247,8 @@ sub new {
         }
         if (defined $value && $spec->{check}) {
             my $problem = $spec->{check}->($value);
-            Carp::croak("PAGI::Server: option '$name' $problem" . (ref $value ? '' : " (got '$value')"))
+            # A URL may carry a password: its value is not repeated.
+            Carp::croak("PAGI::Server: option '$name' $problem" . (ref $value || $spec->{secret} ? '' : " (got '$value')"))
                 if defined $problem;
         }
         $config{$name} = $value;
@@ -292,6 +297,21 @@ sub _same {
 Returns the (name, value) pairs handed to L<PAGI::Server::Native/new>.
 
 =cut
+
+# A check that asks the engine itself (PAGI::Server::Native->new validates
+# every option and starts nothing).
+sub _engine_option {
+    my ($name) = @_;
+    return sub {
+        my ($value) = @_;
+        return 'must be a string' if ref $value;
+        require PAGI::Server::Native;
+        return undef if eval { PAGI::Server::Native->new($name => $value); 1 };
+        (my $e = $@) =~ s/ at \S+ line \d+\.?\n\z//;
+        $e =~ s/\A(?:PAGI::Server::Native\S*: )?(?:\Q$name\E: )?//;
+        return $e;
+    };
+}
 
 sub engine_options {
     my ($self) = @_;

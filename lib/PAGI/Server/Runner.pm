@@ -128,6 +128,8 @@ my @FLAGS = (
     [ 'write-low-watermark=s', 'opt:write_low_watermark', 'N', 'buffered response bytes below which $send resumes' ],
     [ 'group-overflow=s', 'opt:group_overflow', 'POLICY', 'a group member with more than --group-max-buffered bytes unwritten is dropped (drop) or misses the message (skip)' ],
     [ 'group-max-buffered=s', 'opt:group_max_buffered', 'N', 'unwritten bytes above which a group member is too slow for group messages' ],
+    [ 'pubsub=s',      'opt:pubsub', 'URL',    'carry group messages (rooms, channels) between workers and machines through Redis: redis://[:PASSWORD@]HOST[:PORT][/DB], rediss:// for TLS', 'none (per process)' ],
+    [ 'pubsub-prefix=s', 'opt:pubsub_prefix', 'PREFIX', 'start of every Redis key and channel the groups use' ],
     [ 'sync-file-threshold=s', 'opt:sync_file_threshold', 'N', 'accepted for compatibility (files are sent with sendfile)' ],
     [ 'lifespan=s',    'opt:lifespan_mode', 'MODE', 'auto, on or off' ],
     [ 'lifespan-startup-timeout=s', 'opt:lifespan_startup_timeout', 'N', 'seconds lifespan startup may take (0 = forever)' ],
