@@ -38,7 +38,7 @@ sub new ($class, %o) {
         router => PAGI::Simple::Router->new, ws_router => PAGI::Simple::Router->new, sse_router => PAGI::Simple::Router->new,
         mounts => [], hooks => { before => [], after => [] }, middleware => {}, errors => {},
         lifespan => { startup => [], shutdown => [] }, stash => {}, wrappers => [], group => [ { prefix => '', mw => [] } ],
-        pubsub => $o{pubsub},
+        pubsub => $o{pubsub}, pubsub_given => defined $o{pubsub} ? 1 : 0, groups_ext => 0,
     }, $class;
     $self->sessions(secrets => $o{secrets}) if $o{secrets};
     return $self;
@@ -49,6 +49,29 @@ sub mode ($self)   { $self->{mode} }
 sub stash ($self)  { $self->{stash} }
 sub router ($self) { $self->{router} }
 sub pubsub ($self) { $self->{pubsub} //= PAGI::Simple::PubSub->instance }
+
+# A scope with the server's groups extension: unless the app was given a
+# backend, $app->pubsub becomes the hub's PAGI::Simple::PubSub::Server
+# (lifespan scopes carry no extensions, so the first http, websocket or sse
+# scope decides). What was subscribed on the in-memory default moves over.
+sub _use_groups ($self, $ext) {
+    $self->{groups_ext} = $ext;
+    my $hub = ref $ext eq 'HASH' && $ext->{hub} or return;
+    require PAGI::Simple::PubSub::Server;
+    my $old = $self->{pubsub};
+    my $new = $self->{pubsub} = PAGI::Simple::PubSub::Server->for_hub($hub);
+    $new->_adopt($old) if $old && $old != $new && $old->isa('PAGI::Simple::PubSub::Memory');
+    return;
+}
+
+# The backend whose engine groups this scope's connection joins, or undef
+# (the in-memory path: no extension, or the app's backend is not on its hub).
+sub _groups_for ($self, $scope) {
+    my $ext = $scope->{extensions} && $scope->{extensions}{groups} or return undef;
+    my $backend = $self->{pubsub};
+    return undef unless blessed($backend) && $backend->isa('PAGI::Simple::PubSub::Server');
+    return ref $ext eq 'HASH' && $ext->{hub} && $backend->hub == $ext->{hub} ? $backend : undef;
+}
 sub is_development ($self) { $self->{mode} eq 'development' }
 
 # --- routes ---
@@ -181,6 +204,9 @@ sub to_app ($self) {
     # A plain sub rather than an async one, so the usual request needs no
     # async frame; errors still come back as a failed Future, as from an async sub.
     my $app = sub ($scope, $receive, $send) {
+        if (!$self->{pubsub_given} and my $ext = $scope->{extensions} && $scope->{extensions}{groups}) {
+            $self->_use_groups($ext) if $ext != $self->{groups_ext};
+        }
         my $f = eval {
             my $type = $scope->{type} // '';
             $type eq 'http'        ? $self->_http($scope, $receive, $send)
@@ -455,7 +481,7 @@ async sub _websocket ($self, $scope, $receive, $send) {
         return;
     }
     my $ws = PAGI::Simple::WebSocket->new(app => $self, scope => $scope, receive => $receive, send => $send,
-        path_params => $match->{params}, route_key => $match->{route}{path});
+        path_params => $match->{params}, route_key => $match->{route}{path}, groups => $self->_groups_for($scope));
     await $ws->run($match->{route}{handler});
 }
 
@@ -470,7 +496,7 @@ async sub _sse ($self, $scope, $receive, $send) {
         return;
     }
     my $sse = PAGI::Simple::SSE->new(app => $self, scope => $scope, receive => $receive, send => $send,
-        path_params => $match->{params});
+        path_params => $match->{params}, groups => $self->_groups_for($scope));
     await $sse->run($match->{route}{handler});
 }
 
