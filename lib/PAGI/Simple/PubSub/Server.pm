@@ -263,7 +263,8 @@ sub _receiver ($self, $group) {
 
 sub _add ($self, $group, $cb, $id, $arg) {
     Carp::croak("PAGI::Simple::PubSub::Server: the callback for '$group' must be a code reference") unless ref $cb eq 'CODE';
-    $id //= 'sub' . ++$self->{next_id};
+    # Its own prefix: ids adopted from the in-memory hub ('subN') stay unique.
+    $id //= 'server-sub' . ++$self->{next_id};
     my $subs = $self->{subs}{$group} //= [];
     @$subs = grep { $_->[0] ne $id } @$subs;
     push @$subs, [ $id, $cb, $arg ];
