@@ -46,10 +46,18 @@ resuming after a reconnect.
 
 =item subscribe($channel), unsubscribe($channel), unsubscribe_all, channels, in_channel($channel)
 
-=item publish($channel, $data, [event => $name, id => $id]), publish_others(...)
+=item publish($channel, $data, [event => $name, id => $id, retry => $ms]), publish_others(...)
 
 Delivered as an event to every subscriber of the channel (C<publish_others>
-skips this stream). Returns the receiver count.
+skips this stream); a reference as data is sent as JSON. Returns the
+receivers reached in this process.
+
+=item channel_count($channel), channel_cluster_count($channel)
+
+The channel's subscribers in this process now, and a Future of them
+across every worker and machine (pagi-server with C<--pubsub
+redis://...>; otherwise the local count): C<< $app->pubsub >>'s
+C<subscribers("sse:$channel")> and C<cluster_subscribers>.
 
 =item on(close => sub {}), on(error => sub ($err) {}), close, is_closed, stash, path_params, param, scope, app
 
@@ -59,6 +67,13 @@ The request's query string: the last value of a name, or all of them
 (decoded as UTF-8, as C<< $c->req >> does).
 
 =back
+
+Channel C<NAME> is C<sse:NAME> on the app's L<PAGI::Simple::PubSub>. Under
+PAGI::Server (the C<groups> extension) the stream itself is a member of
+that engine group (C<groups.join> on its own C<$send> once started), and a
+publish is one C<groups.publish> that the engine writes as one SSE event
+to every member, across workers with C<--pubsub redis://...> (see
+L<PAGI::Simple/ROOMS AND CHANNELS ACROSS WORKERS>).
 
 =cut
 

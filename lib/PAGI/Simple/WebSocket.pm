@@ -43,12 +43,26 @@ or, for binary frames, the bytes.
 
 =item join($room), leave($room), leave_all, rooms, in_room($room)
 
+=item room_count($room), room_cluster_count($room)
+
+The room's members in this process now (a number), and a Future of its
+members across every worker and machine (pagi-server with C<--pubsub
+redis://...>; otherwise the local count). Both come from
+C<< $app->pubsub >> (C<room_count>, C<room_cluster_count>) and include Perl
+subscribers of the room in this process.
+
 =item broadcast($message) / broadcast($room, $message) returns count
 
 With one argument, to every B<other> client connected to the same route;
 with two, to every other member of the room. The sender is excluded by
 default; C<broadcast_all> takes the same arguments and includes the sender.
 C<broadcast_others> is kept as an alias of the two-argument C<broadcast>.
+
+The message is sent as a text frame: a string as it is, a reference as its
+JSON. The count is the receivers reached in this process (members, and
+Perl subscribers of the room, without the sender when excluded); with the
+server's C<groups> extension the message also reaches members on other
+workers, which are not counted.
 
 =item stash, param($name), path_params, scope, app, id
 
@@ -60,6 +74,13 @@ The handshake's query string: the last value of a name, or all of them
 =back
 
 Rooms and the route group go through the app's L<PAGI::Simple::PubSub>.
+Under PAGI::Server (the C<groups> extension) the connection itself is a
+member of engine groups C<room:NAME> and C<ws-route:PATH>, joined after the
+accept with C<groups.join> on its own C<$send>, and broadcasts are one
+C<groups.publish> the engine writes to every member (see
+L<PAGI::Simple/ROOMS AND CHANNELS ACROSS WORKERS>). Elsewhere the in-memory
+hub delivers through a Perl callback per member; broadcasts that arrive
+between subscribing and the accept wait for the accept.
 
 =cut
 
