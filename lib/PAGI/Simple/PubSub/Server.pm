@@ -95,7 +95,9 @@ Local connection members plus local Perl subscribers, now.
 =item room_cluster_count($room), cluster_subscribers($channel)
 
 A Future: the connection members across the cluster (the local count
-without Redis) plus this process's Perl subscribers.
+without Redis) plus this process's Perl subscribers. This node's part is
+current; other nodes write theirs to Redis shortly (debounced) after it
+changes, so a join elsewhere a few milliseconds ago may not be counted yet.
 
 =item room_members($room)
 
