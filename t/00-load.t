@@ -36,6 +36,7 @@ my @modules = qw(
     PAGI::Simple::SSE
     PAGI::Simple::PubSub
     PAGI::Simple::PubSub::Memory
+    PAGI::Simple::PubSub::Server
     PAGI::Simple::Session
     PAGI::Simple::Session::Store::Redis
     PAGI::Simple::Static

@@ -20,6 +20,8 @@
 # "rooms" first ({"rooms":{...}}, the member counts), then "join", "leave"
 # and "message" ({"room":..,"name":..,"members":..}; no message text).
 use PAGI::Simple;
+use Future;
+use Future::AsyncAwait;
 use File::Basename ();
 use File::Spec;
 use Encode ();
@@ -30,25 +32,29 @@ my $JSON = JSON::MaybeXS->new(canonical => 1);    # characters: WebSocket text f
 my $PUBLIC = File::Spec->catdir(File::Basename::dirname(File::Spec->rel2abs(__FILE__)), 'public');
 my $ROOM = qr/\A[\w-]{1,32}\z/a;
 
-# Rooms with members in this process. Delivery and the member lists are
-# $app->pubsub's (room_members); this only remembers which rooms to list.
+# Rooms with members in this process. Delivery and the counts are
+# $app->pubsub's; this only remembers which rooms to list.
 my %rooms;
 
-# Members of a room, counted by the pubsub backend. In one process (and with
-# --workers but no --pubsub) this is this process's count; once the rooms
-# run on the server's groups extension the count across workers and
-# machines is the hub's cluster_count (see README.md).
-sub members ($room) { scalar @{ $app->pubsub->room_members($room) } }
+# Members of a room, counted by the pubsub backend: a Future. Under
+# pagi-server $app->pubsub runs on the server's groups extension, and with
+# --pubsub redis://... this is the count across every worker and machine
+# (without Redis, and on other PAGI servers, this process's count).
+sub members ($room) { $app->pubsub->room_cluster_count($room) }
 
-sub room_counts () {
-    delete $rooms{$_} for grep { !members($_) } keys %rooms;
-    return { map { $_ => members($_) } keys %rooms };
+async sub room_counts () {
+    delete $rooms{$_} for grep { !$app->pubsub->room_count($_) } keys %rooms;
+    my @names = sort keys %rooms;
+    my @counts = await Future->needs_all(map { members($_) } @names);
+    my %counts;
+    @counts{@names} = @counts;
+    return \%counts;
 }
 
 # Everything the activity feed shows goes out here.
 sub activity ($event, %data) { $app->sse_publish(activity => \%data, event => $event) }
 
-$app->websocket('/ws/:room' => sub ($ws) {
+$app->websocket('/ws/:room' => async sub ($ws) {
     my $room = $ws->path_params->{room};
     return $ws->close(4400, 'room: 1 to 32 letters, digits, _ or -') unless $room =~ $ROOM;
     my $name = $ws->query_param('name') // '';
@@ -58,32 +64,32 @@ $app->websocket('/ws/:room' => sub ($ws) {
 
     $ws->join($room);
     $rooms{$room} = 1;
-    my $count = members($room);
-    $ws->send($JSON->encode({ type => 'welcome', room => $room, name => $name, members => $count }));
+    my $count = await members($room);
+    await $ws->send($JSON->encode({ type => 'welcome', room => $room, name => $name, members => $count }));
     $ws->broadcast($room, $JSON->encode({ type => 'join', name => $name, members => $count }));
     activity(join => room => $room, name => $name, members => $count);
 
-    $ws->on(message => sub ($text) {
+    $ws->on(message => async sub ($text) {
         $text = substr($text, 0, 1000);
         return unless $text =~ /\S/;
         $ws->broadcast_all($room, $JSON->encode({ type => 'message', name => $name, text => $text }));
-        activity(message => room => $room, name => $name, members => members($room));
+        activity(message => room => $room, name => $name, members => await members($room));
     });
     # The connection has left the room by now: the count is without it.
-    $ws->on(close => sub ($code, $reason) {
-        my $left = members($room);
+    $ws->on(close => async sub ($code, $reason) {
+        my $left = await members($room);
         $ws->broadcast($room, $JSON->encode({ type => 'leave', name => $name, members => $left }));
         activity(leave => room => $room, name => $name, members => $left);
     });
 });
 
-$app->sse('/activity' => sub ($sse) {
+$app->sse('/activity' => async sub ($sse) {
     $sse->keepalive(15);
-    $sse->send(rooms => { rooms => room_counts() });
+    await $sse->send(rooms => { rooms => await room_counts() });
     $sse->subscribe('activity');
 });
 
-$app->get('/api/rooms' => sub ($c) { $c->json({ rooms => room_counts() }) });
+$app->get('/api/rooms' => async sub ($c) { await $c->json({ rooms => await room_counts() }) });
 
 # A message from the server (an HTTP request, no WebSocket needed) to a room.
 $app->post('/api/rooms/:room/messages' => sub ($c) {

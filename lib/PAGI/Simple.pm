@@ -38,7 +38,7 @@ sub new ($class, %o) {
         router => PAGI::Simple::Router->new, ws_router => PAGI::Simple::Router->new, sse_router => PAGI::Simple::Router->new,
         mounts => [], hooks => { before => [], after => [] }, middleware => {}, errors => {},
         lifespan => { startup => [], shutdown => [] }, stash => {}, wrappers => [], group => [ { prefix => '', mw => [] } ],
-        pubsub => $o{pubsub},
+        pubsub => $o{pubsub}, pubsub_given => defined $o{pubsub} ? 1 : 0, groups_ext => 0,
     }, $class;
     $self->sessions(secrets => $o{secrets}) if $o{secrets};
     return $self;
@@ -49,6 +49,29 @@ sub mode ($self)   { $self->{mode} }
 sub stash ($self)  { $self->{stash} }
 sub router ($self) { $self->{router} }
 sub pubsub ($self) { $self->{pubsub} //= PAGI::Simple::PubSub->instance }
+
+# A scope with the server's groups extension: unless the app was given a
+# backend, $app->pubsub becomes the hub's PAGI::Simple::PubSub::Server
+# (lifespan scopes carry no extensions, so the first http, websocket or sse
+# scope decides). What was subscribed on the in-memory default moves over.
+sub _use_groups ($self, $ext) {
+    $self->{groups_ext} = $ext;
+    my $hub = ref $ext eq 'HASH' && $ext->{hub} or return;
+    require PAGI::Simple::PubSub::Server;
+    my $old = $self->{pubsub};
+    my $new = $self->{pubsub} = PAGI::Simple::PubSub::Server->for_hub($hub);
+    $new->_adopt($old) if $old && $old != $new && $old->isa('PAGI::Simple::PubSub::Memory');
+    return;
+}
+
+# The backend whose engine groups this scope's connection joins, or undef
+# (the in-memory path: no extension, or the app's backend is not on its hub).
+sub _groups_for ($self, $scope) {
+    my $ext = $scope->{extensions} && $scope->{extensions}{groups} or return undef;
+    my $backend = $self->{pubsub};
+    return undef unless blessed($backend) && $backend->isa('PAGI::Simple::PubSub::Server');
+    return ref $ext eq 'HASH' && $ext->{hub} && $backend->hub == $ext->{hub} ? $backend : undef;
+}
 sub is_development ($self) { $self->{mode} eq 'development' }
 
 # --- routes ---
@@ -181,6 +204,9 @@ sub to_app ($self) {
     # A plain sub rather than an async one, so the usual request needs no
     # async frame; errors still come back as a failed Future, as from an async sub.
     my $app = sub ($scope, $receive, $send) {
+        if (!$self->{pubsub_given} and my $ext = $scope->{extensions} && $scope->{extensions}{groups}) {
+            $self->_use_groups($ext) if $ext != $self->{groups_ext};
+        }
         my $f = eval {
             my $type = $scope->{type} // '';
             $type eq 'http'        ? $self->_http($scope, $receive, $send)
@@ -455,7 +481,7 @@ async sub _websocket ($self, $scope, $receive, $send) {
         return;
     }
     my $ws = PAGI::Simple::WebSocket->new(app => $self, scope => $scope, receive => $receive, send => $send,
-        path_params => $match->{params}, route_key => $match->{route}{path});
+        path_params => $match->{params}, route_key => $match->{route}{path}, groups => $self->_groups_for($scope));
     await $ws->run($match->{route}{handler});
 }
 
@@ -470,7 +496,7 @@ async sub _sse ($self, $scope, $receive, $send) {
         return;
     }
     my $sse = PAGI::Simple::SSE->new(app => $self, scope => $scope, receive => $receive, send => $send,
-        path_params => $match->{params});
+        path_params => $match->{params}, groups => $self->_groups_for($scope));
     await $sse->run($match->{route}{handler});
 }
 
@@ -541,8 +567,13 @@ with the trailing slash added or removed gets C<301> to that path (query kept).
 
 =item pubsub => $backend
 
-The L<PAGI::Simple::PubSub> backend for rooms and channels (default: the
-per-process L<PAGI::Simple::PubSub::Memory> instance).
+The L<PAGI::Simple::PubSub> backend for rooms and channels. Without it the
+app picks one itself (see L</ROOMS AND CHANNELS ACROSS WORKERS>): the
+server's hub as L<PAGI::Simple::PubSub::Server> once a request scope
+carries the C<groups> extension, else the per-process
+L<PAGI::Simple::PubSub::Memory> instance. A backend given here is used as
+it is (WebSocket rooms and SSE channels then go through its callbacks, in
+Perl, unless it is a L<PAGI::Simple::PubSub::Server> on the scope's hub).
 
 =item secrets => [ ... ]
 
@@ -673,7 +704,57 @@ accepting (code 4004, which the server sends as HTTP 403); an unknown SSE path
 is declined with a plain C<404> (C<sse.http.response.*>). One-argument
 C<< $ws->broadcast($msg) >> reaches every other client of that route;
 two-argument C<broadcast($room, $msg)> every other member of the room. Both,
-and SSE channels, go through C<< $app->pubsub >>.
+and SSE channels, go through C<< $app->pubsub >>. A reference broadcast to a
+room (or the route) is sent as its JSON text.
+
+Presence: C<< $ws->room_count($room) >> and C<< $sse->channel_count($channel) >>
+are the members in this process now; C<< $ws->room_cluster_count($room) >>
+and C<< $sse->channel_cluster_count($channel) >> are Futures of the count
+across every worker and machine (with pagi-server's C<--pubsub
+redis://...>; otherwise the local count). The same from anywhere:
+C<< $app->pubsub->room_count($room) >>, C<room_cluster_count>,
+C<subscribers("sse:$channel")>, C<cluster_subscribers>.
+
+=head1 ROOMS AND CHANNELS ACROSS WORKERS
+
+PAGI::Server advertises the C<groups> extension in every http, websocket
+and sse scope (see L<PAGI::Server::Groups>). When an app that was not given
+a C<pubsub> backend sees its first such scope, C<< $app->pubsub >> becomes
+L<PAGI::Simple::PubSub::Server> on the server's hub (one per process,
+shared by the apps in it), and from then on:
+
+=over
+
+=item * C<< $ws->join >> / C<leave>, the route group and C<< $sse->subscribe >> /
+C<unsubscribe> are C<groups.join> / C<groups.leave> events on the
+connection's own C<$send>: the connection is a member of the engine group
+C<room:NAME>, C<ws-route:PATH> or C<sse:NAME> (the names the in-memory hub
+uses, so C<< $app->pubsub >> code sees the same channels). The join happens
+once the connection is accepted (or the stream started), before the
+handler runs; a connection leaves its groups when it ends.
+
+=item * C<broadcast>, C<broadcast_all>, C<broadcast_others>, C<< $sse->publish >>
+and C<publish_others> are one C<groups.publish> (with C<exclude_self> for
+the sender-excluding ones): the engine encodes the message once and
+writes it to every member; Perl does no work per member.
+C<< $app->pubsub->publish >>, C<room_send> and C<< $app->sse_publish >>
+publish through the hub. With C<--pubsub redis://...> every worker and
+machine gets them.
+
+=item * The counts they return are the receivers in this process (members
+and Perl subscribers, minus the sender when excluded); other workers'
+members are not counted. A publish that fails (Redis unreachable) is
+warned about.
+
+=back
+
+Lifespan scopes carry no extensions, so the switch happens on the first
+http, websocket or sse scope; subscriptions made through
+C<< $app->pubsub >> before it (at load time, in an C<on(startup)> hook) are on
+the in-memory hub and move over then, keeping their ids. Without the
+extension (another PAGI server, L<PAGI::Test::Client>) the in-memory hub
+stays: rooms and channels are per process and delivery runs through Perl
+callbacks, as before.
 
 =head1 SESSIONS
 

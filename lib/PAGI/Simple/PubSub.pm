@@ -23,7 +23,12 @@ PAGI::Simple::PubSub - the pub/sub interface behind WebSocket rooms and SSE chan
 =head1 DESCRIPTION
 
 This class is the interface; L<PAGI::Simple::PubSub::Memory> is the default
-implementation (one process; nothing crosses worker processes). A backend
+implementation (one process; nothing crosses worker processes).
+L<PAGI::Simple::PubSub::Server> runs on the server's C<groups> extension
+(the engine fans out to WebSocket and SSE members; with C<--pubsub
+redis://...> across workers and machines): an app that was not given a
+backend switches to it by itself when its first request scope carries the
+extension (see L<PAGI::Simple/pubsub>). A backend
 (Redis, Postgres LISTEN, ...) subclasses this and implements the methods
 below; pass it as C<< PAGI::Simple->new(pubsub => $backend) >> or install it
 with C<< PAGI::Simple::PubSub->instance($backend) >>.
@@ -52,6 +57,28 @@ Rooms are named groups of members: a member is in a room at most once.
 
 =back
 
+=head2 Presence (counts)
+
+These have defaults here, built on the methods above, so older backends
+keep working; a backend that knows better overrides them.
+
+=over
+
+=item room_count($room) returns the members of the room in this process
+
+Default: C<< scalar @{ $self->room_members($room) } >>.
+
+=item room_cluster_count($room) returns a Future of the members everywhere
+
+Across every process sharing the backend. Default (a one-process
+backend): C<< Future->done($self->room_count($room)) >>.
+
+=item cluster_subscribers($channel) returns a Future of the subscribers everywhere
+
+Default: C<< Future->done($self->subscribers($channel)) >>.
+
+=back
+
 =head2 instance([$backend]), reset
 
 The per-process default hub (created on first use); C<reset> drops it.
@@ -64,6 +91,10 @@ sub instance ($class, $backend = undef) {
     return $INSTANCE //= do { require PAGI::Simple::PubSub::Memory; PAGI::Simple::PubSub::Memory->new };
 }
 sub reset ($class) { undef $INSTANCE; 1 }
+
+sub room_count ($self, $room) { scalar @{ $self->room_members($room) } }
+sub room_cluster_count ($self, $room) { require Future; Future->done($self->room_count($room)) }
+sub cluster_subscribers ($self, $channel) { require Future; Future->done($self->subscribers($channel)) }
 
 for my $method (qw(subscribe unsubscribe unsubscribe_all publish room_add room_remove room_send room_members subscribers channels has_channel)) {
     no strict 'refs';

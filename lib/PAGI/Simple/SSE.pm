@@ -46,10 +46,18 @@ resuming after a reconnect.
 
 =item subscribe($channel), unsubscribe($channel), unsubscribe_all, channels, in_channel($channel)
 
-=item publish($channel, $data, [event => $name, id => $id]), publish_others(...)
+=item publish($channel, $data, [event => $name, id => $id, retry => $ms]), publish_others(...)
 
 Delivered as an event to every subscriber of the channel (C<publish_others>
-skips this stream). Returns the receiver count.
+skips this stream); a reference as data is sent as JSON. Returns the
+receivers reached in this process.
+
+=item channel_count($channel), channel_cluster_count($channel)
+
+The channel's subscribers in this process now, and a Future of them
+across every worker and machine (pagi-server with C<--pubsub
+redis://...>; otherwise the local count): C<< $app->pubsub >>'s
+C<subscribers("sse:$channel")> and C<cluster_subscribers>.
 
 =item on(close => sub {}), on(error => sub ($err) {}), close, is_closed, stash, path_params, param, scope, app
 
@@ -59,6 +67,13 @@ The request's query string: the last value of a name, or all of them
 (decoded as UTF-8, as C<< $c->req >> does).
 
 =back
+
+Channel C<NAME> is C<sse:NAME> on the app's L<PAGI::Simple::PubSub>. Under
+PAGI::Server (the C<groups> extension) the stream itself is a member of
+that engine group (C<groups.join> on its own C<$send> once started), and a
+publish is one C<groups.publish> that the engine writes as one SSE event
+to every member, across workers with C<--pubsub redis://...> (see
+L<PAGI::Simple/ROOMS AND CHANNELS ACROSS WORKERS>).
 
 =cut
 
@@ -133,25 +148,59 @@ sub keepalive ($self, $interval, $comment = '') {
 }
 
 sub subscribe ($self, $channel) {
-    weaken(my $weak = $self);
-    $self->pubsub->subscribe("sse:$channel", sub ($m, @) {
-        $weak->send_event(ref $m eq 'HASH' && $m->{_pagi_sse} ? %{ $m->{event} } : (data => $m)) if $weak;
-    }, $self->{id});
+    if ($self->{groups}) {
+        # The engine path: this stream is a member of the group; the engine writes the events.
+        $self->_group_join("sse:$channel") unless $self->{channels}{$channel};
+    }
+    else {
+        weaken(my $weak = $self);
+        $self->pubsub->subscribe("sse:$channel", sub ($m, @) {
+            $weak->send_event(ref $m eq 'HASH' && $m->{_pagi_sse} ? %{ $m->{event} } : (data => $m)) if $weak;
+        }, $self->{id});
+    }
     $self->{channels}{$channel} = 1;
     $self;
 }
 sub unsubscribe ($self, $channel) {
-    $self->pubsub->unsubscribe("sse:$channel", $self->{id}) if delete $self->{channels}{$channel};
+    return $self unless delete $self->{channels}{$channel};
+    if ($self->{groups}) { $self->_group_leave("sse:$channel") }
+    else { $self->pubsub->unsubscribe("sse:$channel", $self->{id}) }
     $self;
 }
 sub unsubscribe_all ($self) { $self->unsubscribe($_) for keys %{ $self->{channels} }; $self }
 sub channels ($self) { [ sort keys %{ $self->{channels} } ] }
 sub in_channel ($self, $ch) { $self->{channels}{$ch} ? 1 : 0 }
+sub channel_count ($self, $channel) { $self->pubsub->subscribers("sse:$channel") }
+sub channel_cluster_count ($self, $channel) { $self->pubsub->cluster_subscribers("sse:$channel") }
 
-sub _message ($data, %opt) { { _pagi_sse => 1, event => { data => $data, event => $opt{event}, id => $opt{id} } } }
-sub publish ($self, $channel, $data, %opt) { $self->pubsub->publish("sse:$channel", _message($data, %opt)) }
-sub publish_others ($self, $channel, $data, %opt) {
-    $self->pubsub->publish("sse:$channel", _message($data, %opt), exclude => $self->{id});
+sub _group_join ($self, $group) {
+    $self->{groups}->_member_add($group, $self);
+    $self->_track(PAGI::Simple::PubSub::Server::_watch($self->{send}->({ type => 'groups.join', group => $group }), "join '$group'"));
+}
+sub _group_leave ($self, $group) {
+    $self->{groups}->_member_remove($group, $self->{id});
+    $self->_track(PAGI::Simple::PubSub::Server::_watch($self->{send}->({ type => 'groups.leave', group => $group }), "leave '$group'"))
+        unless $self->{gone} || $self->{closed};    # after sse.close the stream leaves with its end
+}
+# The backend made this stream leave a group (unsubscribe).
+sub _left_group ($self, $group) {
+    delete $self->{channels}{$1} if $group =~ /\Asse:(.*)\z/s;
+    $self->_group_leave($group);
+}
+
+sub _message ($data, %opt) { { _pagi_sse => 1, event => { data => $data, event => $opt{event}, id => $opt{id}, retry => $opt{retry} } } }
+sub publish ($self, $channel, $data, %opt) { $self->_publish($channel, $data, 0, %opt) }
+sub publish_others ($self, $channel, $data, %opt) { $self->_publish($channel, $data, 1, %opt) }
+sub _publish ($self, $channel, $data, $others, %opt) {
+    my $message = _message($data, %opt);
+    if (my $groups = $self->{groups}) {
+        my $group = "sse:$channel";
+        my ($n, $f) = $groups->_publish($group, PAGI::Simple::PubSub::Server::_encode($group, $message),
+            from => $self, exclude_self => $others);
+        $self->_track($f);
+        return $n;
+    }
+    return $self->pubsub->publish("sse:$channel", $message, $others ? (exclude => $self->{id}) : ());
 }
 
 sub close ($self) {
@@ -182,6 +231,8 @@ async sub run ($self, $handler) {
         last if $self->{closed} || !ref $ev || ($ev->{type} // '') ne 'sse.request';
     }
     $self->{closed} = 1;
+    # The stream ended: the engine takes it out of its groups.
+    $self->{gone} = 1;
     $self->unsubscribe_all;
     for my $cb (@{ $self->{handlers}{close} }) { eval { $cb->(); 1 } or warn "sse close callback failed: $@" }
     await Future->wait_all(@{ $self->{pending} }) if @{ $self->{pending} };

@@ -14,6 +14,10 @@ Channels and rooms live in this process only; callbacks run synchronously
 inside C<publish>/C<room_send>, in subscription order. Rooms are channels
 named C<room:NAME> whose subscription ids are the member ids.
 
+C<room_count> is the number of members; C<room_cluster_count> and
+C<cluster_subscribers> are done Futures of the local counts (there is only
+this process).
+
 =cut
 
 sub new ($class) { bless { channels => {}, next_id => 0 }, $class }
@@ -63,6 +67,7 @@ sub room_send ($self, $room, $message, %opt) {
     }
     return $n;
 }
+sub room_count ($self, $room) { scalar @{ $self->{channels}{"room:$room"} || [] } }
 sub room_members ($self, $room) { [ map { $_->[0] } @{ $self->{channels}{"room:$room"} || [] } ] }
 
 sub subscribers ($self, $channel) { scalar @{ $self->{channels}{$channel} || [] } }
