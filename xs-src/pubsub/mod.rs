@@ -183,6 +183,28 @@ pub fn start_bridge(ctx: &Rc<IoCtx>) {
     *ctx.bridge.borrow_mut() = Some(bridge);
 }
 
+/// How long a starting engine waits for Redis before it accepts anyway.
+pub const BRIDGE_START_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Waits (at most [`BRIDGE_START_WAIT`]) until the bridge's first
+/// connection is up, so the first requests of a fresh worker do not find
+/// their publishes failing; a Redis that stays away is logged and the engine
+/// serves without it (publishes then fail until it comes).
+pub async fn await_bridge(ctx: &Rc<IoCtx>) {
+    let Some(b) = bridge(ctx) else { return };
+    let until = tokio::time::Instant::now() + BRIDGE_START_WAIT;
+    while !b.connected() {
+        if tokio::time::Instant::now() >= until {
+            ctx.shared.events.push(Event::Log {
+                level: "warn",
+                message: format!("pubsub: Redis not reachable after {} s; serving meanwhile, group publishes fail until it is", BRIDGE_START_WAIT.as_secs()),
+            });
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Closes the bridge at the end of shutdown (this node's presence is
 /// removed from Redis), waiting at most a second for Redis.
 pub async fn stop_bridge(ctx: &Rc<IoCtx>) {

@@ -74,6 +74,7 @@ async fn io_main(shared: Arc<Shared>, listeners: Vec<StdListener>) {
 /// every connection is closed.
 async fn serve(ctx: &Rc<IoCtx>, listeners: Vec<StdListener>, phase_tx: watch::Sender<Phase>) {
     let shared = &ctx.shared;
+    crate::pubsub::await_bridge(ctx).await;
     tokio::task::spawn_local(crate::server::ctx::lazy_waker(ctx.clone()));
     tokio::task::spawn_local(crate::server::ctx::trim_after_activity(ctx.clone()));
     for l in listeners {
