@@ -47,7 +47,8 @@ $slow->{c}->pause;
 my ($ca, $cb) = (member($na->{port}, tag => 'ca'), member($nb->{port}, tag => 'cb'));    # publishers, not members
 ok(until_crossed($ca, [ @readers[2, 3] ], 'fan'), 'A reaches B');
 ok(until_crossed($cb, [ @readers[0, 1] ], 'fan'), 'B reaches A');
-is(cmd_ok($ca, op => 'cluster', group => 'fan'), 5, 'cluster_count 5');
+my $n;
+ok(wait_for(sub { ($n = cmd_ok($ca, op => 'cluster', group => 'fan')) == 5 }, 10), 'cluster_count 5') or diag("got $n");
 
 my ($sent, $batches, $kept_up, $after_drop, @answers) = (0, 0, 1, 0);
 while ($batches < 64 && $after_drop < 3) {
@@ -84,7 +85,6 @@ is($sa->{stats}{dropped}, 0, 'node A: dropped 0');
 my ($gone) = grep { $_->{tag} eq 'slow' } @{ $sb->{disconnects} };
 is($gone && $gone->{code}, 1008, 'its app saw websocket.disconnect 1008');
 is($gone && $gone->{reason}, 'too slow for group messages', '... too slow for group messages');
-my $n;
 ok(wait_for(sub { ($n = cmd_ok($ca, op => 'cluster', group => 'fan')) == 4 }, 10), 'it left the group: cluster_count 4') or diag("got $n");
 $slow->{c}->resume;
 ok($slow->{c}->wait_eof(10)->get, 'the silent client finds its connection closed once it reads');
