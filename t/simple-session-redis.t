@@ -1,12 +1,12 @@
 # PAGI::Simple::Session::Store::Redis end to end: this file starts its own
-# redis-server (PAGI::Test::Redis: Debian's /usr/bin/redis-server, on a
-# free loopback port, no persistence, stopped at the end) and runs a
-# PAGI::Simple app with the store under bin/pagi-server --workers 2
-# --pubsub redis://127.0.0.1:PORT, so the store talks to Redis through the server's groups hub ($hub->redis). Checks:
-# the session survives across requests whichever worker answers; Redis holds
-# it as JSON under the prefix with an expiry (SET ... EX); clearing deletes
-# the key; a key that expired in Redis is an empty session; with Redis gone
-# a request with a session answers 500.
+# redis-server (PAGI::Test::Redis: Debian's /usr/bin/redis-server, on a free
+# loopback port, no persistence, stopped at the end) and runs a PAGI::Simple
+# app with the store under bin/pagi-server --workers 2 --pubsub
+# redis://127.0.0.1:PORT, so the store talks to Redis through the server's
+# groups hub ($hub->redis). Checks: the session survives across requests
+# whichever worker answers; Redis holds it as JSON under the prefix with an
+# expiry (SET ... EX); clearing deletes the key; a key that expired in Redis
+# is an empty session; with Redis gone a request with a session answers 500.
 use strict;
 use warnings;
 use v5.36;
