@@ -5,6 +5,8 @@
 # order and once, keeping up batch after batch; the silent member is dropped
 # by node B (stats dropped 1, its app sees websocket.disconnect 1008 "too
 # slow for group messages") and leaves the cluster count; node A drops nobody.
+# Then bursts larger than group_max_buffered, from each node, reach every
+# reader without dropping any.
 use strict;
 use warnings;
 use Test::More;
@@ -88,6 +90,20 @@ is($gone && $gone->{reason}, 'too slow for group messages', '... too slow for gr
 ok(wait_for(sub { ($n = cmd_ok($ca, op => 'cluster', group => 'fan')) == 4 }, 10), 'it left the group: cluster_count 4') or diag("got $n");
 $slow->{c}->resume;
 ok($slow->{c}->wait_eof(10)->get, 'the silent client finds its connection closed once it reads');
+
+# A burst: 16 publishes sent at once (1 MiB, 4 x group_max_buffered), from
+# each node in turn. They are fanned out together (one batch of commands
+# on the publishing node, messages read from Redis together on the other),
+# and readers that keep up must not look slow for it.
+for my $from ($cb, $ca) {
+    my ($ok, $n) = cmd($from, op => 'flood', group => 'fan', from => $sent, count => 16, size => $MSG, burst => 1);
+    $sent += 16;
+    is($ok && $n, 32, "a burst of 16 from $from->{tag}: queued for its node's 2 readers");
+    ok(wait_for(sub { !grep { $_->{n} < $sent } @readers }, 30), "... and all four readers got it")
+        or diag(join ', ', map { "$_->{tag}: $_->{n}" } @readers);
+}
+is($_->{bad}, 0, "$_->{tag}: still in order") for @readers;
+is(stats_of($ca)->{stats}{dropped} + stats_of($cb)->{stats}{dropped}, 1, 'nobody else was dropped');
 
 $_->{c}->close for @readers, $slow, $ca, $cb;
 is(stop_cli($_), 0, 'SIGTERM: exits 0') for $na, $nb;

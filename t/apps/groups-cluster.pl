@@ -9,7 +9,8 @@
 #   {op:'flood', group, from, count, size}
 #                                        `count` binary publishes of `size`
 #                                        bytes, each starting with its
-#                                        8-digit number (from, from+1, ...)
+#                                        8-digit number (from, from+1, ...);
+#                                        with burst: all sent, then awaited
 #   {op:'cluster', group}                $hub->cluster_count
 #   {op:'stats'}                         {pid, node, stats, disconnects}
 # Every other frame the client gets is a group message.
@@ -18,6 +19,7 @@
 # kept for the stats command (so a test sees the 1008 of a dropped member).
 use strict;
 use warnings;
+use Future;
 use Future::AsyncAwait;
 use JSON::PP ();
 
@@ -44,11 +46,14 @@ async sub run_command {
         return await $send->({ type => 'groups.publish', map { defined $cmd->{$_} ? ($_ => $cmd->{$_}) : () } qw(group text event id) });
     }
     if ($op eq 'flood') {
-        my $n = 0;
+        my ($n, @pending) = (0);
         for my $i ($cmd->{from} .. $cmd->{from} + $cmd->{count} - 1) {
             my $bytes = sprintf('%08d', $i) . ('x' x ($cmd->{size} - 8));
-            $n += await $send->({ type => 'groups.publish', group => $cmd->{group}, bytes => $bytes });
+            my $f = $send->({ type => 'groups.publish', group => $cmd->{group}, bytes => $bytes });
+            # burst: all sent at once, then awaited; else one after another.
+            if ($cmd->{burst}) { push @pending, $f } else { $n += await $f }
         }
+        $n += $_ for await Future->needs_all(@pending);
         return $n;
     }
     if ($op eq 'cluster') {
