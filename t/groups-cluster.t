@@ -108,8 +108,9 @@ sub cluster_checks {
 
 subtest 'pagi-server --workers 2 --pubsub' => sub {
     my $node = start_node('--workers', 2, '--pubsub', $redis->url);
-    like(stderr_of($node), qr/groups \(rooms and channels\) cross processes through redis:\/\/127\.0\.0\.1:${\ $redis->port }/,
-        'the banner names the Redis');
+    # The master listens before it logs the banner.
+    my $banner = qr/groups \(rooms and channels\) cross processes through redis:\/\/127\.0\.0\.1:${\ $redis->port }\b/;
+    ok(PAGI::Test::CLI::wait_until(sub { stderr_of($node) =~ $banner }, 10), 'the banner names the Redis') or diag(stderr_of($node));
     cluster_checks('workers',
         sub { member($node->{port}, join => $_[0]) },
         sub { sse_member($node->{port}, $_[0]) });
