@@ -78,6 +78,10 @@ ok($child->{ready}, 'pagi-server --workers 2 --pubsub redis://... runs the app')
     exit;
 };
 my $port = $child->{port};
+# The workers accept before their Redis bridges are connected (a request then
+# would find Redis "unavailable"): wait until both say they are.
+ok(wait_until(sub { (() = stderr_of($child) =~ /pubsub: connected to/g) >= 2 }, 10), 'both workers connected to Redis')
+    or diag(stderr_of($child));
 
 my $r = get($port, '/count');
 like($r && "$r->{status} $r->{body}", qr/\A200 1 from \d+\z/, 'a new session') or diag(stderr_of($child));
