@@ -49,7 +49,7 @@ for my $node ($na, $nb) {
 
 # Without ?ca= the server certificate is checked against the system's roots: refused.
 (my $no_ca = $url) =~ s/\?ca=.*//;
-my $nc = start_node('--pubsub', $no_ca);
+my $nc = start_node('--pubsub', $no_ca, { unconnected => 1 });
 my ($c) = member($nc->{port}, join => 'secure', tag => 'c');
 ok(wait_for(sub { stderr_of($nc) =~ /pubsub: lost/ }, 15), 'without the private CA the node cannot connect (logged)');
 like(stderr_of($nc), qr/pubsub: lost rediss:\S+ \(connecting: [^\n]*certificate/, "... because the server certificate is not trusted");

@@ -35,7 +35,7 @@ sub spread {
 
 sub cluster_checks {
     my ($label, $ws_connect, $sse_connect) = @_;
-    my @m = spread(sub { $ws_connect->('room') }, 2, 30);
+    my @m = spread(sub { $ws_connect->('room') }, 2, 40);
     my $by = by_pid(@m);
     is(scalar keys %$by, 2, "$label: WebSocket members on both nodes (" . join(' + ', map { scalar @$_ } values %$by) . ')')
         or return;

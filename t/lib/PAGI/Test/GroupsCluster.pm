@@ -20,15 +20,31 @@ my $json = JSON::PP->new->canonical;
 
 sub app_file { ROOT() . '/t/apps/groups-cluster.pl' }
 
-# start_node(@args) → a started pagi-server child running the app (dies if not ready).
+# start_node(@args, \%opt) → a started pagi-server child running the app,
+# once each of its processes is connected to Redis (dies if not in time;
+# opt unconnected => 1: don't wait for that).
 sub start_node {
     my (@args) = @_;
+    my %opt = ref $args[-1] eq 'HASH' ? %{ pop @args } : ();
     my $child = start_cli([ app_file(), '--no-access-log', @args ], timeout => 20);
     unless ($child->{ready}) {
         my $err = stderr_of($child);
         stop_cli($child);
         die "pagi-server @args did not start:\n$err";
     }
+    # Every process (each worker) says when its Redis bridge is connected
+    # (workers accept before that, and publish then fails); the master says
+    # when all workers are ready (one that is still starting takes no
+    # connections, so they would all land on the other).
+    return $child if $opt{unconnected};
+    my $workers = 0;
+    for my $i (0 .. $#args - 1) { $workers = $args[ $i + 1 ] if $args[$i] eq '--workers' }
+    my $want = $workers || 1;
+    my $ok = PAGI::Test::CLI::wait_until(sub {
+        my $err = stderr_of($child);
+        (() = $err =~ /pubsub: connected to/g) >= $want && (!$workers || $err =~ /\b$workers workers ready/);
+    }, 20);
+    die "pagi-server @args: not connected to Redis / not ready in time:\n" . stderr_of($child) unless $ok;
     return $child;
 }
 
