@@ -1,12 +1,12 @@
 # PAGI::Simple::Session::Store::Redis end to end: this file starts its own
-# redis-server (Debian's /usr/bin/redis-server, on a free loopback port, no
-# persistence, stopped at the end) and runs a PAGI::Simple app with the store
-# under bin/pagi-server --workers 2 --pubsub redis://127.0.0.1:PORT, so the
-# store talks to Redis through the server's groups hub ($hub->redis). Checks:
-# the session survives across requests whichever worker answers; Redis holds
-# it as JSON under the prefix with an expiry (SET ... EX); clearing deletes
-# the key; a key that expired in Redis is an empty session; with Redis gone
-# a request with a session answers 500.
+# redis-server (PAGI::Test::Redis: Debian's /usr/bin/redis-server, on a free
+# loopback port, no persistence, stopped at the end) and runs a PAGI::Simple
+# app with the store under bin/pagi-server --workers 2 --pubsub
+# redis://127.0.0.1:PORT, so the store talks to Redis through the server's
+# groups hub ($hub->redis). Checks: the session survives across requests
+# whichever worker answers; Redis holds it as JSON under the prefix with an
+# expiry (SET ... EX); clearing deletes the key; a key that expired in Redis
+# is an empty session; with Redis gone a request with a session answers 500.
 use strict;
 use warnings;
 use v5.36;
@@ -14,80 +14,18 @@ use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use PAGI::Test::Server qw(parse_responses);    # its import sets the alarm bounding this file
-use PAGI::Test::CLI qw(free_port start_cli stop_cli stderr_of http_raw wait_until);
+use PAGI::Test::CLI qw(start_cli stop_cli stderr_of http_raw wait_until);
+use PAGI::Test::Redis qw(need_redis);
 use File::Temp ();
-use IO::Select;
-use IO::Socket::IP;
 use JSON::PP ();
 use MIME::Base64 ();
-use POSIX ();
-use Time::HiRes qw(time sleep);
 
 $SIG{PIPE} = 'IGNORE';
-my $CI = ($ENV{CI} // '') eq 'true';
-my $REDIS_SERVER = '/usr/bin/redis-server';
-unless (-x $REDIS_SERVER) {
-    plan skip_all => "$REDIS_SERVER is not installed (./setup.sh installs Debian's redis-server)" unless $CI;
-}
+need_redis();    # skip without redis-server, fail under CI=true
 
 my $dir = File::Temp->newdir;
-
-# --- a redis-server of our own ------------------------------------------------
-
-my ($redis_pid, $redis_port);
-sub start_redis {
-    for my $attempt (1 .. 3) {
-        $redis_port = free_port();
-        $redis_pid = fork // die "fork: $!";
-        if (!$redis_pid) {
-            open STDIN, '<', '/dev/null';
-            open STDOUT, '>>', "$dir/redis.log";
-            open STDERR, '>&', \*STDOUT;
-            exec $REDIS_SERVER, '--port', $redis_port, '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
-                '--dir', "$dir", '--daemonize', 'no' or POSIX::_exit(127);
-        }
-        return 1 if wait_until(sub { (redis('PING') // '') eq 'PONG' }, 10);
-        stop_redis();
-    }
-    return 0;
-}
-sub stop_redis {
-    return unless $redis_pid;
-    kill 'TERM', $redis_pid;
-    waitpid $redis_pid, 0;
-    undef $redis_pid;
-}
-END { stop_redis() }
-
-# One command over RESP on a fresh connection: the reply (undef for nil or no answer).
-sub redis (@command) {
-    my $sock = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $redis_port, Timeout => 2) or return undef;
-    syswrite $sock, '*' . @command . "\r\n" . join('', map { '$' . length($_) . "\r\n$_\r\n" } @command);
-    my ($buf, $sel) = ('', IO::Select->new($sock));
-    my $reply;
-    my $deadline = time + 5;
-    until (defined($reply = resp_parse(\$buf))) {
-        my $left = $deadline - time;
-        return undef if $left <= 0 || !$sel->can_read($left);
-        sysread($sock, $buf, 65536, length $buf) or return undef;
-    }
-    return $$reply;
-}
-# A reference to the first complete reply in $$buf (removed from it), or undef if incomplete.
-sub resp_parse ($buf) {
-    return undef unless $$buf =~ /\A([+\-:\$*])([^\r]*)\r\n/;
-    my ($kind, $rest, $head) = ($1, $2, length($1) + length($2) + 2);
-    if ($kind eq '+' || $kind eq ':') { substr($$buf, 0, $head, ''); return \"$rest" }
-    if ($kind eq '-') { substr($$buf, 0, $head, ''); return \"ERR $rest" }
-    if ($kind eq '$') {
-        if ($rest < 0) { substr($$buf, 0, $head, ''); return \undef }
-        return undef if length $$buf < $head + $rest + 2;
-        my $v = substr($$buf, $head, $rest);
-        substr($$buf, 0, $head + $rest + 2, '');
-        return \$v;
-    }
-    die "resp_parse: arrays are not needed here\n";
-}
+my $redis;
+sub redis (@command) { $redis->command(@command) }
 
 # --- the app ------------------------------------------------------------------
 
@@ -124,13 +62,14 @@ sub id_of ($cookie) {
 
 # --- the tests ------------------------------------------------------------------
 
-ok(start_redis(), "redis-server runs on 127.0.0.1:$redis_port") or do {
-    diag(do { open my $l, '<', "$dir/redis.log"; local $/; <$l> } // '');
+$redis = eval { PAGI::Test::Redis->start };
+ok($redis, 'redis-server runs on 127.0.0.1:' . ($redis ? $redis->port : '?')) or do {
+    diag($@);
     done_testing;
     exit;
 };
 
-my $child = start_cli([ $app_file, '--workers', 2, '--no-access-log', '--pubsub', "redis://127.0.0.1:$redis_port" ],
+my $child = start_cli([ $app_file, '--workers', 2, '--no-access-log', '--pubsub', $redis->url ],
     timeout => 20);
 ok($child->{ready}, 'pagi-server --workers 2 --pubsub redis://... runs the app') or do {
     diag(stderr_of($child));
@@ -139,6 +78,10 @@ ok($child->{ready}, 'pagi-server --workers 2 --pubsub redis://... runs the app')
     exit;
 };
 my $port = $child->{port};
+# The workers accept before their Redis bridges are connected (a request then
+# would find Redis "unavailable"): wait until both say they are.
+ok(wait_until(sub { (() = stderr_of($child) =~ /pubsub: connected to/g) >= 2 }, 10), 'both workers connected to Redis')
+    or diag(stderr_of($child));
 
 my $r = get($port, '/count');
 like($r && "$r->{status} $r->{body}", qr/\A200 1 from \d+\z/, 'a new session') or diag(stderr_of($child));
@@ -181,7 +124,7 @@ $r = get($port, '/peek', $cookie2);
 is($r && "$r->{status} $r->{body}", '200 none', 'its cookie finds an empty session');
 
 # Without Redis a session cannot be loaded.
-stop_redis();
+$redis->stop;
 $r = get($port, '/peek', $cookie2);
 is($r && $r->{status}, 500, 'Redis stopped: a request with a session answers 500');
 $r = get($port, '/logout');

@@ -39,6 +39,12 @@ pub struct Fanout {
     pub dropped: Vec<Id>,
     /// Perl subscribed to the group: the message is for Perl too.
     pub perl: bool,
+    /// A member it was queued for now holds more than half of
+    /// `max_buffered` unwritten: its writer should get to run before the
+    /// next message is fanned out, or a burst of messages handled in one go
+    /// (a batch of publishes, messages read together from Redis) would make
+    /// members that read fine look slow.
+    pub backlog: bool,
 }
 
 /// See the module docs.
@@ -156,6 +162,7 @@ impl Registry {
             // Counted like the app's own sends, so the member's writer
             // accounts for it and the next publish sees it unwritten.
             m.counters.add_buffered(frame.len());
+            out.backlog |= m.counters.buffered.load(Ordering::Acquire) > max_buffered / 2;
             m.inbox.send((id, Action::Group { frame }));
             out.delivered += 1;
         }
@@ -262,5 +269,17 @@ mod tests {
         assert_eq!((f.delivered, f.dropped), (1, vec![2]));
         assert_eq!(frames(&slow), [Bytes::from_static(b"DROP")]);
         assert_eq!(frames(&fast).len(), 2);
+    }
+
+    #[test]
+    fn a_member_past_half_the_bound_is_reported_as_a_backlog() {
+        let mut r = Registry::default();
+        let (_, c, m) = member(false);
+        r.join(1, "g", m);
+        let msg = GroupMessage { data: Bytes::from(vec![b'x'; 40]), ..Default::default() };
+        assert!(!r.publish("g", &msg, None, GroupOverflow::Drop, 100).backlog, "42 of 100 bytes");
+        assert!(r.publish("g", &msg, None, GroupOverflow::Drop, 100).backlog, "84 of 100 bytes");
+        c.buffered.store(0, Ordering::Relaxed);    // its writer ran
+        assert!(!r.publish("g", &msg, None, GroupOverflow::Drop, 100).backlog);
     }
 }

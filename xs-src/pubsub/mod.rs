@@ -119,6 +119,9 @@ fn deliver(ctx: &Rc<IoCtx>, group: &str, message: &GroupMessage, exclude: Option
     let fanout = ctx.groups.borrow().publish(group, message, exclude, cfg.group_overflow, cfg.group_max_buffered);
     stats.delivered.fetch_add(fanout.delivered, Relaxed);
     stats.skipped.fetch_add(fanout.skipped, Relaxed);
+    if fanout.backlog {
+        ctx.group_backlog.set(true);
+    }
     if !fanout.dropped.is_empty() {
         stats.dropped.fetch_add(fanout.dropped.len() as u64, Relaxed);
         for id in fanout.dropped {
@@ -180,6 +183,7 @@ pub fn start_bridge(ctx: &Rc<IoCtx>) {
         }
     });
     let bridge = Bridge::start(url, cfg.node.clone(), cfg.pubsub_prefix.clone(), on_event);
+    bridge.yield_when(ctx.group_backlog.clone());
     *ctx.bridge.borrow_mut() = Some(bridge);
 }
 

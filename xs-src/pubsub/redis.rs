@@ -377,6 +377,8 @@ struct State {
     /// A command saw the connection fail: the session checks it.
     broken: Notify,
     stop: Notify,
+    /// See [`Bridge::yield_when`].
+    yield_hint: RefCell<Option<Rc<Cell<bool>>>>,
 }
 
 impl State {
@@ -448,6 +450,7 @@ impl Bridge {
             presence_changed: Notify::new(),
             broken: Notify::new(),
             stop: Notify::new(),
+            yield_hint: RefCell::new(None),
         });
         tokio::task::spawn_local(supervise(st.clone()));
         Rc::new(Bridge { st })
@@ -604,6 +607,15 @@ impl Bridge {
             remove_presence(st, &mut con).await;
         }
         st.stop.notify_one();
+    }
+
+    /// A flag the owner sets while handling a [`BridgeEvent::Message`] when
+    /// the message left work for other tasks (group members with a backlog
+    /// to write): the bridge then clears it and yields before handling the
+    /// next message, instead of handling every message already read from
+    /// Redis in one go.
+    pub fn yield_when(&self, flag: Rc<Cell<bool>>) {
+        *self.st.yield_hint.borrow_mut() = Some(flag);
     }
 
     /// True while both connections are up.
@@ -859,7 +871,13 @@ async fn run_session(st: &State, mut s: Session) -> String {
                 }
             }
             m = s.stream.next() => match m {
-                Some(msg) => deliver(st, &msg),
+                Some(msg) => {
+                    deliver(st, &msg);
+                    let hint = st.yield_hint.borrow().as_ref().is_some_and(|f| f.replace(false));
+                    if hint {
+                        tokio::task::yield_now().await;
+                    }
+                }
                 None => return "connection to Redis lost".into(),
             },
         }

@@ -117,6 +117,11 @@ pub struct IoCtx {
     pub lazy_armed: Cell<bool>,
     /// The Redis bridge when the `pubsub` option is set (see `crate::pubsub`).
     pub bridge: RefCell<Option<Rc<crate::pubsub::redis::Bridge>>>,
+    /// Set by a group fan-out that left a member with a backlog
+    /// ([`crate::pubsub::groups::Fanout::backlog`]); whoever fans out the
+    /// next message (the command dispatcher, the Redis bridge) takes it and
+    /// yields first, so the members' writers run.
+    pub group_backlog: Rc<Cell<bool>>,
 }
 
 /// Stream `id` is over: it leaves the registry and every group it joined.

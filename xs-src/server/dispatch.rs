@@ -15,15 +15,22 @@ pub async fn dispatch(ctx: Rc<IoCtx>, deadline: watch::Sender<Option<tokio::time
         if ctx.shared.test_panic.as_deref() == Some("dispatch") {
             panic!("test panic in the command dispatcher (PAGI_NATIVE_TEST_PANIC=dispatch)");
         }
-        let registry = ctx.registry.borrow();
         for cmd in batch {
             match cmd {
                 Command::Request { id, action } => {
-                    if let Some(conn) = registry.get(&id) {
+                    if let Some(conn) = ctx.registry.borrow().get(&id) {
                         conn.send((id, action));
                     }
                 }
-                Command::Group(cmd) => crate::pubsub::command(&ctx, cmd),
+                Command::Group(cmd) => {
+                    crate::pubsub::command(&ctx, cmd);
+                    // A publish left a member with a backlog: let the
+                    // members' writers run before the batch's next publish,
+                    // so a burst does not make readers that keep up look slow.
+                    if ctx.group_backlog.replace(false) {
+                        tokio::task::yield_now().await;
+                    }
+                }
                 Command::Query { token, query } => crate::pubsub::query(&ctx, token, query),
                 Command::Shutdown { grace } => {
                     let at = tokio::time::Instant::now() + grace;

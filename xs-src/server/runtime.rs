@@ -64,6 +64,7 @@ async fn io_main(shared: Arc<Shared>, listeners: Vec<StdListener>) {
         lazy_events: Notify::new(),
         lazy_armed: Cell::new(false),
         bridge: RefCell::new(None),
+        group_backlog: Rc::new(Cell::new(false)),
     });
     crate::pubsub::start_bridge(&ctx);
     serve(&ctx, listeners, phase_tx).await;

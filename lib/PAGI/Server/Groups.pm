@@ -128,6 +128,12 @@ memory, however slow it is, and the others get every message as fast as
 they read. The write stall timer (C<timeout>) still drops a client that
 reads nothing at all.
 
+Bursts are fair to members that keep up: when a message leaves some member
+with more than half of C<group_max_buffered> unwritten, the members'
+writers get their turn before the next message of the same burst (a batch
+of publishes, or messages read from Redis together) is fanned out, so only
+a member whose connection does not take the bytes is found slow.
+
 =head1 METHODS
 
 =head2 publish

@@ -26,8 +26,23 @@ my $OWNER = $$;
 my %LIVE;    # pid => 1 for children not reaped yet
 END {
     if ($$ == $OWNER) {
-        for my $pid (keys %LIVE) { kill 'KILL', $pid; waitpid $pid, 0 }
+        # A prefork master's workers outlive a KILLed master: they go too.
+        for my $pid (keys %LIVE) { kill 'KILL', $pid, _children($pid); waitpid $pid, 0 }
     }
+}
+
+# The pids whose parent is $ppid (from /proc; none elsewhere).
+sub _children {
+    my ($ppid) = @_;
+    opendir my $dh, '/proc' or return ();
+    my @kids;
+    for my $pid (grep { /\A\d+\z/ } readdir $dh) {
+        open my $fh, '<', "/proc/$pid/stat" or next;
+        my $stat = <$fh> // next;
+        my ($parent) = substr($stat, rindex($stat, ')') + 2) =~ /\A\S (\d+)/ or next;
+        push @kids, $pid if $parent == $ppid;
+    }
+    return @kids;
 }
 
 # A port that was free a moment ago (another process may take it: callers retry).
