@@ -616,7 +616,7 @@ sub run {
     my ($self) = @_;
     my $loop = $self->loop;
     unless ($loop) {
-        $loop = $self->_new_loop;
+        $loop = $self->{config}{workers} ? _master_loop() : $self->_new_loop;
         $loop->add($self);
     }
     # listen installs the signal handlers (see SIGNALS).
@@ -705,6 +705,19 @@ sub _remove_from_loop {
     my ($self, $loop) = @_;
     $self->_detach_signals;
     $self->SUPER::_remove_from_loop($loop);
+}
+
+# The prefork master's loop. The master only forks, reaps, relays signals and
+# reads its workers' pipes, and does so on IO::Async::Loop::Poll whatever
+# loop_type says (the workers run on loop_type): IO::Async::Loop::Epoll runs
+# its signal handlers as unsafe handlers inside epoll_pwait, and under the
+# steady SIGCHLD of recycled workers (max_requests) that crashed the master
+# with SIGSEGV in perl's signal dispatch, about one run in three of
+# t/server-reuseport.t here; with Poll the signals go through perl's safe
+# handlers. It is not made IO::Async::Loop->new's answer.
+sub _master_loop {
+    require IO::Async::Loop::Poll;
+    return IO::Async::Loop::Poll->new;
 }
 
 # A loop of the configured class; apps calling IO::Async::Loop->new get it.
@@ -976,7 +989,10 @@ C<< IO::Async::Loop->new >> returns to the app from then on. If that was
 called before C<run> and made a loop of another class, C<run> logs a warning:
 code holding that loop would wait on a loop that never runs. C<pagi-server
 --loop> makes the loop before it loads the app, so an app may call
-C<< IO::Async::Loop->new >> while it loads.
+C<< IO::Async::Loop->new >> while it loads. With C<workers> this is the
+workers' loop; the master, which only forks, reaps and relays signals,
+runs on L<IO::Async::Loop::Poll> (Epoll's unsafe signal handlers crashed it
+under the steady SIGCHLD of recycled workers).
 
 =item max_body_size [10_000_000]
 

@@ -1,0 +1,149 @@
+# examples/10-chat-showcase as its README runs it: `--workers 2 --pubsub
+# redis://...` (issue 13). Chat members on both workers hear each other's
+# messages exactly once, the member counts are cluster-wide, and the SSE
+# activity feed on one worker reports what happens on the other.
+use strict;
+use warnings;
+use Test::More;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use PAGI::Test::Server qw(parse_responses);    # its import sets the alarm bounding this file
+use PAGI::Test::CLI qw(ROOT start_cli stop_cli stderr_of wait_until http_raw);
+use PAGI::Test::WebSocket qw(ws_connect);
+use PAGI::Test::Redis;
+use IO::Select;
+use IO::Socket::IP;
+use JSON::PP ();
+use Time::HiRes qw(time);
+
+PAGI::Test::Redis::need_redis();
+$SIG{PIPE} = 'IGNORE';
+my $redis = PAGI::Test::Redis->start;
+my $json = JSON::PP->new->canonical;
+
+my $child = start_cli([ ROOT() . '/examples/10-chat-showcase/app.pl', '--no-access-log', '--workers', 2,
+    '--pubsub', $redis->url ], timeout => 20);
+ok($child->{ready}, 'the chat example starts with --workers 2 --pubsub') or BAIL_OUT(stderr_of($child));
+my $port = $child->{port};
+# Both workers up and connected to Redis before clients come: a worker that
+# is still starting takes no connections, so all would land on the other.
+ok(wait_until(sub { my $e = stderr_of($child); (() = $e =~ /pubsub: connected to/g) >= 2 && $e =~ /2 workers ready/ }, 20),
+    'both workers are connected to Redis') or diag(stderr_of($child));
+unlike(stderr_of($child), qr/per worker/, 'no per-worker warning with --pubsub');
+
+# The worker serving a client: the pagi-server process holding the server
+# side of its TCP connection (ss from iproute2, which set-up installs).
+sub worker_of {
+    my ($ws) = @_;
+    my $client_port = $ws->{stream}->read_handle->sockport;
+    my $out = `ss -tnpH state established '( sport = :$port and dport = :$client_port )' 2>/dev/null`;
+    return $out =~ /pid=(\d+)/ ? $1 : undef;
+}
+
+sub next_json {
+    my ($ws) = @_;
+    my $f = eval { $ws->next_frame(15)->get } or return { error => "nothing: $@" };
+    return $json->decode($f->{payload});
+}
+
+# Members join the lobby until both workers hold at least one.
+my (@members, %on);
+for my $i (1 .. 30) {
+    my ($ws) = eval { ws_connect($port, path => "/ws/lobby?name=u$i", timeout => 10)->get };
+    ok($ws, "u$i connects") or last;
+    my $welcome = next_json($ws);
+    is($welcome->{type}, 'welcome', "u$i is welcomed");
+    my $pid = worker_of($ws);
+    push @members, { ws => $ws, name => "u$i", pid => $pid };
+    push @{ $on{ $pid // 'unknown' } }, $members[-1];
+    last if keys(%on) >= 2 && !$on{unknown};
+}
+is(scalar(grep { $_ ne 'unknown' } keys %on), 2, 'members landed on both workers') or diag(explain([ keys %on ]));
+my ($a_pid, $b_pid) = sort keys %on;
+my ($ada, $bob) = ($on{$a_pid}[0], $on{$b_pid}[0]);
+
+# Counts settle (presence is written shortly after a join).
+my $n = @members;
+my $rooms;
+ok(wait_until(sub {
+    my ($r) = parse_responses(http_raw($port, "GET /api/rooms HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+    $rooms = $r && $r->{body};
+    $rooms && $rooms eq qq({"rooms":{"lobby":$n}});
+}, 10), "the room's member count is cluster-wide ($n), from either worker") or diag($rooms);
+
+my ($read, $sock) = sse_stream($port, '/activity');
+ok($read && $read->(sub { grep { ($_->{event} // '') eq 'rooms' } @_ }, 15), 'the activity feed opens');
+# Each member hears every later member join, from either worker (a notice
+# from the other worker comes through Redis, so it may trail the welcome).
+for my $i (0 .. $#members) {
+    my %want = map { ($_->{name} => 1) } @members[ $i + 1 .. $#members ];
+    my @other;
+    while (%want) {
+        my $m = next_json($members[$i]{ws});
+        last if $m->{error};
+        if (($m->{type} // '') eq 'join') { delete $want{ $m->{name} } } else { push @other, $m }
+    }
+    ok(!%want && !@other, "$members[$i]{name} heard every later member join") or diag(explain([ sort(keys %want), @other ]));
+}
+
+# A message from a member on one worker reaches every member on both, once.
+$ada->{ws}->send_text('hello from A');
+my $said = { name => $ada->{name}, text => 'hello from A', type => 'message' };
+for my $m (@members) {
+    is_deeply(next_json($m->{ws}), $said, "$m->{name} (worker " . ($m->{pid} eq $a_pid ? 'A' : 'B') . ') hears it');
+}
+$bob->{ws}->send_text('and from B');
+$said = { name => $bob->{name}, text => 'and from B', type => 'message' };
+is_deeply(next_json($_->{ws}), $said, "$_->{name} hears B's message") for @members;
+
+# The feed (on whichever worker took it) saw both messages with the cluster count.
+ok($read->(sub { 2 <= grep { ($_->{event} // '') eq 'message' } @_ }, 15), 'the activity feed reports both messages');
+my @msgs = grep { ($_->{event} // '') eq 'message' } $read->();
+is_deeply([ map { $json->decode($_->{data}) } @msgs[ 0, 1 ] ], [
+    { members => $n, name => $ada->{name}, room => 'lobby' },
+    { members => $n, name => $bob->{name}, room => 'lobby' },
+], 'with who, where, and the cluster-wide member count');
+PAGI::Test::Server::loop()->delay_future(after => 0.5)->get;    # a late duplicate would arrive meanwhile
+is($_->{ws}->pending, 0, "$_->{name}: nothing arrived twice") for @members;
+
+# Leaving on one worker is heard on the other, with the count going down.
+$bob->{ws}->send_close(1000);
+my $left = next_json($ada->{ws});
+is_deeply($left, { members => $n - 1, name => $bob->{name}, type => 'leave' }, "B's member leaves: A's member hears it, count $n - 1")
+    or diag(explain($left));
+$_->{ws}->send_close(1000) for grep { $_ != $bob } @members;
+close $sock;
+is(stop_cli($child, 20), 0, 'the server stops with status 0');
+$redis->stop;
+done_testing;
+
+# An SSE stream read from a raw socket: ->(\&cond, $timeout) reads until
+# cond(@events) holds; ->() returns the events so far.
+sub sse_stream {
+    my ($port, $path) = @_;
+    my $sock = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $port, Timeout => 5) or return;
+    syswrite $sock, "GET $path HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n";
+    my ($buf, $sel) = ('', IO::Select->new($sock));
+    my $events = sub {
+        my ($b) = $buf =~ /\r\n\r\n(.*)\z/s;
+        $b = join '', ($b // '') =~ /\G[0-9a-fA-F]+\r\n(.*?)\r\n/gs;    # chunked framing
+        my @ev;
+        for my $block (split /\n\n/, $b) {
+            my %e;
+            for (split /\n/, $block) { $e{$1} = defined $e{$1} ? "$e{$1}\n$2" : $2 if /^(\w+): ?(.*)\z/ }
+            push @ev, \%e if %e;
+        }
+        return @ev;
+    };
+    return sub {
+        my ($cond, $timeout) = @_;
+        return ($events->()) unless $cond;
+        my $deadline = time + $timeout;
+        until ($cond->($events->())) {
+            my $left = $deadline - time;
+            return 0 if $left <= 0 || !$sel->can_read($left);
+            sysread($sock, $buf, 65536, length $buf) or return 0;
+        }
+        return 1;
+    }, $sock;
+}
