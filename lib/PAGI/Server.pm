@@ -717,8 +717,16 @@ sub _remove_from_loop {
 # handlers. It is not made IO::Async::Loop->new's answer.
 sub _master_loop {
     require IO::Async::Loop::Poll;
+    # Poll takes SIGCHLD from a handler, which a blocked signal never
+    # reaches; a parent's Epoll loop leaves the signals it watches blocked
+    # in a child it forked, and the master must reap its workers.
+    POSIX::sigprocmask(POSIX::SIG_UNBLOCK(), POSIX::SigSet->new(POSIX::SIGCHLD()));
     return IO::Async::Loop::Poll->new;
 }
+
+# The signals a running server watches (see SIGNALS); pagi-server keeps
+# them blocked from the bind until the loop watches them.
+sub handled_signals { qw(TERM INT QUIT HUP USR2 TTIN TTOU) }
 
 # A loop of the configured class; apps calling IO::Async::Loop->new get it.
 sub _new_loop {

@@ -355,6 +355,14 @@ sub _start {
         require PAGI::Server::Workers;
         PAGI::Server::Workers->exec_command($o->{exec});
     }
+    # From the bind (a client or supervisor may act as soon as the port
+    # answers or the pid file exists) until the server's loop watches them,
+    # the signals it handles wait blocked: a TERM then still stops it
+    # gracefully and removes the pid file instead of killing it outright.
+    # The loop unblocks them (or, Epoll, takes them blocked in epoll_pwait).
+    if ($obj->isa('PAGI::Server')) {
+        POSIX::sigprocmask(POSIX::SIG_BLOCK(), POSIX::SigSet->new(map { POSIX->can("SIG$_")->() } PAGI::Server->handled_signals));
+    }
     # Bind first: a busy port is reported here, on the terminal, before
     # daemonizing and before privileges are dropped.
     if ($obj->can('bind_listeners')) {
