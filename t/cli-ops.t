@@ -417,7 +417,7 @@ my @HELP_DEFAULTS = (
     [ '--sse-idle-timeout' => '0' ], [ '--ws-ping-interval' => '20' ], [ '--ws-ping-timeout' => '20' ],
     [ '--write-high-watermark' => '65536' ], [ '--write-low-watermark' => '16384' ],
     [ '--group-overflow' => 'drop' ], [ '--group-max-buffered' => '1048576' ],
-    [ '--pubsub' => 'none (per process)' ], [ '--pubsub-prefix' => 'pagi:' ],
+    [ '--pubsub' => 'none (per process); $PAGI_PUBSUB when set' ], [ '--pubsub-prefix' => 'pagi:' ],
     [ '--sync-file-threshold' => '65536' ], [ '--lifespan' => 'auto' ], [ '--lifespan-startup-timeout' => '30' ],
     [ '--http2' => 'off' ],
     [ '--proxy-headers' => 'off' ], [ '--forwarded-allow-ips' => 'FORWARDED_ALLOW_IPS, else 127.0.0.1,::1' ],

@@ -128,7 +128,7 @@ my @FLAGS = (
     [ 'write-low-watermark=s', 'opt:write_low_watermark', 'N', 'buffered response bytes below which $send resumes' ],
     [ 'group-overflow=s', 'opt:group_overflow', 'POLICY', 'a group member with more than --group-max-buffered bytes unwritten is dropped (drop) or misses the message (skip)' ],
     [ 'group-max-buffered=s', 'opt:group_max_buffered', 'N', 'unwritten bytes above which a group member is too slow for group messages' ],
-    [ 'pubsub=s',      'opt:pubsub', 'URL',    'carry group messages (rooms, channels) between workers and machines through Redis: redis://[:PASSWORD@]HOST[:PORT][/DB], rediss:// for TLS', 'none (per process)' ],
+    [ 'pubsub=s',      'opt:pubsub', 'URL',    'carry group messages (rooms, channels) between workers and machines through Redis: redis://[:PASSWORD@]HOST[:PORT][/DB], rediss:// for TLS', 'none (per process); $PAGI_PUBSUB when set' ],
     [ 'pubsub-prefix=s', 'opt:pubsub_prefix', 'PREFIX', 'start of every Redis key and channel the groups use' ],
     [ 'sync-file-threshold=s', 'opt:sync_file_threshold', 'N', 'accepted for compatibility (files are sent with sendfile)' ],
     [ 'lifespan=s',    'opt:lifespan_mode', 'MODE', 'auto, on or off' ],
@@ -311,6 +311,9 @@ sub _start {
         $ENV{PAGI_FUTURE_XS} = 1;
         return _fail(2, '--future-xs: Future::XS is not installed') unless eval { require Future::XS; 1 };
     }
+    # A Redis URL with a password can come from the environment instead of
+    # the command line, where any user's ps would show it.
+    $server->{pubsub} //= $ENV{PAGI_PUBSUB} if defined $ENV{PAGI_PUBSUB} && length $ENV{PAGI_PUBSUB};
     my $env = $o->{env} // $ENV{PAGI_ENV} // (-t STDIN ? 'development' : 'production');
     return _fail(2, '--env must be development, production or none') unless $env =~ /\A(?:development|production|none)\z/;
     $ENV{PAGI_ENV} = $env;
