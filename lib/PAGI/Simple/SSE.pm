@@ -173,14 +173,11 @@ sub in_channel ($self, $ch) { $self->{channels}{$ch} ? 1 : 0 }
 sub channel_count ($self, $channel) { $self->pubsub->subscribers("sse:$channel") }
 sub channel_cluster_count ($self, $channel) { $self->pubsub->cluster_subscribers("sse:$channel") }
 
-sub _group_join ($self, $group) {
-    $self->{groups}->_member_add($group, $self);
-    $self->_track(PAGI::Simple::PubSub::Server::_watch($self->{send}->({ type => 'groups.join', group => $group }), "join '$group'"));
-}
+sub _group_join ($self, $group) { $self->_track($self->{groups}->_join_member($self, $group)) }
 sub _group_leave ($self, $group) {
-    $self->{groups}->_member_remove($group, $self->{id});
-    $self->_track(PAGI::Simple::PubSub::Server::_watch($self->{send}->({ type => 'groups.leave', group => $group }), "leave '$group'"))
-        unless $self->{gone} || $self->{closed};    # after sse.close the stream leaves with its end
+    # After sse.close the stream leaves with its end.
+    my $f = $self->{groups}->_leave_member($self, $group, !($self->{gone} || $self->{closed}));
+    $self->_track($f) if $f;
 }
 # The backend made this stream leave a group (unsubscribe).
 sub _left_group ($self, $group) {

@@ -152,14 +152,10 @@ sub _route_channel ($self) { "ws-route:$self->{route_key}" }
 # The engine path ({groups}: the PAGI::Simple::PubSub::Server of the
 # server's hub): the connection itself is a member of the group, joined and
 # left with groups.* events on its own $send.
-sub _group_join ($self, $group) {
-    $self->{groups}->_member_add($group, $self);
-    $self->_track(PAGI::Simple::PubSub::Server::_watch($self->{send}->({ type => 'groups.join', group => $group }), "join '$group'"));
-}
+sub _group_join ($self, $group) { $self->_track($self->{groups}->_join_member($self, $group)) }
 sub _group_leave ($self, $group) {
-    $self->{groups}->_member_remove($group, $self->{id});
-    $self->_track(PAGI::Simple::PubSub::Server::_watch($self->{send}->({ type => 'groups.leave', group => $group }), "leave '$group'"))
-        unless $self->{gone};
+    my $f = $self->{groups}->_leave_member($self, $group, !$self->{gone});
+    $self->_track($f) if $f;
 }
 # The backend made this connection leave a group (room_remove, unsubscribe).
 sub _left_group ($self, $group) {

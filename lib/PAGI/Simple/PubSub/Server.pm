@@ -340,6 +340,22 @@ sub _member_add ($self, $group, $obj) {
     weaken($list->{ $obj->id }[1]);
 }
 
+# A PAGI::Simple WebSocket or SSE object joins $group in the engine with a
+# groups.join on its own $send: the watched Future of that event.
+sub _join_member ($self, $obj, $group) {
+    $self->_member_add($group, $obj);
+    return _watch($obj->{send}->({ type => 'groups.join', group => $group }), "join '$group'");
+}
+
+# It leaves; the groups.leave event only while its connection still runs
+# ($tell_engine false: the stream's end takes it out of every group): the
+# watched Future of that event, or undef.
+sub _leave_member ($self, $obj, $group, $tell_engine) {
+    $self->_member_remove($group, $obj->id);
+    return undef unless $tell_engine;
+    return _watch($obj->{send}->({ type => 'groups.leave', group => $group }), "leave '$group'");
+}
+
 sub _member_remove ($self, $group, $id) {
     my $list = $self->{members}{$group} or return 0;
     my $gone = delete $list->{$id};
