@@ -198,6 +198,15 @@ fn start(url: &RedisUrl, node: &str, prefix: &str) -> (Rc<Bridge>, Events) {
     (Bridge::start(url.clone(), node.into(), prefix.into(), ev.sink()), ev)
 }
 
+/// Nodes "node-a" and "node-b" (prefix "t:"), once both are connected.
+async fn two_connected_nodes(url: &RedisUrl) -> ((Rc<Bridge>, Events), (Rc<Bridge>, Events)) {
+    let (a, ea) = start(url, "node-a", "t:");
+    let (b, eb) = start(url, "node-b", "t:");
+    ea.wait("Connected", is_connected).await;
+    eb.wait("Connected", is_connected).await;
+    ((a, ea), (b, eb))
+}
+
 fn args(a: &[&str]) -> Vec<Vec<u8>> {
     a.iter().map(|s| s.as_bytes().to_vec()).collect()
 }
@@ -286,10 +295,7 @@ fn publish_reaches_other_node_once() {
     let Some(server) = RedisServer::start(&[]) else { return };
     run(async move {
         let url = server.url("");
-        let (a, ea) = start(&url, "node-a", "t:");
-        let (b, eb) = start(&url, "node-b", "t:");
-        ea.wait("Connected", is_connected).await;
-        eb.wait("Connected", is_connected).await;
+        let ((a, ea), (b, eb)) = two_connected_nodes(&url).await;
         assert!(a.connected() && b.connected());
         // A subscribes too, so it would see its own echo if it were not filtered.
         a.subscribe("room");
@@ -393,10 +399,7 @@ fn reconnects_after_redis_restart() {
     let Some(mut server) = RedisServer::start(&[]) else { return };
     run(async move {
         let url = server.url("");
-        let (a, ea) = start(&url, "node-a", "t:");
-        let (b, eb) = start(&url, "node-b", "t:");
-        ea.wait("Connected", is_connected).await;
-        eb.wait("Connected", is_connected).await;
+        let ((a, ea), (b, eb)) = two_connected_nodes(&url).await;
         b.subscribe("room");
         a.set_presence("room", 2);
         b.set_presence("room", 1);
@@ -467,10 +470,7 @@ fn cluster_count_across_nodes() {
     let Some(server) = RedisServer::start(&[]) else { return };
     run(async move {
         let url = server.url("");
-        let (a, ea) = start(&url, "node-a", "t:");
-        let (b, eb) = start(&url, "node-b", "t:");
-        ea.wait("Connected", is_connected).await;
-        eb.wait("Connected", is_connected).await;
+        let ((a, _ea), (b, _eb)) = two_connected_nodes(&url).await;
         assert_eq!(a.cluster_count("room").await, Ok(0));
         a.set_presence("room", 3);
         assert_eq!(a.cluster_count("room").await, Ok(3), "its own count is local, at once");
@@ -541,10 +541,7 @@ fn rediss_with_private_ca() {
     run(async move {
         let port = server.port;
         let url = parse_url(&format!("rediss://:tlspw@127.0.0.1:{port}/1?ca={ca}")).unwrap();
-        let (a, ea) = start(&url, "node-a", "t:");
-        let (b, eb) = start(&url, "node-b", "t:");
-        ea.wait("Connected", is_connected).await;
-        eb.wait("Connected", is_connected).await;
+        let ((a, _ea), (b, eb)) = two_connected_nodes(&url).await;
         assert_eq!(a.command(args(&["PING"])).await, Ok(Reply::Status("PONG".into())));
         b.subscribe("secure");
         wait_numsub(&a, "t:g:secure", 1).await;
