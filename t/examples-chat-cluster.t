@@ -10,11 +10,9 @@ use lib "$FindBin::Bin/lib";
 use PAGI::Test::Server qw(parse_responses);    # its import sets the alarm bounding this file
 use PAGI::Test::CLI qw(ROOT start_cli stop_cli stderr_of wait_until http_raw);
 use PAGI::Test::WebSocket qw(ws_connect);
+use PAGI::Test::HTTP qw(sse_stream);
 use PAGI::Test::Redis;
-use IO::Select;
-use IO::Socket::IP;
 use JSON::PP ();
-use Time::HiRes qw(time);
 
 PAGI::Test::Redis::need_redis();
 $SIG{PIPE} = 'IGNORE';
@@ -116,34 +114,3 @@ close $sock;
 is(stop_cli($child, 20), 0, 'the server stops with status 0');
 $redis->stop;
 done_testing;
-
-# An SSE stream read from a raw socket: ->(\&cond, $timeout) reads until
-# cond(@events) holds; ->() returns the events so far.
-sub sse_stream {
-    my ($port, $path) = @_;
-    my $sock = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $port, Timeout => 5) or return;
-    syswrite $sock, "GET $path HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n";
-    my ($buf, $sel) = ('', IO::Select->new($sock));
-    my $events = sub {
-        my ($b) = $buf =~ /\r\n\r\n(.*)\z/s;
-        $b = join '', ($b // '') =~ /\G[0-9a-fA-F]+\r\n(.*?)\r\n/gs;    # chunked framing
-        my @ev;
-        for my $block (split /\n\n/, $b) {
-            my %e;
-            for (split /\n/, $block) { $e{$1} = defined $e{$1} ? "$e{$1}\n$2" : $2 if /^(\w+): ?(.*)\z/ }
-            push @ev, \%e if %e;
-        }
-        return @ev;
-    };
-    return sub {
-        my ($cond, $timeout) = @_;
-        return ($events->()) unless $cond;
-        my $deadline = time + $timeout;
-        until ($cond->($events->())) {
-            my $left = $deadline - time;
-            return 0 if $left <= 0 || !$sel->can_read($left);
-            sysread($sock, $buf, 65536, length $buf) or return 0;
-        }
-        return 1;
-    }, $sock;
-}

@@ -12,6 +12,7 @@ use lib "$FindBin::Bin/lib";
 use PAGI::Test::Server qw(parse_responses);    # its import sets the alarm bounding this file
 use PAGI::Test::CLI qw(ROOT start_cli stop_cli http_raw http_get_cli stderr_of wait_until);
 use PAGI::Test::WebSocket qw(ws_connect ws_open OP_TEXT OP_BINARY);
+use PAGI::Test::HTTP qw(sse_events sse_stream);
 use File::Temp ();
 use IO::Select;
 use IO::Socket::IP;
@@ -28,21 +29,6 @@ sub source_of {
     return scalar <$fh>;
 }
 
-# Server-Sent Events in $stream → list of {field => value} (data lines joined).
-sub sse_events {
-    my ($stream) = @_;
-    my @events;
-    for my $block (split /\n\n/, $stream) {
-        my %e;
-        for my $line (split /\n/, $block) {
-            next if $line =~ /\A:/;
-            my ($field, $value) = $line =~ /\A([^:]+): ?(.*)\z/ or next;
-            $e{$field} = exists $e{$field} && $field eq 'data' ? "$e{$field}\n$value" : $value;
-        }
-        push @events, \%e if %e;
-    }
-    return @events;
-}
 
 # Reads until EOF (or $timeout), noting when each read arrived.
 sub timed_read {
@@ -99,32 +85,6 @@ sub multipart {
     return ("$body--$boundary--\r\n", "Content-Type: multipart/form-data; boundary=$boundary");
 }
 
-# An SSE stream read from a raw socket: ->(\&cond, $timeout) reads until
-# cond(@events) holds; ->() returns the events so far.
-sub sse_stream {
-    my ($port, $path, @headers) = @_;
-    my $sock = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $port, Timeout => 5) or return;
-    syswrite $sock, "GET $path HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
-        . join('', map { "$_\r\n" } @headers) . "\r\n";
-    my ($buf, $sel) = ('', IO::Select->new($sock));
-    my $events = sub {
-        my ($b) = $buf =~ /\r\n\r\n(.*)\z/s;
-        # Chunked framing: drop the chunk-size lines between the event bytes.
-        $b = join '', ($b // '') =~ /\G[0-9a-fA-F]+\r\n(.*?)\r\n/gs;
-        sse_events($b);
-    };
-    return sub {
-        my ($cond, $timeout) = @_;
-        return ($events->()) unless $cond;
-        my $deadline = time + $timeout;
-        until ($cond->($events->())) {
-            my $left = $deadline - time;
-            return 0 if $left <= 0 || !$sel->can_read($left);
-            sysread($sock, $buf, 65536, length $buf) or return 0;
-        }
-        return 1;
-    }, $sock, \$buf;
-}
 
 # What to check for each example, by directory; others get a generic GET.
 my %CHECK = (

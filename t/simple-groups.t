@@ -109,14 +109,8 @@ sub sse_open ($port, $path) {
 }
 sub sse_events ($c) {
     my (undef, $body) = split /\r\n\r\n/, $c->buffer, 2;
-    my @events;
-    for my $block (split /\n\n/, $body // '') {
-        my %e;
-        for (split /\n/, $block) { push @{ $e{$1} }, $2 if /\A(\w+): ?(.*)\z/ }
-        next unless $e{data};
-        push @events, join ' ', map { "$_=" . join("\n", @{ $e{$_} }) } grep { $e{$_} } qw(event id data);
-    }
-    return \@events;
+    return [ map { my $e = $_; join ' ', map { "$_=$e->{$_}" } grep { defined $e->{$_} } qw(event id data) }
+        grep { defined $_->{data} } PAGI::Test::HTTP::sse_events($body // '') ];
 }
 sub wait_sse ($c, $n) {
     $c->read_until(sub { @{ sse_events($c) } >= $n }, 10)->get;

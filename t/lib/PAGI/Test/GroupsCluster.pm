@@ -102,17 +102,7 @@ sub sse_member {
 sub sse_events {
     my ($s) = @_;
     my (undef, $body) = split /\r\n\r\n/, $s->{conn}->buffer, 2;
-    my @events;
-    for my $block (split /\n\n/, $body // '') {
-        my %e;
-        for my $line (split /\n/, $block) {
-            next if $line =~ /\A:/;
-            my ($k, $v) = $line =~ /\A([a-z]+): ?(.*)\z/ or next;
-            $e{$k} = $k eq 'data' && defined $e{data} ? "$e{data}\n$v" : $v;
-        }
-        push @events, \%e if exists $e{data};
-    }
-    return @events;
+    return grep { exists $_->{data} } PAGI::Test::HTTP::sse_events($body // '');
 }
 
 # until_crossed($from, \@targets, $group, $timeout): publishes "probe:N" to

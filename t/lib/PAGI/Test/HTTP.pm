@@ -13,11 +13,57 @@ use PAGI::Test::Server ();
 use Carp ();
 use Future;
 use Future::AsyncAwait;
+use IO::Select;
+use IO::Socket::IP;
+use Time::HiRes ();
 
 our @EXPORT_OK = qw(open_conn complete_responses responses_done http_client split_head
-                    start body sends header_values);
+                    start body sends header_values sse_events sse_stream);
 
 sub _loop { PAGI::Test::Server::loop() }
+
+# Server-Sent Events in $stream → list of {field => value} (data lines joined).
+sub sse_events {
+    my ($stream) = @_;
+    my @events;
+    for my $block (split /\n\n/, $stream) {
+        my %e;
+        for my $line (split /\n/, $block) {
+            next if $line =~ /\A:/;
+            my ($field, $value) = $line =~ /\A([^:]+): ?(.*)\z/ or next;
+            $e{$field} = exists $e{$field} && $field eq 'data' ? "$e{$field}\n$value" : $value;
+        }
+        push @events, \%e if %e;
+    }
+    return @events;
+}
+
+# An SSE stream read from a raw socket: ->(\&cond, $timeout) reads until
+# cond(@events) holds; ->() returns the events so far.
+sub sse_stream {
+    my ($port, $path, @headers) = @_;
+    my $sock = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $port, Timeout => 5) or return;
+    syswrite $sock, "GET $path HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+        . join('', map { "$_\r\n" } @headers) . "\r\n";
+    my ($buf, $sel) = ('', IO::Select->new($sock));
+    my $events = sub {
+        my ($b) = $buf =~ /\r\n\r\n(.*)\z/s;
+        # Chunked framing: drop the chunk-size lines between the event bytes.
+        $b = join '', ($b // '') =~ /\G[0-9a-fA-F]+\r\n(.*?)\r\n/gs;
+        sse_events($b);
+    };
+    return sub {
+        my ($cond, $timeout) = @_;
+        return ($events->()) unless $cond;
+        my $deadline = Time::HiRes::time() + $timeout;
+        until ($cond->($events->())) {
+            my $left = $deadline - Time::HiRes::time();
+            return 0 if $left <= 0 || !$sel->can_read($left);
+            sysread($sock, $buf, 65536, length $buf) or return 0;
+        }
+        return 1;
+    }, $sock, \$buf;
+}
 
 # Event builders and a fixed-script app, shared by the response tests.
 sub start { my ($status, @h) = @_; return { type => 'http.response.start', status => $status, headers => [@h] } }

@@ -72,6 +72,7 @@ use parent 'Exporter';
 use File::Temp ();
 use IO::Select;
 use IO::Socket::IP;
+use PAGI::Test::CLI ();
 use POSIX ();
 use Test::More ();
 use Time::HiRes qw(time sleep);
@@ -103,20 +104,12 @@ sub need_redis {
     Test::More::plan(skip_all => $why);
 }
 
-sub _free_port {
-    my $s = IO::Socket::IP->new(LocalHost => '127.0.0.1', LocalPort => 0, Listen => 1, ReuseAddr => 1)
-        or die "bind: $@";
-    my $port = $s->sockport;
-    close $s;
-    return $port;
-}
-
 sub start {
     my ($class, %opt) = @_;
     my $dir = File::Temp->newdir('pagi-redis-XXXXXX', TMPDIR => 1);
     my $self = bless { %opt, dir => $dir, log_file => "$dir/redis.log" }, $class;
     for my $attempt (1 .. 3) {
-        $self->{port} = _free_port();
+        $self->{port} = PAGI::Test::CLI::free_port();
         return $self if $self->_launch;
         # Most likely the port was taken meanwhile: another one.
     }
