@@ -434,7 +434,25 @@ impl<S: Transport> Conn<S> {
         let mut last_activity = last_read;
         let mut noticed = *self.phase.borrow() != Phase::Running;
         self.out.set_id(ex.id);
+        let inbox = self.inbox.clone();
+        let _withdrawn = crate::server::ctx::WithdrawDirect(&inbox);
+        let socket = self.stream.plain_socket();
         loop {
+            // A streaming body (SSE) with nothing of its own unwritten lets
+            // group fan-outs write events straight to the socket; anything
+            // queued here withdraws that at the top of the next pass.
+            let framed = match ex.framing {
+                BodyFraming::Chunked => Some(true),
+                BodyFraming::Close => Some(false),
+                _ => None,
+            };
+            let offer = match (socket, framed) {
+                (Some(fd), Some(chunked)) if ex.response.is_streaming() && ex.response.upgrade.is_none() && self.out.is_idle() => {
+                    Some(crate::server::ctx::DirectSocket { fd, chunked })
+                }
+                _ => None,
+            };
+            inbox.set_direct(offer);
             let need_body = ex.want_body && !ex.body.is_done();
             let can_read = !self.eof && (need_body || self.rbuf.len() < PEEK_LIMIT);
             // Without a body request, read only up to PEEK_LIMIT bytes ahead in total.
@@ -509,6 +527,12 @@ impl<S: Transport> Conn<S> {
                     Ok(())
                 }
                 Woke::Closing => Err(Reason::ServerShutdown),
+                // Group events written directly are progress the loop did not
+                // see (the body deadline, the client's own pace, is another matter).
+                Woke::Stalled if body_deadline.map_or(true, |b| b > Instant::now()) && inbox.take_wrote_directly() => {
+                    last_activity = Instant::now();
+                    Ok(())
+                }
                 Woke::Stalled => Err(self.refuse_mid_request(ex, 408, Reason::ClientTimeout)),
                 Woke::Keepalive => {
                     let shared = self.ctx.shared.clone();
@@ -545,11 +569,17 @@ impl<S: Transport> Conn<S> {
         let action = match action {
             // A group event for an SSE stream: a body chunk while the stream
             // is open; after its end only its count is released.
-            Action::Group { frame } if ex.response.state != Resp::Started || ex.response.aborted => {
+            Action::Group { frame } | Action::GroupTail { bytes: frame } if ex.response.state != Resp::Started || ex.response.aborted => {
                 self.out.data(Bytes::new(), frame.len());
                 return Ok(());
             }
             Action::Group { frame } => Action::Body { data: frame, more: true },
+            // Framed already: its head went straight to the socket.
+            Action::GroupTail { bytes } => {
+                let counted = bytes.len();
+                self.out.data(bytes, counted);
+                return Ok(());
+            }
             Action::GroupDrop if ex.response.state == Resp::Started => return Err(Reason::QueueOverflow),
             Action::GroupDrop => return Ok(()),
             other => other,

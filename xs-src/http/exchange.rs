@@ -66,6 +66,12 @@ impl Response {
         Response { state: Resp::Idle, pending_head: None, trailers_declared: false, aborted: false, websocket, upgrade: None, keepalive: None }
     }
 
+    /// The head is out and body bytes may follow as they come (a stream
+    /// such as SSE that has not ended).
+    pub fn is_streaming(&self) -> bool {
+        self.state == Resp::Started && self.pending_head.is_none() && !self.aborted
+    }
+
     /// Applies one command from Perl.
     pub fn apply<W: Wire>(&mut self, action: Action, wire: &mut W) -> Applied {
         match action {

@@ -139,7 +139,7 @@ impl Registry {
         let mut out = Fanout::default();
         let Some(g) = self.groups.get(group) else { return out };
         out.perl = g.perl;
-        let (mut ws, mut sse) = (None::<Bytes>, None::<Bytes>);
+        let (mut ws, mut sse, mut chunked) = (None::<Bytes>, None::<Bytes>, None::<Bytes>);
         for (&id, m) in &g.members {
             if Some(id) == exclude {
                 continue;
@@ -159,15 +159,58 @@ impl Registry {
             } else {
                 ws.get_or_insert_with(|| encode_ws(message)).clone()
             };
+            // A member parked with nothing to write gets the frame with one
+            // send(2), without a wake of its stream.
+            let (action, len) = match m.inbox.direct() {
+                None => (Action::Group { frame: frame.clone() }, frame.len()),
+                Some(socket) => {
+                    let wire = if socket.chunked { chunked.get_or_insert_with(|| in_chunk(&frame)).clone() } else { frame.clone() };
+                    let n = write_direct(socket.fd, &wire);
+                    if n == wire.len() {
+                        m.inbox.note_direct_write();
+                        out.delivered += 1;
+                        continue;
+                    }
+                    // The socket took less: the rest goes through the
+                    // stream's writer, which must write before another
+                    // direct frame may.
+                    m.inbox.set_direct(None);
+                    if n == 0 {
+                        (Action::Group { frame: frame.clone() }, frame.len())
+                    } else {
+                        m.inbox.note_direct_write();
+                        (Action::GroupTail { bytes: wire.slice(n..) }, wire.len() - n)
+                    }
+                }
+            };
             // Counted like the app's own sends, so the member's writer
             // accounts for it and the next publish sees it unwritten.
-            m.counters.add_buffered(frame.len());
+            m.counters.add_buffered(len);
             out.backlog |= m.counters.buffered.load(Ordering::Acquire) > max_buffered / 2;
-            m.inbox.send((id, Action::Group { frame }));
+            m.inbox.send((id, action));
             out.delivered += 1;
         }
         out
     }
+}
+
+/// One non-blocking send(2) of `frame` to a member's plain socket; the
+/// bytes it took (0 when the socket is full or failed: the stream's own
+/// writer then meets the condition and deals with it).
+fn write_direct(fd: std::os::fd::RawFd, frame: &[u8]) -> usize {
+    // SAFETY: `fd` is the member's open socket (its stream withdraws it
+    // before closing), and `frame` is valid for `frame.len()` bytes.
+    let n = unsafe { libc::send(fd, frame.as_ptr().cast(), frame.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    n.max(0) as usize
+}
+
+/// An SSE event as one HTTP/1.1 chunk, for members whose body is chunked.
+fn in_chunk(event: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(event.len() + 12);
+    crate::h1::encode::put_chunk_header(&mut out, event.len());
+    out.put_slice(event);
+    out.put_slice(b"\r\n");
+    out.freeze()
 }
 
 /// A message as one unmasked, unfragmented WebSocket data frame.
@@ -269,6 +312,89 @@ mod tests {
         assert_eq!((f.delivered, f.dropped), (1, vec![2]));
         assert_eq!(frames(&slow), [Bytes::from_static(b"DROP")]);
         assert_eq!(frames(&fast).len(), 2);
+    }
+
+    /// A connected pair of Unix stream sockets, non-blocking on our side.
+    fn socket_pair() -> (std::os::unix::net::UnixStream, std::os::unix::net::UnixStream) {
+        let (ours, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        (ours, peer)
+    }
+
+    fn read_available(peer: &mut std::os::unix::net::UnixStream) -> Vec<u8> {
+        use std::io::Read;
+        peer.set_nonblocking(true).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = peer.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    #[test]
+    fn an_offered_socket_gets_the_frame_directly_and_nothing_is_queued() {
+        use crate::server::ctx::DirectSocket;
+        use std::os::fd::AsRawFd;
+        let mut r = Registry::default();
+        let (ws_inbox, ws_c, m1) = member(false);
+        let (sse_inbox, _, m2) = member(true);
+        r.join(1, "g", m1);
+        r.join(2, "g", m2);
+        let (ws_sock, mut ws_peer) = socket_pair();
+        let (sse_sock, mut sse_peer) = socket_pair();
+        ws_inbox.set_direct(Some(DirectSocket { fd: ws_sock.as_raw_fd(), chunked: false }));
+        sse_inbox.set_direct(Some(DirectSocket { fd: sse_sock.as_raw_fd(), chunked: true }));
+        let msg = GroupMessage { text: true, data: Bytes::from_static(b"hi"), ..Default::default() };
+        let f = r.publish("g", &msg, None, GroupOverflow::Drop, 1 << 20);
+        assert_eq!(f.delivered, 2);
+        assert_eq!(read_available(&mut ws_peer), b"\x81\x02hi");
+        assert_eq!(read_available(&mut sse_peer), b"a\r\ndata: hi\n\n\r\n", "an SSE event inside its chunk");
+        assert!(frames(&ws_inbox).is_empty() && frames(&sse_inbox).is_empty(), "no wake, nothing queued");
+        assert_eq!(ws_c.buffered.load(Ordering::Relaxed), 0, "nothing left unwritten");
+        assert!(ws_inbox.take_wrote_directly() && !ws_inbox.take_wrote_directly());
+    }
+
+    #[test]
+    fn a_queued_command_or_a_full_socket_sends_frames_through_the_stream() {
+        use crate::server::ctx::DirectSocket;
+        use std::os::fd::AsRawFd;
+        let mut r = Registry::default();
+        let (inbox, c, m) = member(false);
+        r.join(1, "g", m);
+        let (sock, mut peer) = socket_pair();
+        let offer = Some(DirectSocket { fd: sock.as_raw_fd(), chunked: false });
+        inbox.set_direct(offer);
+        // A command of the stream's own waits: a frame must not overtake it.
+        inbox.send((1, Action::WsCredit(1)));
+        let msg = GroupMessage { data: Bytes::from(vec![b'x'; 100_000]), ..Default::default() };
+        r.publish("g", &msg, None, GroupOverflow::Drop, 1 << 20);
+        assert!(read_available(&mut peer).is_empty());
+        assert_eq!(frames(&inbox).len(), 1, "queued behind the command");
+        c.buffered.store(0, Ordering::Relaxed);
+        // Nobody reads the peer: the socket takes part of a big frame, the
+        // rest is queued as a tail and the offer is withdrawn.
+        let mut sent = 0;
+        let mut tail = None;
+        for _ in 0..100 {
+            r.publish("g", &msg, None, GroupOverflow::Drop, usize::MAX);
+            if let Some((_, Action::GroupTail { bytes })) = inbox.try_recv() {
+                tail = Some(bytes);
+                break;
+            }
+            sent += 1;
+        }
+        let tail = tail.expect("a frame the socket could not take whole");
+        assert!(inbox.direct().is_none(), "withdrawn until the stream offers again");
+        assert_eq!(c.buffered.load(Ordering::Relaxed), tail.len(), "only the tail counts as unwritten");
+        let frame_len = encode_ws(&msg).len();
+        let got = read_available(&mut peer);
+        assert_eq!(got.len() + tail.len(), (sent + 1) * frame_len, "written bytes and the tail make whole frames");
+        r.publish("g", &msg, None, GroupOverflow::Drop, usize::MAX);
+        assert!(matches!(inbox.try_recv(), Some((_, Action::Group { .. }))), "after a tail, frames queue");
     }
 
     #[test]

@@ -145,6 +145,10 @@ pub enum Action {
     /// WebSocket frame or an SSE event); its length was added to the
     /// connection's buffered count when it was queued.
     Group { frame: Bytes },
+    /// The rest of a group frame whose start was written straight to the
+    /// socket, already framed for the wire (an SSE event inside its chunk):
+    /// written as it is, before anything else. Counted like `Group`.
+    GroupTail { bytes: Bytes },
     /// This member is too slow for its groups: end the stream now.
     GroupDrop,
 }

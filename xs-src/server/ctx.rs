@@ -23,6 +23,23 @@ pub type ActionSender = Rc<Inbox>;
 pub struct Inbox {
     queue: RefCell<VecDeque<(Id, Action)>>,
     ready: Notify,
+    /// The stream's plain socket while the stream waits with no output of
+    /// its own unwritten: a group fan-out may then write a frame to it
+    /// directly instead of waking the stream (see `crate::pubsub::groups`).
+    /// The stream clears it before it queues output itself and before its
+    /// socket closes, so a direct frame can neither overtake the stream's
+    /// own bytes nor reach a descriptor reused by another connection.
+    direct: Cell<Option<DirectSocket>>,
+    /// A direct write happened since the stream last looked (see [`Inbox::take_wrote_directly`]).
+    wrote_directly: Cell<bool>,
+}
+
+/// A socket offered for direct group writes, and how its bytes are framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectSocket {
+    pub fd: std::os::fd::RawFd,
+    /// The stream is an HTTP/1.1 chunked body: each frame goes in a chunk.
+    pub chunked: bool,
 }
 
 impl Inbox {
@@ -34,6 +51,28 @@ impl Inbox {
     pub fn send(&self, item: (Id, Action)) {
         self.queue.borrow_mut().push_back(item);
         self.ready.notify_one();
+    }
+
+    /// Offers (`Some`) or withdraws (`None`) the stream's socket for direct group writes.
+    pub fn set_direct(&self, socket: Option<DirectSocket>) {
+        self.direct.set(socket);
+    }
+
+    /// The socket a group frame may be written to now: offered by the
+    /// stream, and no command waits here (a frame must not overtake one).
+    pub fn direct(&self) -> Option<DirectSocket> {
+        self.direct.get().filter(|_| self.queue.borrow().is_empty())
+    }
+
+    /// Records that bytes reached the socket without the stream: its
+    /// timers that measure progress must count them.
+    pub fn note_direct_write(&self) {
+        self.wrote_directly.set(true);
+    }
+
+    /// True once after bytes were written directly since the last call.
+    pub fn take_wrote_directly(&self) -> bool {
+        self.wrote_directly.replace(false)
     }
 
     /// The next command, without waiting.
@@ -58,6 +97,16 @@ impl Inbox {
         if q.is_empty() && q.capacity() > 0 {
             *q = VecDeque::new();
         }
+    }
+}
+
+/// Withdraws a stream's socket from direct group writes when dropped, so
+/// however a stream's loop ends, it does so before the socket can close.
+pub struct WithdrawDirect<'a>(pub &'a Inbox);
+
+impl Drop for WithdrawDirect<'_> {
+    fn drop(&mut self) {
+        self.0.set_direct(None);
     }
 }
 

@@ -23,11 +23,22 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + 'static {
     fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+
+    /// The socket itself when bytes written to it reach the peer as they
+    /// are (a plain socket), for writes made outside the stream's own task;
+    /// `None` when the stream transforms them (TLS).
+    fn plain_socket(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 impl Transport for TcpStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         TcpStream::poll_read_ready(self, cx)
+    }
+
+    fn plain_socket(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.as_raw_fd())
     }
 
     fn poll_send_file(&mut self, cx: &mut Context<'_>, file: &std::fs::File, offset: u64, len: u64) -> Option<Poll<io::Result<usize>>> {
@@ -38,6 +49,10 @@ impl Transport for TcpStream {
 impl Transport for UnixStream {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         UnixStream::poll_read_ready(self, cx)
+    }
+
+    fn plain_socket(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.as_raw_fd())
     }
 
     fn poll_send_file(&mut self, cx: &mut Context<'_>, file: &std::fs::File, offset: u64, len: u64) -> Option<Poll<io::Result<usize>>> {

@@ -106,7 +106,8 @@ impl Writer {
     /// group frame's bytes were counted as buffered when it was queued, so
     /// they are released here (waking a waiting sender as writes do).
     pub fn release_stale(&mut self, action: crate::seam::event::Action) {
-        if let crate::seam::event::Action::Group { frame } = action {
+        use crate::seam::event::Action;
+        if let Action::Group { frame } | Action::GroupTail { bytes: frame } = action {
             self.data(Bytes::new(), frame.len());
         }
     }

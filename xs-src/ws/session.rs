@@ -300,8 +300,16 @@ impl Live<'_> {
         if let Err(exit) = self.pump() {
             return exit;
         }
+        let socket = stream.plain_socket().map(|fd| crate::server::ctx::DirectSocket { fd, chunked: false });
+        let _withdrawn = crate::server::ctx::WithdrawDirect(inbox);
         loop {
             self.move_output();
+            // Parked with nothing of its own to write, the session lets group
+            // fan-outs write their frames straight to the socket (one send,
+            // no wake of this task); anything it queues itself withdraws that
+            // at the top of the next pass, before the writer runs.
+            let idle = self.closing.is_none() && self.ws.can_write() && self.out.is_idle();
+            inbox.set_direct(if idle { socket } else { None });
             let backpressure = self.closing.is_none() && !self.inbound.wants_more();
             match (backpressure, paused_at) {
                 (true, None) => paused_at = Some(Instant::now()),
@@ -432,7 +440,7 @@ impl Live<'_> {
                 self.keepalive = Keepalive::new(interval, timeout.unwrap_or(Duration::ZERO));
             }
             Action::Abort => return Err(Exit::now(1006, "server_error")),
-            Action::Group { frame } => {
+            Action::Group { frame } | Action::GroupTail { bytes: frame } => {
                 let counted = frame.len();
                 if self.closing.is_some() || !self.ws.can_write() {
                     self.out.data(Bytes::new(), counted);
