@@ -51,9 +51,13 @@ C<websocket> and C<sse> scope:
 
 A WebSocket connection or SSE stream joins named groups; publishing to a
 group hands the message to the engine, which encodes it once per
-protocol (one WebSocket text or binary frame; one SSE event) and queues
-that one buffer for every member connection, on its IO thread: Perl does
-no work per member. The same hashref is shared by every scope; do not
+protocol (one WebSocket text or binary frame; one SSE event) and hands
+that one buffer to every member connection, on its IO thread: Perl does
+no work per member. A member with nothing of its own waiting to be
+written, on a plain TCP or Unix socket, gets it written to its socket at
+once by the fan-out; any other member gets it queued behind its own
+output, so a member never sees a group message overtake what its app
+sent before. The same hashref is shared by every scope; do not
 change it.
 
 =head2 Events
@@ -192,7 +196,7 @@ cannot be reached.
     my $s = $hub->stats;
 
 Engine-wide counters since the server started: C<published> (messages
-published here), C<delivered> (messages queued for a member, one per
+published here), C<delivered> (messages written or queued for a member, one per
 member per message), C<skipped> and C<dropped> (see L</Slow members>),
 C<redis_publish_failed>, C<redis_reconnects>, and C<redis_connected> (1
 while the bridge is connected; always 0 with the local backend).
