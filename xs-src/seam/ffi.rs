@@ -4,6 +4,7 @@
 //! into `PN_ERROR` plus a message for `pagi_native_last_error`, so a Rust
 //! panic becomes a Perl `croak`, never a crashed interpreter.
 
+use crate::seam::bodies::BodyPool;
 use crate::seam::engine::{Engine, FileSource, Sent};
 use crate::seam::event::{Event, GroupMessage, Headers, Query, RequestEvent, Value};
 use crate::server::runtime::panic_message;
@@ -12,6 +13,7 @@ use std::cell::RefCell;
 use std::os::raw::{c_char, c_int};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
+use std::sync::Arc;
 
 pub const PN_OK: c_int = 0;
 pub const PN_GONE: c_int = 1;
@@ -140,6 +142,8 @@ pub struct Handle {
     groups: Vec<PnGroupMessage>,
     /// Reply values in the byte encoding `Native.xs` decodes (see [`encode_value`]).
     replies: Vec<Vec<u8>>,
+    /// Where body bytes from Perl are copied to (see [`crate::seam::bodies`]).
+    bodies: Arc<BodyPool>,
 }
 
 thread_local! {
@@ -204,6 +208,7 @@ pub extern "C" fn pagi_native_new() -> *mut Handle {
             chains: Vec::new(),
             groups: Vec::new(),
             replies: Vec::new(),
+            bodies: BodyPool::new(),
         }))
     });
     made.unwrap_or(ptr::null_mut())
@@ -474,7 +479,7 @@ pub unsafe extern "C" fn pagi_native_shutdown(e: *mut Handle, grace: f64) -> c_i
 pub unsafe extern "C" fn pagi_native_respond_full(e: *mut Handle, id: u64, status: i64, headers: *const PnHeader, n_headers: usize, body: *const c_char, body_len: usize) -> c_int {
     guard("respond_full", || {
         let h = handle(e)?;
-        let body = Bytes::copy_from_slice(PnStr { ptr: body, len: body_len }.bytes());
+        let body = h.bodies.copy(PnStr { ptr: body, len: body_len }.bytes());
         h.engine.respond_full(id, status, headers_from(headers, n_headers), body).map(sent_code)
     })
 }
@@ -495,7 +500,7 @@ pub unsafe extern "C" fn pagi_native_http_start(e: *mut Handle, id: u64, status:
 pub unsafe extern "C" fn pagi_native_http_body(e: *mut Handle, id: u64, data: *const c_char, len: usize, more: c_int, buffered: *mut usize) -> c_int {
     guard("http_body", || {
         let h = handle(e)?;
-        let data = Bytes::copy_from_slice(PnStr { ptr: data, len }.bytes());
+        let data = h.bodies.copy(PnStr { ptr: data, len }.bytes());
         let sent = h.engine.http_body(id, data, more != 0)?;
         if let (Some(out), Sent::Queued(n)) = (buffered.as_mut(), &sent) {
             *out = *n;
@@ -554,7 +559,7 @@ pub unsafe extern "C" fn pagi_native_ws_accept(e: *mut Handle, id: u64, subproto
 pub unsafe extern "C" fn pagi_native_ws_send(e: *mut Handle, id: u64, data: *const c_char, len: usize, text: c_int, buffered: *mut usize) -> c_int {
     guard("ws_send", || {
         let h = handle(e)?;
-        let data = Bytes::copy_from_slice(PnStr { ptr: data, len }.bytes());
+        let data = h.bodies.copy(PnStr { ptr: data, len }.bytes());
         let sent = h.engine.ws_send(id, data, text != 0)?;
         if let (Some(out), Sent::Queued(n)) = (buffered.as_mut(), &sent) {
             *out = *n;

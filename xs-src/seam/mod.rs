@@ -2,6 +2,7 @@
 //! the Perl thread only; [`event`] and [`queue`] are the plain data and the
 //! wake both threads share.
 
+pub mod bodies;
 pub mod engine;
 pub mod event;
 pub mod ffi;
