@@ -60,6 +60,11 @@ subtest "a member's own sends and group frames keep their order" => sub {
     my ($c) = ws_connect($port, path => '/ws')->get;
     my $texts = sub { [ map { $_->{payload} } grep { $_->{opcode} == 1 } @{ $c->frames } ] };
     $c->wait_until(sub { grep { $_ eq 'joined' } @{ $texts->() } }, 10, 'joined')->get;
+    # Publishes while the member has nothing else to write go straight to its socket.
+    $server->groups->publish(g => { text => "solo-$_" })->get for 1 .. 20;
+    $c->wait_until(sub { grep { $_ eq 'solo-20' } @{ $texts->() } }, 10, 'the solo publishes')->get;
+    is_deeply([ grep { /\Asolo-/ } @{ $texts->() } ], [ map {"solo-$_"} 1 .. 20 ], 'solo publishes arrive in order');
+    is($server->groups->stats->{delivered_direct}, 20, 'each written straight to the socket');
     for my $n (1, 50, 400) {
         my $before = @{ $texts->() };
         $c->send_text("burst $n");
@@ -69,7 +74,8 @@ subtest "a member's own sends and group frames keep their order" => sub {
         is_deeply(\@got, [ map { ("own-$_", "pub-$_") } 1 .. $n ], "burst of $n: every frame once, in the order made");
     }
     my $stats = $server->groups->stats;
-    cmp_ok($stats->{delivered}, '>=', 451, "delivered counts every group frame ($stats->{delivered})");
+    cmp_ok($stats->{delivered}, '>=', 471, "delivered counts every group frame ($stats->{delivered})");
+    cmp_ok($stats->{delivered_direct}, '<', $stats->{delivered}, "frames behind the app's own sends were queued");
     $c->close;
     stop_server($server);
 };
@@ -116,6 +122,9 @@ subtest 'SSE events are framed for the body: chunked on HTTP/1.1, bare on HTTP/1
     is_deeply(data_of($payload), [ map {"e$_"} 1 .. $n ], "HTTP/1.1: all $n events, in order, inside the chunks");
     unlike($bare, qr/\A[0-9a-f]+\r\n/, 'HTTP/1.0: no chunk framing');
     is_deeply(data_of($bare), [ map {"e$_"} 1 .. $n ], "HTTP/1.0: all $n events, in order");
+    # Nothing else was queued for these streams: the path under test ran.
+    my $direct = $server->groups->stats->{delivered_direct};
+    cmp_ok($direct, '>=', $n, "events written straight to the sockets: $direct of " . 2 * $n);
     $_->close for $h11, $h10;
     stop_server($server);
 };
@@ -201,6 +210,8 @@ SKIP: {
         for my $i (1 .. $n) {
             $server->groups->publish($_ => { text => "x$i" })->get for qw(tls g);
         }
+        my $st = $server->groups->stats;
+        is($st->{delivered_direct}, 0, "TLS: none of the $st->{delivered} deliveries was written underneath TLS");
         my $sse_raw = $sse->() // '';
         my $ws_raw = $ws->() // '';
         my $body = substr($sse_raw, index($sse_raw, "\r\n\r\n") + 4);

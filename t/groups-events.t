@@ -280,10 +280,11 @@ subtest 'join before accept / before sse.start fails' => sub {
 
 subtest 'stats' => sub {
     my $s = $hub->stats;
-    is_deeply([ sort keys %$s ], [ sort qw(published delivered skipped dropped redis_publish_failed redis_reconnects redis_connected) ], 'the counters');
+    is_deeply([ sort keys %$s ], [ sort qw(published delivered delivered_direct skipped dropped redis_publish_failed redis_reconnects redis_connected) ], 'the counters');
     # Counted from the subtests above: 1 + 4 + 3 + 1 + 3 publishes reaching 0 + 8 + 4 + 2 + 2 members.
     is($s->{published}, 12, 'published counts every publish');
     is($s->{delivered}, 16, 'delivered counts every member a message was queued for');
+    cmp_ok($s->{delivered_direct}, '<=', $s->{delivered}, "delivered_direct ($s->{delivered_direct}) is a part of it");
     is($s->{$_}, 0, "$_ 0") for qw(skipped dropped redis_connected);
 };
 

@@ -1082,6 +1082,7 @@ group_stats(pn_engine *e)
         hv = newHV();
         (void)hv_stores(hv, "published", newSVuv(s.published));
         (void)hv_stores(hv, "delivered", newSVuv(s.delivered));
+        (void)hv_stores(hv, "delivered_direct", newSVuv(s.delivered_direct));
         (void)hv_stores(hv, "skipped", newSVuv(s.skipped));
         (void)hv_stores(hv, "dropped", newSVuv(s.dropped));
         (void)hv_stores(hv, "redis_publish_failed", newSVuv(s.redis_publish_failed));

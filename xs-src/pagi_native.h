@@ -74,7 +74,7 @@ typedef struct {
 } pn_group_msg;
 
 typedef struct {
-    uint64_t published, delivered, skipped, dropped;
+    uint64_t published, delivered, delivered_direct, skipped, dropped;
     uint64_t redis_publish_failed, redis_reconnects, redis_connected;
 } pn_group_stats;
 

@@ -32,6 +32,8 @@ struct Group {
 pub struct Fanout {
     /// Members the message was queued for.
     pub delivered: u64,
+    /// Of those, members it was written to directly (no queue, no wake).
+    pub direct: u64,
     /// Members left out because they were slow (`skip`).
     pub skipped: u64,
     /// Members dropped because they were slow (`drop`); they still belong to
@@ -169,6 +171,7 @@ impl Registry {
                     if n == wire.len() {
                         m.inbox.note_direct_write();
                         out.delivered += 1;
+                        out.direct += 1;
                         continue;
                     }
                     // The socket took less: the rest goes through the
@@ -350,7 +353,7 @@ mod tests {
         sse_inbox.set_direct(Some(DirectSocket { fd: sse_sock.as_raw_fd(), chunked: true }));
         let msg = GroupMessage { text: true, data: Bytes::from_static(b"hi"), ..Default::default() };
         let f = r.publish("g", &msg, None, GroupOverflow::Drop, 1 << 20);
-        assert_eq!(f.delivered, 2);
+        assert_eq!((f.delivered, f.direct), (2, 2));
         assert_eq!(read_available(&mut ws_peer), b"\x81\x02hi");
         assert_eq!(read_available(&mut sse_peer), b"a\r\ndata: hi\n\n\r\n", "an SSE event inside its chunk");
         assert!(frames(&ws_inbox).is_empty() && frames(&sse_inbox).is_empty(), "no wake, nothing queued");

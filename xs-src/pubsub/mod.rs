@@ -37,6 +37,8 @@ pub struct GroupStats {
     pub published: AtomicU64,
     /// Messages queued for a member (one per member per message).
     pub delivered: AtomicU64,
+    /// Of `delivered`, those the fan-out wrote straight to the member's socket.
+    pub delivered_direct: AtomicU64,
     /// Messages left out for a slow member (`group_overflow => 'skip'`).
     pub skipped: AtomicU64,
     /// Slow members dropped (`group_overflow => 'drop'`).
@@ -118,6 +120,7 @@ fn deliver(ctx: &Rc<IoCtx>, group: &str, message: &GroupMessage, exclude: Option
     let stats = &ctx.shared.stats.groups;
     let fanout = ctx.groups.borrow().publish(group, message, exclude, cfg.group_overflow, cfg.group_max_buffered);
     stats.delivered.fetch_add(fanout.delivered, Relaxed);
+    stats.delivered_direct.fetch_add(fanout.direct, Relaxed);
     stats.skipped.fetch_add(fanout.skipped, Relaxed);
     if fanout.backlog {
         ctx.group_backlog.set(true);

@@ -486,12 +486,12 @@ impl Engine {
         Ok(token)
     }
 
-    /// The group counters: published, delivered, skipped, dropped,
-    /// redis_publish_failed, redis_reconnects, redis_connected.
-    pub fn group_stats(&self) -> [u64; 7] {
-        let Some(sh) = &self.shared else { return [0; 7] };
+    /// The group counters: published, delivered, delivered_direct, skipped,
+    /// dropped, redis_publish_failed, redis_reconnects, redis_connected.
+    pub fn group_stats(&self) -> [u64; 8] {
+        let Some(sh) = &self.shared else { return [0; 8] };
         let g = &sh.stats.groups;
-        [&g.published, &g.delivered, &g.skipped, &g.dropped, &g.redis_publish_failed, &g.redis_reconnects, &g.redis_connected]
+        [&g.published, &g.delivered, &g.delivered_direct, &g.skipped, &g.dropped, &g.redis_publish_failed, &g.redis_reconnects, &g.redis_connected]
             .map(|c| c.load(Ordering::Relaxed))
     }
 

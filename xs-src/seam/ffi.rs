@@ -826,6 +826,7 @@ pub unsafe extern "C" fn pagi_native_query_redis(e: *mut Handle, args: *const Pn
 pub struct PnGroupStats {
     pub published: u64,
     pub delivered: u64,
+    pub delivered_direct: u64,
     pub skipped: u64,
     pub dropped: u64,
     pub redis_publish_failed: u64,
@@ -839,8 +840,9 @@ pub struct PnGroupStats {
 pub unsafe extern "C" fn pagi_native_group_stats(e: *mut Handle, out: *mut PnGroupStats) -> c_int {
     guard("group_stats", || {
         let h = handle(e)?;
-        let [published, delivered, skipped, dropped, redis_publish_failed, redis_reconnects, redis_connected] = h.engine.group_stats();
-        *out.as_mut().ok_or("null stats pointer")? = PnGroupStats { published, delivered, skipped, dropped, redis_publish_failed, redis_reconnects, redis_connected };
+        let [published, delivered, delivered_direct, skipped, dropped, redis_publish_failed, redis_reconnects, redis_connected] = h.engine.group_stats();
+        *out.as_mut().ok_or("null stats pointer")? =
+            PnGroupStats { published, delivered, delivered_direct, skipped, dropped, redis_publish_failed, redis_reconnects, redis_connected };
         Ok(PN_OK)
     })
 }

@@ -197,7 +197,8 @@ cannot be reached.
 
 Engine-wide counters since the server started: C<published> (messages
 published here), C<delivered> (messages written or queued for a member, one per
-member per message), C<skipped> and C<dropped> (see L</Slow members>),
+member per message), C<delivered_direct> (of those, the ones written
+straight to the member's socket by the fan-out), C<skipped> and C<dropped> (see L</Slow members>),
 C<redis_publish_failed>, C<redis_reconnects>, and C<redis_connected> (1
 while the bridge is connected; always 0 with the local backend).
 
@@ -210,7 +211,7 @@ options), L<PAGI::Server::Native/GROUPS>.
 
 my $DONE = $PAGI::Server::Scope::DONE;
 
-my @STATS = qw(published delivered skipped dropped redis_publish_failed redis_reconnects redis_connected);
+my @STATS = qw(published delivered delivered_direct skipped dropped redis_publish_failed redis_reconnects redis_connected);
 
 sub new {
     my ($class, %args) = @_;

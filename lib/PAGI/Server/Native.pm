@@ -387,7 +387,7 @@ interface apps use; these are its engine calls.
     my $n = $engine->group_count($group);         # local members (no round trip)
     my $token = $engine->query_cluster_count($group);
     my $token = $engine->query_redis(@args);      # fails without the redis backend
-    my $s = $engine->group_stats;  # published delivered skipped dropped redis_publish_failed redis_reconnects redis_connected
+    my $s = $engine->group_stats;  # published delivered delivered_direct skipped dropped redis_publish_failed redis_reconnects redis_connected
 
 A publish is answered by C<EV_REPLY> with its token and the number of
 members it was queued for; queries likewise. Group names are 1 to 256
