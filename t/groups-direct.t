@@ -2,14 +2,13 @@ use strict;
 use warnings;
 use Test::More;
 use lib 't/lib';
-use PAGI::Test::Server qw(loop start_server stop_server wait_for);
-use PAGI::Test::HTTP qw(open_conn sse_events);
-use PAGI::Test::WebSocket qw(ws_connect);
+use PAGI::Test::Server qw(loop start_server stop_server wait_for start_child);
+use PAGI::Test::HTTP qw(open_conn sse_events dechunk);
+use PAGI::Test::WebSocket qw(ws_connect parse_frames);
 use PAGI::Test::PKI;
 use Future::AsyncAwait;
 use File::Temp ();
 use IO::Select;
-use POSIX ();
 use Time::HiRes qw(time);
 
 # A group frame for a member that has nothing of its own to write goes
@@ -80,21 +79,6 @@ subtest "a member's own sends and group frames keep their order" => sub {
     stop_server($server);
 };
 
-# The payload of a chunked body (what arrived of it), and whether every byte
-# of it was chunk framing around that payload.
-sub dechunk {
-    my ($raw) = @_;
-    my $payload = '';
-    while ($raw =~ /\G([0-9a-f]+)\r\n/gc) {
-        my $len = hex $1;
-        my $at = pos $raw;
-        return ($payload, 0) if substr($raw, $at + $len, 2) ne "\r\n";
-        $payload .= substr($raw, $at, $len);
-        pos($raw) = $at + $len + 2;
-    }
-    return ($payload, (pos($raw) // 0) == length $raw);
-}
-
 sub data_of { [ map { $_->{data} } grep { defined $_->{data} } sse_events($_[0]) ] }
 
 # Reads an SSE connection until `$want` matches the bytes after the head.
@@ -117,8 +101,8 @@ subtest 'SSE events are framed for the body: chunked on HTTP/1.1, bare on HTTP/1
     my $last = qr/data: e$n\n\n/;
     my $chunked = sse_body_until($h11, qr/$last\r\n/);
     my $bare = sse_body_until($h10, $last);
-    my ($payload, $clean) = dechunk($chunked);
-    ok($clean, 'HTTP/1.1: nothing but whole chunks');
+    my ($payload, undef, $rest) = dechunk($chunked);
+    is($rest, '', 'HTTP/1.1: nothing but whole chunks');
     is_deeply(data_of($payload), [ map {"e$_"} 1 .. $n ], "HTTP/1.1: all $n events, in order, inside the chunks");
     unlike($bare, qr/\A[0-9a-f]+\r\n/, 'HTTP/1.0: no chunk framing');
     is_deeply(data_of($bare), [ map {"e$_"} 1 .. $n ], "HTTP/1.0: all $n events, in order");
@@ -150,27 +134,7 @@ subtest 'a stream fed only group events is not stalled by request_timeout' => su
 };
 
 # TLS: the fan-out must leave TLS sockets to their stream (bytes written
-# underneath would corrupt the session). A blocking client in a child.
-sub in_child {
-    my ($code, $timeout) = @_;
-    my $out = File::Temp->new;
-    my $pid = fork // die "fork: $!";
-    if (!$pid) {
-        my $r = eval { $code->() } // "died: $@";
-        open my $fh, '>', $out->filename or POSIX::_exit(1);
-        print {$fh} $r;
-        close $fh;
-        POSIX::_exit(0);
-    }
-    return sub {
-        my $done = wait_for(sub { waitpid($pid, POSIX::WNOHANG()) == $pid }, $timeout);
-        unless ($done) { kill 'KILL', $pid; waitpid $pid, 0; return undef }
-        open my $fh, '<', $out->filename or return undef;
-        local $/;
-        return scalar <$fh>;
-    };
-}
-
+# underneath would corrupt the session). Blocking clients in children.
 my $have_tls = eval { require IO::Socket::SSL; 1 } && grep { -x "$_/openssl" } split /:/, $ENV{PATH} // '';
 fail('CI=true and openssl or IO::Socket::SSL is missing: ./setup.sh installs them')
     if !$have_tls && ($ENV{CI} // '') eq 'true';
@@ -199,12 +163,12 @@ SKIP: {
             }
             return $buf;
         };
-        my $sse = in_child(sub { $read_all->("GET /sse?group=tls HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n", qr/data: x$n\n\n\r\n/) }, 30);
+        my $sse = start_child(sub { $read_all->("GET /sse?group=tls HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n", qr/data: x$n\n\n\r\n/) });
         my $key = 'dGhlIHNhbXBsZSBub25jZQ==';
-        my $ws = in_child(sub {
+        my $ws = start_child(sub {
             $read_all->("GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                 . "Sec-WebSocket-Key: $key\r\nSec-WebSocket-Version: 13\r\n\r\n", qr/x$n\z/);
-        }, 30);
+        });
         ok(wait_for(sub { $server->groups->count('tls') == 1 && $server->groups->count('g') == 1 }, 10), 'both TLS members joined')
             or diag explain $server->groups->stats;
         for my $i (1 .. $n) {
@@ -212,20 +176,14 @@ SKIP: {
         }
         my $st = $server->groups->stats;
         is($st->{delivered_direct}, 0, "TLS: none of the $st->{delivered} deliveries was written underneath TLS");
-        my $sse_raw = $sse->() // '';
-        my $ws_raw = $ws->() // '';
+        my $sse_raw = $sse->(30) // '';
+        my $ws_raw = $ws->(30) // '';
         my $body = substr($sse_raw, index($sse_raw, "\r\n\r\n") + 4);
-        my ($payload, $clean) = dechunk($body);
-        ok($clean, 'SSE over TLS: nothing but whole chunks');
+        my ($payload, undef, $rest) = dechunk($body);
+        is($rest, '', 'SSE over TLS: nothing but whole chunks');
         is_deeply(data_of($payload), [ map {"x$_"} 1 .. $n ], "SSE over TLS: all $n events in order");
         my $frames = substr($ws_raw, index($ws_raw, "\r\n\r\n") + 4);
-        my @texts;
-        while (length $frames >= 2) {
-            my ($b0, $len) = unpack 'CC', $frames;
-            last if $len > 125;
-            push @texts, substr($frames, 2, $len) if ($b0 & 0x0f) == 1;
-            substr($frames, 0, 2 + $len, '');
-        }
+        my @texts = map { $_->{payload} } grep { $_->{opcode} == 1 } parse_frames(\$frames);
         is_deeply(\@texts, [ 'joined', map {"x$_"} 1 .. $n ], "WebSocket over TLS: every frame intact and in order");
         stop_server($server);
     };

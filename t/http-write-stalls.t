@@ -9,7 +9,7 @@ use Test::More;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 
-use PAGI::Test::Server qw(loop start_server stop_server wait_for);
+use PAGI::Test::Server qw(loop start_server stop_server wait_for in_child);
 use PAGI::Test::CLI qw(start_cli stop_cli stderr_of wait_until);
 use PAGI::Test::PKI;
 use PAGI::Server;
@@ -77,26 +77,6 @@ sub stalled_client {
     $s->autoflush(1);
     print {$s} $request;
     return $s;
-}
-
-# Runs a blocking client in a child process while this process's loop keeps
-# serving; returns what the child returned (a string), or undef on timeout.
-sub in_child {
-    my ($code, $timeout) = @_;
-    my $out = File::Temp->new;
-    my $pid = fork // die "fork: $!";
-    if (!$pid) {
-        my $r = eval { $code->() } // "died: $@";
-        open my $fh, '>', $out->filename or POSIX::_exit(1);
-        print {$fh} $r;
-        close $fh;
-        POSIX::_exit(0);
-    }
-    my $done = wait_for(sub { waitpid($pid, POSIX::WNOHANG()) == $pid }, $timeout);
-    unless ($done) { kill 'KILL', $pid; waitpid $pid, 0; return undef }
-    open my $fh, '<', $out->filename or return undef;
-    local $/;
-    return scalar <$fh>;
 }
 
 sub get { "GET $_[0] HTTP/1.1\r\nHost: 127.0.0.1\r\n" . ($_[1] // '') . "\r\n" }

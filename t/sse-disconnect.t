@@ -4,7 +4,7 @@ use utf8;
 use Test::More;
 use lib 't/lib';
 use PAGI::Test::Server qw(loop start_server stop_server raw_exchange parse_responses wait_for);
-use PAGI::Test::HTTP qw(open_conn split_head);
+use PAGI::Test::HTTP qw(open_conn split_head dechunk);
 use PAGI::Server::Runner;
 use Future::AsyncAwait;
 use IO::Async::Timer::Periodic;
@@ -36,26 +36,6 @@ async sub try_send {
 sub with_timeout {
     my ($f, $t) = @_;
     return Future->wait_any($f, $loop->delay_future(after => $t)->then(sub { Future->fail("timed out after ${t}s\n") }));
-}
-
-# Decodes a chunked body: (text, complete).
-sub dechunk {
-    my ($bytes) = @_;
-    my ($out, $complete, $pos) = ('', 0, 0);
-    while (1) {
-        my $eol = index($bytes, "\r\n", $pos);
-        last if $eol < 0;
-        my $size = substr($bytes, $pos, $eol - $pos);
-        last unless $size =~ /\A[0-9a-fA-F]+\z/;
-        my $n = hex $size;
-        $pos = $eol + 2;
-        if ($n == 0) { $complete = substr($bytes, $pos) eq "\r\n"; last }
-        last if $pos + $n + 2 > length $bytes;
-        $out .= substr($bytes, $pos, $n);
-        last unless substr($bytes, $pos + $n, 2) eq "\r\n";
-        $pos += $n + 2;
-    }
-    return ($out, $complete);
 }
 
 my ($handler, %rec);

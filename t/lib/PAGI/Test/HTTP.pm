@@ -18,9 +18,34 @@ use IO::Socket::IP;
 use Time::HiRes ();
 
 our @EXPORT_OK = qw(open_conn complete_responses responses_done http_client split_head
-                    start body sends header_values sse_events sse_stream);
+                    start body sends header_values sse_events sse_stream dechunk);
 
 sub _loop { PAGI::Test::Server::loop() }
+
+# A chunked body → ($text, $complete, $rest): the chunks' data in order,
+# whether the last chunk (size 0) ended it, and the bytes from the first one
+# that is not a whole chunk (empty when every byte was whole chunks).
+sub dechunk {
+    my ($bytes) = @_;
+    my ($out, $complete, $pos) = ('', 0, 0);
+    while (1) {
+        my $eol = index($bytes, "\r\n", $pos);
+        last if $eol < 0;
+        my $size = substr($bytes, $pos, $eol - $pos);
+        last unless $size =~ /\A[0-9a-fA-F]+\z/;
+        my $n = hex $size;
+        if ($n == 0) {
+            $complete = substr($bytes, $eol + 2) eq "\r\n";
+            $pos = length $bytes if $complete;
+            last;
+        }
+        last if $eol + 2 + $n + 2 > length $bytes;
+        $out .= substr($bytes, $eol + 2, $n);
+        last unless substr($bytes, $eol + 2 + $n, 2) eq "\r\n";
+        $pos = $eol + 2 + $n + 2;
+    }
+    return ($out, $complete, substr($bytes, $pos));
+}
 
 # Server-Sent Events in $stream → list of {field => value} (data lines joined).
 sub sse_events {

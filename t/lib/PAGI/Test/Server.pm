@@ -11,8 +11,10 @@ use IO::Async::Stream;
 use IO::Socket::IP;
 use Future;
 use Carp ();
+use File::Temp ();
+use POSIX ();
 
-our @EXPORT_OK = qw(loop start_server stop_server raw_exchange parse_responses http_get wait_for);
+our @EXPORT_OK = qw(loop start_server stop_server raw_exchange parse_responses http_get wait_for start_child in_child);
 
 my $LOOP;
 
@@ -168,6 +170,37 @@ sub wait_for {
         $loop->delay_future(after => 0.02)->get;
     }
     return 1;
+}
+
+# start_child(sub { ... }) → collector: runs a blocking client in a child
+# process while this process's loop keeps serving; $collector->($timeout)
+# returns what the child returned (a string), or undef on timeout (the
+# child is then killed).
+sub start_child {
+    my ($code) = @_;
+    my $out = File::Temp->new;
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        my $r = eval { $code->() } // "died: $@";
+        open my $fh, '>', $out->filename or POSIX::_exit(1);
+        print {$fh} $r;
+        close $fh;
+        POSIX::_exit(0);
+    }
+    return sub {
+        my ($timeout) = @_;
+        my $done = wait_for(sub { waitpid($pid, POSIX::WNOHANG()) == $pid }, $timeout);
+        unless ($done) { kill 'KILL', $pid; waitpid $pid, 0; return undef }
+        open my $fh, '<', $out->filename or return undef;
+        local $/;
+        return scalar <$fh>;
+    };
+}
+
+# in_child(sub { ... }, $timeout) → start_child, then wait for it.
+sub in_child {
+    my ($code, $timeout) = @_;
+    return start_child($code)->($timeout);
 }
 
 1;
