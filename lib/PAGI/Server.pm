@@ -349,18 +349,9 @@ sub _dispatch_event {
         # The engine's completion time: the event itself may come a
         # millisecond later, riding along with the next wake.
         $req->{done_at} = $ev->[2];
-        # The usual HTTP request: the app is done and nothing waits on the
-        # request or logs it. Ended here without the calls of the general
-        # path (PAGI::Server::HTTP::_ev_done, _ended, _release), whose
-        # effects these lines are; anything else takes that path.
-        if ($req->{app_done} && !$self->{access_log} && ref $req eq 'PAGI::Server::HTTP'
-            && !($req->{receive_f} || $req->{above_high} || $req->{drain_f} || $req->{on_complete_cbs})) {
-            $req->{complete} = $req->{ended} = 1;
-            delete $req->{on_disconnect_cbs};
-            my $scope = delete $req->{scope};
-            delete @$scope{qw(pagi.connection pagi.transport)} if $scope;
-            return;
-        }
+        # The usual HTTP request, which nothing logs, ends without the
+        # general path's eval and method calls when nothing waits on it.
+        return if !$self->{access_log} && ref $req eq 'PAGI::Server::HTTP' && PAGI::Server::HTTP::_done_quietly($req);
         $self->_end_request($req, _ev_done => ());
     }
     elsif ($kind == EV_BODY) {
@@ -485,14 +476,9 @@ sub _dispatch_request {
         $req->app_finished(Future->done);
     }
     elsif ($f->is_ready) {
-        # The usual HTTP ending, a done Future and a complete response,
-        # needs only the mark (what app_finished would conclude).
-        if ($req->{state} == 2 && !$req->{ended} && ref $req eq 'PAGI::Server::HTTP' && $f->is_done) {
-            $req->{app_done} = 1;
-        }
-        else {
-            $req->app_finished($f);
-        }
+        # The usual HTTP ending, a done Future and a complete response, is
+        # only marked; anything else gets app_finished's whole contract.
+        $req->app_finished($f) unless ref $req eq 'PAGI::Server::HTTP' && PAGI::Server::HTTP::_finished_quietly($req, $f);
     }
     else {
         $req->{app_f} = $f;

@@ -351,6 +351,29 @@ sub _app_outcome {
     $self->_abort_response;
 }
 
+# The usual endings, taken by PAGI::Server on its hot path and called as
+# plain functions there (no method lookup). Each does what the general
+# method would conclude, or returns false and leaves it to that method.
+
+# app_finished for a done Future after a complete response.
+sub _finished_quietly {
+    my ($self, $f) = @_;
+    return 0 unless $self->{state} == 2 && !$self->{ended} && $f->is_done;
+    $self->{app_done} = 1;
+    return 1;
+}
+
+# _ev_done then _ended for a request nothing waits on (no pending $receive,
+# drain wait or callbacks) whose app is done; the caller logs nothing.
+sub _done_quietly {
+    my ($self) = @_;
+    return 0 if !$self->{app_done} || $self->{receive_f} || $self->{above_high} || $self->{drain_f} || $self->{on_complete_cbs};
+    $self->{complete} = $self->{ended} = 1;
+    delete $self->{on_disconnect_cbs};
+    _release($self);
+    return 1;
+}
+
 # Called by the server after the request ended and was logged.
 sub _ended {
     my ($self) = @_;
