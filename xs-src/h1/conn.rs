@@ -441,18 +441,13 @@ impl<S: Transport> Conn<S> {
             // A streaming body (SSE) with nothing of its own unwritten lets
             // group fan-outs write events straight to the socket; anything
             // queued here withdraws that at the top of the next pass.
-            let framed = match ex.framing {
+            let chunked = match ex.framing {
                 BodyFraming::Chunked => Some(true),
                 BodyFraming::Close => Some(false),
                 _ => None,
             };
-            let offer = match (socket, framed) {
-                (Some(fd), Some(chunked)) if ex.response.is_streaming() && ex.response.upgrade.is_none() && self.out.is_idle() => {
-                    Some(crate::server::ctx::DirectSocket { fd, chunked })
-                }
-                _ => None,
-            };
-            inbox.set_direct(offer);
+            let idle = ex.response.is_streaming() && ex.response.upgrade.is_none() && self.out.is_idle();
+            inbox.set_direct(socket.zip(chunked).filter(|_| idle).map(|(fd, chunked)| crate::server::ctx::DirectSocket { fd, chunked }));
             let need_body = ex.want_body && !ex.body.is_done();
             let can_read = !self.eof && (need_body || self.rbuf.len() < PEEK_LIMIT);
             // Without a body request, read only up to PEEK_LIMIT bytes ahead in total.

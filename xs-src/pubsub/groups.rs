@@ -164,7 +164,10 @@ impl Registry {
             // A member parked with nothing to write gets the frame with one
             // send(2), without a wake of its stream.
             let (action, len) = match m.inbox.direct() {
-                None => (Action::Group { frame: frame.clone() }, frame.len()),
+                None => {
+                    let len = frame.len();
+                    (Action::Group { frame }, len)
+                }
                 Some(socket) => {
                     let wire = if socket.chunked { chunked.get_or_insert_with(|| in_chunk(&frame)).clone() } else { frame.clone() };
                     let n = write_direct(socket.fd, &wire);
@@ -179,7 +182,8 @@ impl Registry {
                     // direct frame may.
                     m.inbox.set_direct(None);
                     if n == 0 {
-                        (Action::Group { frame: frame.clone() }, frame.len())
+                        let len = frame.len();
+                        (Action::Group { frame }, len)
                     } else {
                         m.inbox.note_direct_write();
                         (Action::GroupTail { bytes: wire.slice(n..) }, wire.len() - n)
