@@ -61,6 +61,8 @@ pub const HOLD_BYTES: usize = 256 * 1024;
 pub const HOLD_MESSAGES: usize = 1024;
 /// Bytes read off the socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
+/// Bytes tungstenite copies out of the pipe per read (see `Session::run`).
+const WS_READ_CHUNK: usize = 4 * 1024;
 /// How long a closing handshake may take before the connection is dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// How long the Close after a protocol error, or at shutdown, may take.
@@ -241,7 +243,11 @@ impl Session<'_> {
         let config = WebSocketConfig::default()
             .max_message_size(Some(cfg.max_ws_frame_size))
             .max_frame_size(Some(cfg.max_ws_frame_size))
-            .read_buffer_size(16 * 1024)
+            // tungstenite zero-fills this much of its buffer before every
+            // read from the pipe, including the last one of each pump that
+            // finds it empty: small keeps that cheap (big frames reserve
+            // their whole length and are copied in pieces of this size).
+            .read_buffer_size(WS_READ_CHUNK)
             .write_buffer_size(0);
         let mut pipe = Pipe::default();
         pipe.inbound.extend_from_slice(&leftover);
