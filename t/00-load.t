@@ -14,6 +14,7 @@ my @modules = qw(
     PAGI::Server::AccessLog
     PAGI::Server::Validate
     PAGI::Server::Scope
+    PAGI::Server::Future
     PAGI::Server::Groups
     PAGI::Server::WebSocket
     PAGI::Server::SSE

@@ -22,6 +22,7 @@ use PAGI::Server::HTTP;
 use PAGI::Server::WebSocket;
 use PAGI::Server::SSE;
 use PAGI::Server::Lifespan;
+use PAGI::Server::Future;
 use PAGI::Server::Groups;
 use PAGI::Server::Native qw(:events);
 
@@ -36,8 +37,10 @@ our $FUTURE_IO = do {
         : $Future::IO::IMPL;
 };
 
-# True while events are being dispatched: commands are flushed once at the end.
+# While events are being dispatched, the batch (so true: commands are
+# flushed once at the end) and the server it is of.
 our $IN_DRAIN = 0;
+our $DRAINING;
 # Classes whose objects are Futures (they can is_ready), found once per class.
 my %FUTURE_CLASS;
 
@@ -327,19 +330,49 @@ sub _banner {
 sub _on_wake {
     my ($self) = @_;
     my $engine = $self->{engine} or return;
-    local $IN_DRAIN = 1;
+    return $self->_nested_wake if $IN_DRAIN;
     my $events = $engine->drain_events(256);
+    local ($IN_DRAIN, $DRAINING) = ($events, $self);
+    # _dispatch_batch's loop, inline: this is every wake.
     for my $ev (@$events) {
-        next if eval { $self->_dispatch_event($ev); 1 };
-        $self->_event_died($ev, $@);
+        my $kind = $ev->[0] or next;
+        $ev->[0] = 0;
+        next if eval { $self->_dispatch_event($ev, $kind); 1 };
+        $self->_event_died($ev, $@, $kind);
     }
     $engine->flush if $self->{engine};
     $self->_write_access_log if $self->{access_log} && length $self->{log_pending};
 }
 
+# A wake from inside a dispatch: an app blocked in ->get on one of its
+# Futures (PAGI::Server::Future::await). The rest of the batch being
+# dispatched goes first, so each request's events keep their order; a
+# server whose batch is not the innermost one waits for it to unwind.
+sub _nested_wake {
+    my ($self) = @_;
+    return if !$DRAINING || $DRAINING != $self;
+    _dispatch_batch($self, $IN_DRAIN);
+    my $events = $self->{engine}->drain_events(256);
+    local $IN_DRAIN = $events;
+    _dispatch_batch($self, $events);
+    $self->{engine}->flush if $self->{engine};
+    $self->_write_access_log if $self->{access_log} && length $self->{log_pending};
+}
+
+# Each event is marked taken (kind 0) as its dispatch begins: that is how
+# a nested wake knows where the batch stands.
+sub _dispatch_batch {
+    my ($self, $events) = @_;
+    for my $ev (@$events) {
+        my $kind = $ev->[0] or next;
+        $ev->[0] = 0;
+        next if eval { $self->_dispatch_event($ev, $kind); 1 };
+        $self->_event_died($ev, $@, $kind);
+    }
+}
+
 sub _dispatch_event {
-    my ($self, $ev) = @_;
-    my $kind = $ev->[0];
+    my ($self, $ev, $kind) = @_;
     my $requests = $self->{requests};
     if ($kind == EV_REQUEST) {
         $self->_dispatch_request($ev);
@@ -414,8 +447,7 @@ sub _end_request {
 # if still open, ends as after an app exception (500 before a response
 # started, else the connection is cut), so it cannot hang.
 sub _event_died {
-    my ($self, $ev, $error) = @_;
-    my $kind = $ev->[0];
+    my ($self, $ev, $error, $kind) = @_;
     # Engine-wide events carry no request id (a reply's second field is its token).
     my $req = $kind == EV_LOG || $kind == EV_STOPPED || $kind == EV_FATAL || $kind == EV_REPLY || $kind == EV_GROUP_MESSAGE
         ? undef : $self->{requests}{ $ev->[1] };
@@ -705,9 +737,18 @@ sub _detach_signals {
     $loop->detach_signal($_, $ids->{$_}) for keys %$ids;
 }
 
+# The class of the pending Futures its requests hand to the app: this
+# loop's PAGI::Server::Future (plain Futures while on no loop).
+sub _future_class {
+    my ($self) = @_;
+    my $loop = $self->loop or return 'Future';
+    return $self->{future_class} //= PAGI::Server::Future->class_for($loop, $self);
+}
+
 # Removed from its loop without a shutdown: the handlers go with it.
 sub _remove_from_loop {
     my ($self, $loop) = @_;
+    PAGI::Server::Future->forget_server($self) if delete $self->{future_class};
     $self->_detach_signals;
     $self->SUPER::_remove_from_loop($loop);
 }

@@ -246,8 +246,7 @@ sub _engine {
 
 sub _new_future {
     my ($self) = @_;
-    my $loop = $self->{server} && $self->{server}->loop;
-    return $loop ? $loop->new_future : Future->new;
+    return $self->{server} ? $self->{server}->_future_class->new : Future->new;
 }
 
 sub _fail { Future->fail("$_[0]\n", 'pagi') }

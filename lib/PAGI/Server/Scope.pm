@@ -34,11 +34,9 @@ naming the event, and write backpressure.
 }
 our $DONE = bless Future->done, 'PAGI::Server::Scope::Done';
 
-sub _new_future {
-    my ($self) = @_;
-    my $loop = $self->{server}->loop;
-    return $loop ? $loop->new_future : Future->new;
-}
+# A pending Future for the app: a loop future, so even a blocking ->get
+# in an app works (PAGI::Server::Future says why it is not the loop's own).
+sub _new_future { ($_[0]{server}{future_class} || $_[0]{server}->_future_class)->new }
 
 # A failed $send: the message names the event and the problem; no location.
 sub _fail {

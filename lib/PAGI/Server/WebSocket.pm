@@ -85,7 +85,8 @@ sub receive {
     my ($self) = @_;
     return Future->done($self->_take) if @{ $self->{queue} };
     return Future->done({ %{ $self->{gone} } }) if $self->{gone};
-    return $self->{receive_f} //= $self->_new_future;
+    # _new_future, without its call: this is every message of an echo loop.
+    return $self->{receive_f} //= ($self->{server}{future_class} || $self->{server}->_future_class)->new;
 }
 
 # Hands the next queued event to the app; a message taken earns the engine
@@ -95,7 +96,8 @@ sub _take {
     my $event = shift @{ $self->{queue} };
     if ($event->{type} eq 'websocket.receive' && !$self->{gone}) {
         $self->{engine}->ws_credit($self->{id}, 1);
-        $self->{server}->_flush_soon;
+        # Inside a drain the flush at its end sends the credit.
+        $self->{server}->_flush_soon unless $PAGI::Server::IN_DRAIN;
     }
     return $event;
 }
