@@ -127,7 +127,7 @@ impl<S: Transport> Conn<S> {
     }
 
     /// Serves requests until the connection closes.
-    pub async fn serve(mut self) {
+    pub async fn serve(&mut self) {
         let mut first = true;
         loop {
             // Everything but read_head runs boxed: a connection waiting

@@ -204,15 +204,17 @@ async fn refuse_at_capacity<S: Transport>(mut stream: S) {
     .await;
 }
 
-fn spawn_conn<S: Transport>(ctx: Rc<IoCtx>, conn: Conn<S>) {
+fn spawn_conn<S: Transport>(ctx: Rc<IoCtx>, mut conn: Conn<S>) {
     ctx.live.set(ctx.live.get() + 1);
     ctx.shared.stats.connections_active.fetch_add(1, Ordering::Relaxed);
     ctx.shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);
     let current = conn.current.clone();
     // Boxed before the task is made: a task holds its future's largest
     // state for its whole life, and the one before the first poll would
-    // otherwise be the whole `Conn`, a third of an idle connection's memory.
-    let serve = Box::pin(conn.serve());
+    // otherwise be the whole `Conn`. `serve` borrows the `Conn` this block
+    // owns: an async fn taking it by value would store it twice (the
+    // argument, and the local it is moved into).
+    let serve = Box::pin(async move { conn.serve().await });
     tokio::task::spawn_local(async move {
         if let Err(panic) = CatchUnwind(serve).await {
             let id = current.get();
