@@ -306,10 +306,14 @@ sub _callback_died {
 
 sub _ev_message {
     my ($self, $data, $is_text) = @_;
-    push @{ $self->{queue} }, { type => 'websocket.receive', ($is_text ? (text => $data) : (bytes => $data)) };
+    my $event = { type => 'websocket.receive', ($is_text ? (text => $data) : (bytes => $data)) };
+    # An app waiting in $receive has taken everything queued before: the
+    # message goes to it directly (what _take would do, without the queue).
     if (my $f = delete $self->{receive_f}) {
-        $f->done($self->_take);
+        $self->{engine}->ws_credit($self->{id}, 1) unless $self->{gone};
+        return $f->done($event);
     }
+    push @{ $self->{queue} }, $event;
 }
 
 sub _ev_ws_disconnect {
