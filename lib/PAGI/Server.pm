@@ -371,6 +371,7 @@ sub _dispatch_batch {
     }
 }
 
+# The kinds most events are of come first.
 sub _dispatch_event {
     my ($self, $ev, $kind) = @_;
     my $requests = $self->{requests};
@@ -387,6 +388,10 @@ sub _dispatch_event {
         return if !$self->{access_log} && ref $req eq 'PAGI::Server::HTTP' && PAGI::Server::HTTP::_done_quietly($req);
         $self->_end_request($req, _ev_done => ());
     }
+    elsif ($kind == EV_WS_MESSAGE) {
+        my $req = $requests->{ $ev->[1] } or return;
+        $req->_ev_message($ev->[2], $ev->[3]);
+    }
     elsif ($kind == EV_BODY) {
         my $req = $requests->{ $ev->[1] } or return;
         $req->_ev_body($ev->[2], $ev->[3]);
@@ -398,10 +403,6 @@ sub _dispatch_event {
     elsif ($kind == EV_DISCONNECT) {
         my $req = delete $requests->{ $ev->[1] } or return;
         $self->_end_request($req, _ev_disconnect => $ev->[2]);
-    }
-    elsif ($kind == EV_WS_MESSAGE) {
-        my $req = $requests->{ $ev->[1] } or return;
-        $req->_ev_message($ev->[2], $ev->[3]);
     }
     elsif ($kind == EV_WS_DISCONNECT) {
         my $req = delete $requests->{ $ev->[1] } or return;
