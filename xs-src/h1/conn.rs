@@ -233,6 +233,12 @@ impl<S: Transport> Conn<S> {
                     match parse::parse(&self.rbuf, cfg) {
                         Ok(Some(raw)) => {
                             let bytes = self.rbuf.split_to(raw.len).freeze();
+                            if self.rbuf.is_empty() {
+                                // The head keeps the allocation; a read while the
+                                // request runs would need a new one at once, and
+                                // then waits for bytes before it allocates.
+                                self.rbuf = BytesMut::new();
+                            }
                             return match raw.finish(&bytes, cfg) {
                                 Ok(h) => HeadResult::Head(Box::new(h)),
                                 Err(r) => HeadResult::Refused(r.0),
