@@ -82,32 +82,37 @@ where
     R: Fn(&mut Context<'_>) -> Poll<io::Result<()>>,
     T: Fn(&mut dyn FnMut() -> io::Result<usize>) -> io::Result<usize>,
 {
-    loop {
-        match poll_ready(cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Pending => return Poll::Pending,
-        }
-        let mut call = || {
-            // SAFETY: an all-zero msghdr is valid; it points at `slices`
-            // (IoSlice is ABI-compatible with iovec), alive for the call.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = slices.as_ptr() as *mut libc::iovec;
-            msg.msg_iovlen = slices.len() as _;
-            // SAFETY: the socket is open; msg is valid as set up above.
-            let n = unsafe { libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
-            if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
-        };
-        match try_io(&mut call) {
-            // try_io cleared the readiness: the next poll_ready registers the waker.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            r => return Poll::Ready(r),
-        }
-    }
+    write_when_ready(cx, poll_ready, try_io, &mut || {
+        // SAFETY: an all-zero msghdr is valid; it points at `slices`
+        // (IoSlice is ABI-compatible with iovec), alive for the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = slices.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = slices.len() as _;
+        // SAFETY: the socket is open; msg is valid as set up above.
+        let n = unsafe { libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    })
 }
 
 /// Waits for writability, then one sendfile(2) call of at most 1 MiB.
 fn sendfile_step<R, T>(cx: &mut Context<'_>, file: &std::fs::File, offset: u64, len: u64, socket: i32, poll_ready: R, try_io: T) -> Poll<io::Result<usize>>
+where
+    R: Fn(&mut Context<'_>) -> Poll<io::Result<()>>,
+    T: Fn(&mut dyn FnMut() -> io::Result<usize>) -> io::Result<usize>,
+{
+    let want = (len as usize).min(1 << 20);
+    write_when_ready(cx, poll_ready, try_io, &mut || {
+        // A failed call moves no offset, so each try starts from `offset`.
+        let mut off = offset as libc::off_t;
+        // SAFETY: both fds are open for the duration of the call; `off` is a valid pointer.
+        let n = unsafe { libc::sendfile(socket, file.as_raw_fd(), &mut off, want) };
+        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    })
+}
+
+/// Runs one non-blocking write `call` once the socket is writable: a
+/// WouldBlock clears the readiness and waits again.
+fn write_when_ready<R, T>(cx: &mut Context<'_>, poll_ready: R, try_io: T, call: &mut dyn FnMut() -> io::Result<usize>) -> Poll<io::Result<usize>>
 where
     R: Fn(&mut Context<'_>) -> Poll<io::Result<()>>,
     T: Fn(&mut dyn FnMut() -> io::Result<usize>) -> io::Result<usize>,
@@ -118,14 +123,7 @@ where
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => return Poll::Pending,
         }
-        let mut off = offset as libc::off_t;
-        let want = (len as usize).min(1 << 20);
-        let mut call = || {
-            // SAFETY: both fds are open for the duration of the call; `off` is a valid pointer.
-            let n = unsafe { libc::sendfile(socket, file.as_raw_fd(), &mut off, want) };
-            if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
-        };
-        match try_io(&mut call) {
+        match try_io(call) {
             // try_io cleared the readiness: the next poll_ready registers the waker.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             r => return Poll::Ready(r),
