@@ -83,7 +83,8 @@ stop_server($server);
 
 # One class per loop, each knowing its own loop.
 require PAGI::Server::Future;
-my $other = IO::Async::Loop::Poll->new if require IO::Async::Loop::Poll;
+require IO::Async::Loop::Poll;
+my $other = IO::Async::Loop::Poll->new;
 my ($c1, $c2) = map { PAGI::Server::Future->class_for($_) } loop(), $other;
 isnt($c1, $c2, 'two loops, two classes');
 is(PAGI::Server::Future->class_for(loop()), $c1, 'the same loop, the same class');

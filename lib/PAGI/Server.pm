@@ -330,7 +330,15 @@ sub _banner {
 sub _on_wake {
     my ($self) = @_;
     my $engine = $self->{engine} or return;
-    return $self->_nested_wake if $IN_DRAIN;
+    if ($IN_DRAIN) {
+        # A wake from inside a dispatch: an app blocked in ->get on one of
+        # its Futures (PAGI::Server::Future::await). The rest of the batch
+        # being dispatched goes first, so each request's events keep their
+        # order; a server whose batch is not the innermost one waits for it
+        # to unwind.
+        return if !$DRAINING || $DRAINING != $self;
+        _dispatch_batch($self, $IN_DRAIN);
+    }
     my $events = $engine->drain_events(256);
     local ($IN_DRAIN, $DRAINING) = ($events, $self);
     # _dispatch_batch's loop, inline: this is every wake.
@@ -341,21 +349,6 @@ sub _on_wake {
         $self->_event_died($ev, $@, $kind);
     }
     $engine->flush if $self->{engine};
-    $self->_write_access_log if $self->{access_log} && length $self->{log_pending};
-}
-
-# A wake from inside a dispatch: an app blocked in ->get on one of its
-# Futures (PAGI::Server::Future::await). The rest of the batch being
-# dispatched goes first, so each request's events keep their order; a
-# server whose batch is not the innermost one waits for it to unwind.
-sub _nested_wake {
-    my ($self) = @_;
-    return if !$DRAINING || $DRAINING != $self;
-    _dispatch_batch($self, $IN_DRAIN);
-    my $events = $self->{engine}->drain_events(256);
-    local $IN_DRAIN = $events;
-    _dispatch_batch($self, $events);
-    $self->{engine}->flush if $self->{engine};
     $self->_write_access_log if $self->{access_log} && length $self->{log_pending};
 }
 
