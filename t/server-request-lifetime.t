@@ -13,7 +13,7 @@ use File::Temp ();
 # access log, with a $receive still pending, and with completion callbacks.
 # Each case holds only weak references to both and waits for them to go.
 
-my (%weak, %seen);
+my (%weak, %seen, $kept_send);
 my $app = async sub {
     my ($scope, $receive, $send) = @_;
     return if $scope->{type} ne 'http';
@@ -25,6 +25,7 @@ my $app = async sub {
     }
     await $send->({ type => 'http.response.start', status => 200, headers => [ [ 'content-type', 'text/plain' ] ] });
     await $send->({ type => 'http.response.body', body => "ok $case" });
+    $kept_send = $send if $case eq '/kept-send';
     if ($case eq '/pending-receive') {
         my $ev;
         do { $ev = await $receive->() } while $ev->{type} eq 'http.request';
@@ -49,6 +50,18 @@ sub get_ok {
         get_ok($port, $case);
         ok(released($case), "$case: scope and connection object freed once the request is over");
     }
+    # $send is an XSUB bound to the connection object: one the app keeps
+    # holds that object, still answers with a Future, and lets it go with
+    # itself.
+    get_ok($port, '/kept-send');
+    ok(wait_for(sub { !defined $weak{'/kept-send'}{scope} }, 10), 'a kept $send: the scope is freed');
+    ok(defined $weak{'/kept-send'}{conn}, 'and the connection object lives while $send does');
+    my $late = eval { $kept_send->({ type => 'http.response.body', body => 'late' }) };
+    ok($late && $late->isa('Future') && $late->is_ready, 'a send after the request returns a ready Future')
+        or diag($@);
+    undef $late;
+    undef $kept_send;
+    ok(released('/kept-send'), 'once $send goes, so does the connection object');
     is($seen{disconnect}, 'http.disconnect', 'a pending $receive got http.disconnect');
     is($seen{complete}, 1, 'on_complete ran once');
     stop_server($server);

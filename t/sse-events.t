@@ -290,10 +290,12 @@ subtest 'sse.keepalive: comments from the engine while the app sleeps; interval 
     my %perl;
     no warnings 'redefine';
     my %orig;
-    # sse.send goes through the XS fast path (PAGI::Server::SSE::_send_fast),
-    # which queues without calling the engine's Perl-visible sse_send.
+    # sse.send goes through the XS fast path (the $send that
+    # PAGI::Server::SSE::_bound_send makes, once per stream), which queues
+    # without calling the engine's Perl-visible sse_send; the app's own sends
+    # are counted by the app.
     for my $name (qw(PAGI::Server::_on_wake PAGI::Server::Native::http_body PAGI::Server::Native::sse_comment
-                     PAGI::Server::Native::sse_send PAGI::Server::SSE::_send_fast PAGI::Server::Native::flush)) {
+                     PAGI::Server::Native::sse_send PAGI::Server::SSE::_bound_send PAGI::Server::Native::flush)) {
         no strict 'refs';
         my $o = $orig{$name} = \&{$name};
         *{$name} = sub {
@@ -336,7 +338,7 @@ subtest 'sse.keepalive: comments from the engine while the app sleeps; interval 
         my @hits = grep { $_ > $t{keepalive_sent} + 0.05 && $_ < $t{woke} - 0.05 } @{ $perl{$name} // [] };
         is scalar(@hits), 0, "no $name call while the app slept: the engine wrote the comments";
     }
-    for my $name ('PAGI::Server::_on_wake', 'PAGI::Server::SSE::_send_fast') {
+    for my $name ('PAGI::Server::_on_wake', 'PAGI::Server::SSE::_bound_send') {
         cmp_ok scalar(@{ $perl{$name} // [] }), '>', 0, "(the $name counter works: it saw calls outside that window)";
     }
     is $log[0][0], 'ok', 'sse.keepalive interval 0 accepted';

@@ -631,6 +631,48 @@ static int pn_sse_send_fast(pTHX_ SV *self_rv, SV *event_rv, SV **retval) {
     return 1;
 }
 
+/* ---- $send as an XSUB bound to its scope -----------------------------------
+ * The $send an app gets is an anonymous XSUB holding its scope object, not a
+ * Perl closure around _send_fast: each send enters one sub, not two. Magic
+ * on the CV holds the object's reference, so the object lives as long as the
+ * CV and is released with it; the magic's table only marks it as ours. */
+static MGVTBL pn_bound_send_vtbl;
+
+typedef int (*pn_send_fast_fn)(pTHX_ SV *self_rv, SV *event_rv, SV **retval);
+
+static SV *pn_bound_send_run(pTHX_ CV *cv, SV *event, pn_send_fast_fn fast) {
+    SV *self = (SV *)CvXSUBANY(cv).any_ptr;
+    SV *result = NULL;
+    if (!fast(aTHX_ self, event, &result))
+        result = pn_call_method(aTHX_ self, "send", event ? event : &PL_sv_undef, NULL);
+    return result;
+}
+
+#define PN_BOUND_SEND_XSUB(name, fast)                                              \
+    static XSPROTO(name) {                                                          \
+        dXSARGS;                                                                    \
+        SV *result = pn_bound_send_run(aTHX_ cv, items > 0 ? ST(0) : NULL, fast);   \
+        ST(0) = sv_2mortal(result);                                                 \
+        XSRETURN(1);                                                                \
+    }
+PN_BOUND_SEND_XSUB(pn_http_bound_send, pn_http_send_fast)
+PN_BOUND_SEND_XSUB(pn_ws_bound_send, pn_ws_send_fast)
+PN_BOUND_SEND_XSUB(pn_sse_bound_send, pn_sse_send_fast)
+
+static SV *pn_bound_send_new(pTHX_ SV *self, XSUBADDR_t xsub) {
+    CV *cv;
+    SV *self_ref;
+    if (!SvROK(self) || SvTYPE(SvRV(self)) != SVt_PVHV)
+        croak("_bound_send: not a scope object");
+    cv = newXS_flags(NULL, xsub, __FILE__, NULL, 0);
+    self_ref = newSVsv(self);
+    /* The magic takes its own reference to self_ref (MGf_REFCOUNTED). */
+    sv_magicext((SV *)cv, self_ref, PERL_MAGIC_ext, &pn_bound_send_vtbl, NULL, 0);
+    SvREFCNT_dec(self_ref);
+    CvXSUBANY(cv).any_ptr = (void *)self_ref;
+    return newRV_noinc((SV *)cv);
+}
+
 MODULE = PAGI::Server::Native    PACKAGE = PAGI::Server::Native
 
 PROTOTYPES: DISABLE
@@ -1131,6 +1173,13 @@ CLONE_SKIP(...)
 MODULE = PAGI::Server::Native    PACKAGE = PAGI::Server::HTTP
 
 SV *
+_bound_send(SV *self)
+  CODE:
+    RETVAL = pn_bound_send_new(aTHX_ self, pn_http_bound_send);
+  OUTPUT:
+    RETVAL
+
+SV *
 _send_fast(SV *self, SV *event = NULL)
   CODE:
     {
@@ -1145,6 +1194,13 @@ _send_fast(SV *self, SV *event = NULL)
 MODULE = PAGI::Server::Native    PACKAGE = PAGI::Server::WebSocket
 
 SV *
+_bound_send(SV *self)
+  CODE:
+    RETVAL = pn_bound_send_new(aTHX_ self, pn_ws_bound_send);
+  OUTPUT:
+    RETVAL
+
+SV *
 _send_fast(SV *self, SV *event = NULL)
   CODE:
     {
@@ -1157,6 +1213,13 @@ _send_fast(SV *self, SV *event = NULL)
     RETVAL
 
 MODULE = PAGI::Server::Native    PACKAGE = PAGI::Server::SSE
+
+SV *
+_bound_send(SV *self)
+  CODE:
+    RETVAL = pn_bound_send_new(aTHX_ self, pn_sse_bound_send);
+  OUTPUT:
+    RETVAL
 
 SV *
 _send_fast(SV *self, SV *event = NULL)

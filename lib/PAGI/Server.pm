@@ -473,23 +473,24 @@ sub _dispatch_request {
     # The engine puts the tls extension in place on TLS connections.
     my $engine_ext = $scope->{extensions};
     $scope->{extensions} = $engine_ext ? { %{ $self->{extensions} }, %$engine_ext } : { %{ $self->{extensions} } };
-    # Each scope type sends through its class's XS fast path, which hands
-    # every event it does not take (and every mistake) to the class's send.
+    # Each scope type's $send is an XSUB bound to its object (_bound_send):
+    # the class's XS fast path, which hands every event it does not take
+    # (and every mistake) to the class's send method.
     my ($req, $send);
     if ($scope->{type} eq 'http') {
         $req = PAGI::Server::HTTP->new($self, $id, $scope, $body);
         # One object is both: its methods are the two interfaces of PAGI-SPEC 3.1.5/3.1.6.
         $scope->{'pagi.connection'} = $scope->{'pagi.transport'} = $req;
-        $send = sub { PAGI::Server::HTTP::_send_fast($req, $_[0]) };
+        $send = PAGI::Server::HTTP::_bound_send($req);
     }
     elsif ($scope->{type} eq 'sse') {
         $req = PAGI::Server::SSE->new($self, $id, $scope, $body);
-        $send = sub { PAGI::Server::SSE::_send_fast($req, $_[0]) };
+        $send = PAGI::Server::SSE::_bound_send($req);
     }
     else {
         delete $scope->{extensions}{fullflush};    # an http/sse extension
         $req = PAGI::Server::WebSocket->new($self, $id, $scope);
-        $send = sub { PAGI::Server::WebSocket::_send_fast($req, $_[0]) };
+        $send = PAGI::Server::WebSocket::_bound_send($req);
     }
     $req->{t0} = Time::HiRes::time() if $self->{access_log};
     $self->{requests}{$id} = $req;
