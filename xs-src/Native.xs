@@ -633,7 +633,7 @@ static int pn_sse_send_fast(pTHX_ SV *self_rv, SV *event_rv, SV **retval) {
 
 /* ---- $send as an XSUB bound to its scope -----------------------------------
  * The $send an app gets is an anonymous XSUB holding its scope object, not a
- * Perl closure around _send_fast: each send enters one sub, not two. Magic
+ * Perl closure around an XS function: each send enters one sub, not two. Magic
  * on the CV holds the object's reference, so the object lives as long as the
  * CV and is released with it; the magic's table only marks it as ours. */
 static MGVTBL pn_bound_send_vtbl;
@@ -1179,18 +1179,6 @@ _bound_send(SV *self)
   OUTPUT:
     RETVAL
 
-SV *
-_send_fast(SV *self, SV *event = NULL)
-  CODE:
-    {
-        SV *result = NULL;
-        if (!pn_http_send_fast(aTHX_ self, event, &result))
-            result = pn_call_method(aTHX_ self, "send", event ? event : &PL_sv_undef, NULL);
-        RETVAL = result;
-    }
-  OUTPUT:
-    RETVAL
-
 MODULE = PAGI::Server::Native    PACKAGE = PAGI::Server::WebSocket
 
 SV *
@@ -1200,35 +1188,11 @@ _bound_send(SV *self)
   OUTPUT:
     RETVAL
 
-SV *
-_send_fast(SV *self, SV *event = NULL)
-  CODE:
-    {
-        SV *result = NULL;
-        if (!pn_ws_send_fast(aTHX_ self, event, &result))
-            result = pn_call_method(aTHX_ self, "send", event ? event : &PL_sv_undef, NULL);
-        RETVAL = result;
-    }
-  OUTPUT:
-    RETVAL
-
 MODULE = PAGI::Server::Native    PACKAGE = PAGI::Server::SSE
 
 SV *
 _bound_send(SV *self)
   CODE:
     RETVAL = pn_bound_send_new(aTHX_ self, pn_sse_bound_send);
-  OUTPUT:
-    RETVAL
-
-SV *
-_send_fast(SV *self, SV *event = NULL)
-  CODE:
-    {
-        SV *result = NULL;
-        if (!pn_sse_send_fast(aTHX_ self, event, &result))
-            result = pn_call_method(aTHX_ self, "send", event ? event : &PL_sv_undef, NULL);
-        RETVAL = result;
-    }
   OUTPUT:
     RETVAL
